@@ -1,0 +1,121 @@
+"""The `vitok` command: parses arguments, then calls one function per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print parameters, bottleneck and FLOPs of one variant, or of every paper variant."""
+    from .info import describe, format_description
+    from .model import PAPER_VARIANTS, config_from_name
+
+    names = [args.name] if args.name else list(PAPER_VARIANTS)
+    results = []
+    for name in names:
+        overrides = {"channels": args.channels}
+        video = "x" in name.split("/")[-1] or (args.frames or 1) > 1
+        if args.image_size is not None:
+            overrides["image_size"] = args.image_size
+        elif args.name is None:
+            overrides["image_size"] = 128 if video else 256
+        if args.frames is not None:
+            overrides["frames"] = args.frames
+        results.append(describe(config_from_name(name, **overrides)))
+    if args.json:
+        print(json.dumps(results if args.name is None else results[0], indent=2))
+    else:
+        print("\n\n".join(format_description(r) for r in results))
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    """Encode and decode image files through a checkpoint; write PNGs and print PSNR/SSIM per image."""
+    import torch
+    from PIL import Image
+
+    from .data.images import center_crop_to_multiple, from_tensor, load_image, resize_center_crop, to_tensor
+    from .metrics.image import psnr, ssim
+    from .model import ViTok
+
+    model = ViTok.from_pretrained(args.checkpoint, device=args.device)
+    if model.config.is_video:
+        raise SystemExit(f"error: {args.checkpoint} is a video model; `vitok reconstruct` takes image models")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, skipped, used_names = [], [], set()
+    for path in map(Path, args.images):
+        try:
+            img = load_image(path)
+            img = resize_center_crop(img, args.size) if args.size else img
+            img = center_crop_to_multiple(img, model.config.patch_size)
+        except ValueError as err:
+            skipped.append({"file": str(path), "reason": str(err)})
+            print(f"skipped {path}: {err}", file=sys.stderr)
+            continue
+        x = to_tensor(img).unsqueeze(0).to(args.device)
+        with torch.no_grad():
+            x_hat, _ = model(x, sample=args.sample)
+        name = path.stem
+        while name in used_names:
+            name += "_"
+        used_names.add(name)
+        # PNG is lossless, so the printed PSNR is what the written file holds.
+        Image.fromarray(from_tensor(x_hat[0].cpu())).save(out / f"{name}.png")
+        row = {"file": str(path), "output": str(out / f"{name}.png"), "height": img.shape[0], "width": img.shape[1],
+               "psnr": float(psnr(x.cpu(), x_hat.cpu())[0]), "ssim": float(ssim(x.cpu(), x_hat.cpu())[0])}
+        rows.append(row)
+        print(f"{path}  {img.shape[1]}x{img.shape[0]}  PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}")
+    summary = {"checkpoint": str(args.checkpoint), "images": rows, "skipped_files": skipped}
+    if rows:
+        summary["mean_psnr"] = sum(r["psnr"] for r in rows) / len(rows)
+        summary["mean_ssim"] = sum(r["ssim"] for r in rows) / len(rows)
+        print(f"mean over {len(rows)} images  PSNR {summary['mean_psnr']:.2f} dB  SSIM {summary['mean_ssim']:.4f}")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s); see {out / 'metrics.json'}", file=sys.stderr)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return 0 if rows else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="vitok", description="ViTok visual tokenizers for images and video.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    info = sub.add_parser("info", help="parameters, bottleneck size and GFLOPs of a variant",
+                          description="Without NAME, prints every variant the paper studies.")
+    info.add_argument("name", nargs="?", help='variant name such as "S-B/16" or "S-B/4x8"')
+    info.add_argument("--channels", type=int, default=16, help="latent channels c (default 16)")
+    info.add_argument("--image-size", type=int, default=None, help="H = W in pixels (default 256; 128 for video)")
+    info.add_argument("--frames", type=int, default=None, help="frames T for video variants (default 16)")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(func=cmd_info)
+
+    rec = sub.add_parser("reconstruct", help="reconstruct images through a checkpoint and report PSNR/SSIM")
+    rec.add_argument("checkpoint", help="folder written by ViTok.save_pretrained")
+    rec.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
+    rec.add_argument("--out", required=True, help="folder for reconstructions and metrics.json")
+    rec.add_argument("--size", type=int, default=None,
+                     help="resize the shorter side to SIZE and center-crop a square (default: keep the size, "
+                          "center-cropping to a multiple of the patch size)")
+    rec.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    rec.add_argument("--sample", action="store_true", help="decode a posterior sample instead of the mean")
+    rec.set_defaults(func=cmd_reconstruct)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `vitok` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

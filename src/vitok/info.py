@@ -1,0 +1,71 @@
+"""Model accounting: parameters, token grid, bottleneck size and exact FLOPs of encode and decode."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .model import ViTok, ViTokConfig
+
+
+def count_flops(model: ViTok) -> tuple[int, int]:
+    """FLOPs (2 per multiply-add) of encode and of decode for one sample at the nominal size.
+
+    The model must live on the meta device: shapes propagate without arithmetic, and SDPA
+    decomposes into counted matmuls there (the fused CPU kernel would be skipped by the counter).
+    Only matmuls and convolutions are counted, the convention of FLOP tables in papers.
+    """
+    c = model.config
+    shape = (1, 3, c.frames, c.image_size, c.image_size) if c.is_video else (1, 3, c.image_size, c.image_size)
+    x = torch.empty(shape, device="meta")
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as counter:
+            posterior = model.encode(x)
+        encode = counter.get_total_flops()
+        with FlopCounterMode(display=False) as counter:
+            model.decode(posterior.mean)
+        decode = counter.get_total_flops()
+    return encode, decode
+
+
+def describe(config: ViTokConfig) -> dict:
+    """Everything `vitok info` prints, as a plain dict."""
+    with torch.device("meta"):
+        model = ViTok(config)
+    params = model.num_params()
+    encode_flops, decode_flops = count_flops(model)
+    L, c = config.num_tokens, config.channels
+    values = 3 * config.frames * config.image_size ** 2
+    return {
+        "name": config.name or "custom",
+        "input": (f"3x{config.frames}x{config.image_size}x{config.image_size}" if config.is_video
+                  else f"3x{config.image_size}x{config.image_size}"),
+        "grid": list(config.grid),
+        "params_encoder": params["encoder"],
+        "params_decoder": params["decoder"],
+        "params_total": params["total"],
+        "tokens": L,
+        "channels": c,
+        "bottleneck": L * c,
+        "compression": values / (L * c),
+        "pixels_per_float": values / 3 / (L * c),
+        "gflops_encode": encode_flops / 1e9,
+        "gflops_decode": decode_flops / 1e9,
+        "gflops_total": (encode_flops + decode_flops) / 1e9,
+    }
+
+
+def format_description(d: dict) -> str:
+    """Human-readable block for one model."""
+    lines = [
+        f"{d['name']}  input {d['input']}  token grid {'x'.join(map(str, d['grid']))}",
+        f"  parameters   encoder {d['params_encoder'] / 1e6:.1f}M  decoder {d['params_decoder'] / 1e6:.1f}M  "
+        f"total {d['params_total'] / 1e6:.1f}M",
+        f"  bottleneck   L={d['tokens']} tokens x c={d['channels']} channels = E={d['bottleneck']} floats",
+        f"  compression  {d['compression']:.1f}x (input values per latent float; "
+        f"{d['pixels_per_float']:.2f} pixels per float)",
+        f"  GFLOPs/sample  encode {d['gflops_encode']:.1f}  decode {d['gflops_decode']:.1f}  "
+        f"total {d['gflops_total']:.1f}  (2 FLOPs per multiply-add; papers' GFLOPs = GMACs = "
+        f"{d['gflops_total'] / 2:.1f})",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""Transformer building blocks: RMSNorm, SwiGLU, axial rotary embedding, attention, block.
+
+Shapes: B batch, L tokens, D width, H heads, d = D / H head width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned gain (no mean subtraction, no bias)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32: bf16 mean-of-squares loses too many bits over wide rows.
+        y = x.float()
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+        return y.to(x.dtype) * self.weight.to(x.dtype)
+
+
+def swiglu_hidden(width: int, multiple_of: int = 256) -> int:
+    """Hidden width of a SwiGLU MLP: 2/3 of 4*width (same parameters as a GELU MLP), rounded up."""
+    hidden = int(2 * 4 * width / 3)
+    return multiple_of * math.ceil(hidden / multiple_of)
+
+
+class SwiGLU(nn.Module):
+    """MLP with a SiLU-gated linear unit: W2(silu(W1 x) * W3 x)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        # W1 and W3 fused into one matmul; the two halves are split after it.
+        self.w13 = nn.Linear(dim, 2 * hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+def rope_angles(
+    grid: tuple[int, ...], head_dim: int, theta: float = 10000.0, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Rotation angles L×(d/2) for axial rotary embedding over a token grid.
+
+    ``grid`` is (h, w) for images or (t, h, w) for video; tokens are in row-major order of the
+    grid. Each axis gets an even share of the head's d/2 rotation pairs (any remainder goes to
+    the first axis) and its own geometric frequency ladder, so attention logits depend on the
+    relative offset along every axis separately. An odd head width leaves its last channel
+    unrotated (the paper's H size has 1296 / 16 = 81 channels per head).
+    """
+    n_axes = len(grid)
+    pairs = head_dim // 2
+    if pairs < n_axes:
+        raise ValueError(f"head width {head_dim} is too small for rotary embedding over {n_axes} axes")
+    per_axis = [pairs // n_axes] * n_axes
+    per_axis[0] += pairs - sum(per_axis)
+    coords = torch.meshgrid(*[torch.arange(n, device=device, dtype=torch.float64) for n in grid], indexing="ij")
+    parts = []
+    for axis, n_pairs in enumerate(per_axis):
+        inv_freq = theta ** (-torch.arange(n_pairs, device=device, dtype=torch.float64) / n_pairs)
+        parts.append(coords[axis].reshape(-1, 1) * inv_freq)
+    return torch.cat(parts, dim=1).float()
+
+
+def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B×H×L×d) by angles (L×P), P = d // 2: pair j is (x[j], x[j + P])."""
+    pairs = angles.shape[-1]
+    # At least float32: bf16 rotations drift visibly for far-apart tokens.
+    compute = torch.promote_types(x.dtype, torch.float32)
+    cos, sin = angles.to(compute).cos(), angles.to(compute).sin()
+    x1, x2, rest = x.to(compute).split([pairs, pairs, x.shape[-1] - 2 * pairs], dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
+    return out.to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with fused QKV, optional QK-norm and rotary positions."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool = False, eps: float = 1e-6) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, eps) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim, eps) if qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, angles: torch.Tensor | None = None) -> torch.Tensor:
+        B, L, D = x.shape
+        # B×L×3D -> 3×B×H×L×d: the layout SDPA's flash kernel wants.
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if angles is not None:
+            q, k = apply_rope(q, angles), apply_rope(k, angles)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool = False, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(dim, eps)
+        self.attn = Attention(dim, heads, qk_norm, eps)
+        self.norm2 = RMSNorm(dim, eps)
+        self.mlp = SwiGLU(dim, swiglu_hidden(dim))
+
+    def forward(self, x: torch.Tensor, angles: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), angles)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of blocks with rotary positions and a final norm; B×L×D -> B×L×D."""
+
+    def __init__(self, dim: int, depth: int, heads: int, qk_norm: bool = False, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([Block(dim, heads, qk_norm, eps) for _ in range(depth)])
+        self.norm = RMSNorm(dim, eps)
+        self.head_dim = dim // heads
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, angles, use_reentrant=False)
+            else:
+                x = block(x, angles)
+        return self.norm(x)

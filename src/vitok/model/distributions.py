@@ -1,0 +1,38 @@
+"""The bottleneck's posterior: a diagonal Gaussian over B×L×c latents."""
+
+from __future__ import annotations
+
+import torch
+
+
+class DiagonalGaussian:
+    """N(mean, exp(logvar)) with independent entries; mean and logvar are B×L×c."""
+
+    def __init__(self, mean: torch.Tensor, logvar: torch.Tensor) -> None:
+        if mean.shape != logvar.shape:
+            raise ValueError(f"mean {tuple(mean.shape)} and logvar {tuple(logvar.shape)} shapes differ")
+        self.mean = mean
+        self.logvar = logvar
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    @property
+    def var(self) -> torch.Tensor:
+        return torch.exp(self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reparameterised draw mean + std * eps (differentiable in mean and logvar)."""
+        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps
+
+    def mode(self) -> torch.Tensor:
+        """The deterministic encoding: the mean."""
+        return self.mean
+
+    def kl(self) -> torch.Tensor:
+        """KL(q || N(0, I)) per sample, summed over tokens and channels: shape B."""
+        mean, logvar = self.mean.float(), self.logvar.float()
+        per_entry = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
+        return per_entry.flatten(1).sum(1)

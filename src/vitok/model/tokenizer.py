@@ -1,0 +1,157 @@
+"""ViTok: tubelet embed -> ViT encoder -> Gaussian bottleneck -> ViT decoder -> tubelet unembed.
+
+Shapes: x is B×3×H×W (image model) or B×3×T×H×W (video model) in [-1, 1]; the token grid is
+(h, w) = (H/p, W/p) or (t, h, w) = (T/q, H/p, W/p); L = prod(grid); latents z are B×L×c.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .blocks import Transformer, rope_angles
+from .checks import check_latents, check_pixels, grid_for
+from .distributions import DiagonalGaussian
+from .pretrained import read_checkpoint, write_checkpoint
+from .variants import ViTokConfig, config_from_name
+
+
+class ViTok(nn.Module):
+    """The ViTok visual tokenizer (Hansen-Estruch et al., 2025) for images or video."""
+
+    def __init__(self, config: ViTokConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        tubelet = (c.temporal_patch, c.patch_size, c.patch_size)
+        self.embed = nn.Conv3d(3, c.encoder_width, kernel_size=tubelet, stride=tubelet)
+        self.encoder = Transformer(c.encoder_width, c.encoder_depth, c.encoder_heads, c.qk_norm, c.norm_eps)
+        self.to_moments = nn.Linear(c.encoder_width, 2 * c.channels)
+        self.from_latent = nn.Linear(c.channels, c.decoder_width)
+        self.decoder = Transformer(c.decoder_width, c.decoder_depth, c.decoder_heads, c.qk_norm, c.norm_eps)
+        self.unembed = nn.ConvTranspose3d(c.decoder_width, 3, kernel_size=tubelet, stride=tubelet)
+        # Autocast dtype for the Transformer work (e.g. torch.bfloat16); None runs in the weights' dtype.
+        self.amp_dtype: torch.dtype | None = None
+        self._angles: dict[tuple, torch.Tensor] = {}
+        self.reset_parameters()
+
+    # ---- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "ViTok":
+        """Build a named variant, e.g. ViTok.from_name("S-B/16", channels=16, image_size=256)."""
+        return cls(config_from_name(name, **overrides))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: torch.device | str = "cpu") -> "ViTok":
+        """Load a folder written by save_pretrained (config.json + model.safetensors)."""
+        config_dict, state = read_checkpoint(path)
+        try:
+            config = ViTokConfig.from_dict(config_dict)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"checkpoint folder {path} has an invalid config.json: {err}") from None
+        with torch.device("meta"):
+            model = cls(config)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state.items()}
+        if expected != found:
+            missing = sorted(set(expected) - set(found))[:5]
+            extra = sorted(set(found) - set(expected))[:5]
+            shapes = [f"{k}: config says {expected[k]}, weights have {found[k]}"
+                      for k in sorted(set(expected) & set(found)) if expected[k] != found[k]][:5]
+            raise ValueError(f"checkpoint folder {path}: the weights were written by a different architecture "
+                             f"than its config.json describes (missing {missing}, unexpected {extra}, "
+                             f"mismatched {shapes}); re-save the model with save_pretrained")
+        model = model.to_empty(device=device)
+        model.load_state_dict(state)
+        model._angles.clear()
+        return model.eval()
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write config.json and model.safetensors into a folder (created if needed), atomically."""
+        write_checkpoint(path, self.config.to_dict(), self.state_dict())
+
+    def reset_parameters(self) -> None:
+        """ViT-style init: truncated-normal linears, Xavier tubelet convolutions, zero biases."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+                nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
+                nn.init.zeros_(module.bias)
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute block activations in the backward pass: less memory, about a third more compute."""
+        self.encoder.grad_checkpointing = enabled
+        self.decoder.grad_checkpointing = enabled
+
+    # ---- the model ----------------------------------------------------------------------------
+
+    def encode(self, x: torch.Tensor, check: bool = True) -> DiagonalGaussian:
+        """Pixels (B×3×H×W or B×3×T×H×W, [-1, 1]) -> posterior over B×L×c latents."""
+        if check:
+            check_pixels(x, self.config)
+        moments, _ = self._encode(x)
+        mean, logvar = moments.float().chunk(2, dim=-1)
+        return DiagonalGaussian(mean, logvar.clamp(self.config.logvar_min, self.config.logvar_max))
+
+    def decode(self, z: torch.Tensor, size: tuple[int, ...] | None = None, check: bool = True) -> torch.Tensor:
+        """Latents B×L×c -> pixels. size=(H, W) or (T, H, W) when the grid is not the nominal or a square one."""
+        if check:
+            check_latents(z, self.config)
+        return self._decode(z, grid_for(z.shape[1], size, self.config))
+
+    def forward(self, x: torch.Tensor, sample: bool = True, check: bool = True) -> tuple[torch.Tensor, DiagonalGaussian]:
+        """Reconstruct x through a sampled (or, with sample=False, the mean) latent; returns (x_hat, posterior)."""
+        if check:
+            check_pixels(x, self.config)
+        moments, grid = self._encode(x)
+        mean, logvar = moments.float().chunk(2, dim=-1)
+        posterior = DiagonalGaussian(mean, logvar.clamp(self.config.logvar_min, self.config.logvar_max))
+        z = posterior.sample() if sample else posterior.mode()
+        return self._decode(z, grid), posterior
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        video = x.dim() == 5
+        with self._autocast(x.device):
+            tokens = self.embed(x if video else x.unsqueeze(2))  # B×D×t×h×w
+            grid = tuple(tokens.shape[2:]) if video else tuple(tokens.shape[3:])
+            tokens = tokens.flatten(2).transpose(1, 2)  # B×L×D
+            tokens = self.encoder(tokens, self._rope(grid, self.encoder.head_dim, x.device))
+            return self.to_moments(tokens), grid  # B×L×2c
+
+    def _decode(self, z: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+        with self._autocast(z.device):
+            tokens = self.from_latent(z.to(self.from_latent.weight.dtype))  # B×L×D
+            tokens = self.decoder(tokens, self._rope(grid, self.decoder.head_dim, z.device))
+            B, L, D = tokens.shape
+            t, h, w = grid if len(grid) == 3 else (1, *grid)
+            pixels = self.unembed(tokens.transpose(1, 2).reshape(B, D, t, h, w))  # B×3×T×H×W
+        pixels = pixels.float()
+        return pixels if self.config.is_video else pixels.squeeze(2)
+
+    def _rope(self, grid: tuple[int, ...], head_dim: int, device: torch.device) -> torch.Tensor:
+        key = (grid, head_dim, str(device))
+        angles = self._angles.get(key)
+        if angles is None:
+            angles = rope_angles(grid, head_dim, self.config.rope_theta, device=device)
+            self._angles[key] = angles
+        return angles
+
+    def _autocast(self, device: torch.device):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.amp_dtype)
+
+    # ---- bookkeeping --------------------------------------------------------------------------
+
+    def num_params(self) -> dict[str, int]:
+        """Parameter counts: encoder side (embed, encoder, to_moments), decoder side, total."""
+        enc = sum(p.numel() for m in (self.embed, self.encoder, self.to_moments) for p in m.parameters())
+        dec = sum(p.numel() for m in (self.from_latent, self.decoder, self.unembed) for p in m.parameters())
+        return {"encoder": enc, "decoder": dec, "total": enc + dec}

@@ -1,0 +1,146 @@
+"""ViTok configuration: the size table, the "S-B/16" naming scheme and the config dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+# (width, depth, heads), as the ViTok authors define them. S is a shallow B, not ViT-S.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "S": (768, 6, 12),
+    "B": (768, 12, 12),
+    "L": (1152, 24, 16),
+    "H": (1296, 32, 16),
+}
+
+# The variants the paper studies; any encoder/decoder/patch combination parses.
+PAPER_VARIANTS = ("S-B/16", "S-L/16", "L-B/16", "S-B/8", "S-B/32", "S-B/4x8", "S-B/4x16")
+
+_NAME = re.compile(r"^(?P<enc>[A-Z])-(?P<dec>[A-Z])/(?:(?P<q>\d+)x)?(?P<p>\d+)$")
+
+
+@dataclass
+class ViTokConfig:
+    """Every number that defines a ViTok model; a JSON copy travels with saved weights."""
+
+    encoder_width: int = 768
+    encoder_depth: int = 6
+    encoder_heads: int = 12
+    decoder_width: int = 768
+    decoder_depth: int = 12
+    decoder_heads: int = 12
+    patch_size: int = 16  # p: spatial tubelet size
+    temporal_patch: int = 1  # q: temporal tubelet size (1 for images)
+    channels: int = 16  # c: latent channels per token
+    image_size: int = 256  # nominal H = W; any multiple of p is accepted at run time
+    frames: int = 1  # nominal T; 1 means an image model taking B×3×H×W
+    qk_norm: bool = False
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    # Log-variance clamp keeps exp(logvar) finite in bf16 and the KL bounded early in training.
+    logvar_min: float = -30.0
+    logvar_max: float = 20.0
+    name: str = ""  # "S-B/16" when built from a name; informational only
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def is_video(self) -> bool:
+        """A video model takes B×3×T×H×W; an image model takes B×3×H×W."""
+        return self.frames > 1 or self.temporal_patch > 1
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Token grid at the nominal size: (h, w) for images, (t, h, w) for video."""
+        hw = (self.image_size // self.patch_size,) * 2
+        return (self.frames // self.temporal_patch, *hw) if self.is_video else hw
+
+    @property
+    def num_tokens(self) -> int:
+        """L at the nominal size."""
+        n = 1
+        for g in self.grid:
+            n *= g
+        return n
+
+    def validate(self) -> None:
+        """Reject impossible configurations with the fix in the message."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"config field {field.name!r} must be an integer, got {value!r}")
+        positive = ("encoder_width", "encoder_depth", "encoder_heads", "decoder_width", "decoder_depth",
+                    "decoder_heads", "patch_size", "temporal_patch", "channels", "image_size", "frames")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ValueError(f"config field {key!r} must be >= 1, got {getattr(self, key)}")
+        for part in ("encoder", "decoder"):
+            width, heads = getattr(self, f"{part}_width"), getattr(self, f"{part}_heads")
+            if width % heads:
+                raise ValueError(f"{part}_width {width} is not divisible by {part}_heads {heads}; "
+                                 f"choose heads that divide the width")
+            head_dim = width // heads
+            axes = 3 if self.is_video else 2
+            if head_dim // 2 < axes:
+                raise ValueError(f"{part} head width {head_dim} is too small for rotary embedding over "
+                                 f"{axes} axes; use fewer heads")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}; "
+                             f"use {_nearest_multiples(self.image_size, self.patch_size)}")
+        if self.frames % self.temporal_patch:
+            raise ValueError(f"frames {self.frames} is not divisible by temporal_patch {self.temporal_patch}; "
+                             f"use {_nearest_multiples(self.frames, self.temporal_patch)}")
+        if self.logvar_min >= self.logvar_max:
+            raise ValueError(f"logvar_min {self.logvar_min} must be below logvar_max {self.logvar_max}")
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ViTokConfig":
+        """Inverse of to_dict; unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ViTok config keys {unknown}; known keys are {sorted(known)}")
+        return cls(**data)
+
+
+def _nearest_multiples(n: int, k: int) -> str:
+    lo, hi = (n // k) * k, (n // k + 1) * k
+    return f"{hi}" if lo == 0 else f"{lo} or {hi}"
+
+
+def parse_name(name: str) -> dict:
+    """"S-B/16" -> encoder/decoder sizes and patch; "S-B/4x8" adds temporal stride q=4."""
+    match = _NAME.match(name.strip())
+    if match is None:
+        raise ValueError(f"cannot parse model name {name!r}; expected ENC-DEC/p or ENC-DEC/qxp with sizes "
+                         f"{'/'.join(SIZES)}, e.g. {', '.join(PAPER_VARIANTS)}")
+    for part in ("enc", "dec"):
+        if match[part] not in SIZES:
+            raise ValueError(f"unknown size {match[part]!r} in {name!r}; sizes are {', '.join(SIZES)} "
+                             f"(width, depth, heads: {SIZES})")
+    (ew, ed, eh), (dw, dd, dh) = SIZES[match["enc"]], SIZES[match["dec"]]
+    fields = dict(encoder_width=ew, encoder_depth=ed, encoder_heads=eh,
+                  decoder_width=dw, decoder_depth=dd, decoder_heads=dh, patch_size=int(match["p"]))
+    if match["q"] is not None:
+        fields["temporal_patch"] = int(match["q"])
+    return fields
+
+
+def config_from_name(name: str, **overrides) -> ViTokConfig:
+    """Config for a named variant; keyword overrides (channels, image_size, frames, ...) win."""
+    fields = parse_name(name)
+    if fields.get("temporal_patch", 1) > 1 and "frames" not in overrides:
+        fields["frames"] = 16  # the paper's video clips are 16 frames
+    fields.update(overrides)
+    fields["name"] = name.strip()
+    known = {f.name for f in dataclasses.fields(ViTokConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown ViTok config keys {unknown}; known keys are {sorted(known)}")
+    return ViTokConfig(**fields)
