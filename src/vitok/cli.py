@@ -52,7 +52,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             img = load_image(path)
             img = resize_center_crop(img, args.size) if args.size else img
             img = center_crop_to_multiple(img, model.config.patch_size)
-        except ValueError as err:
+        except (ValueError, OSError) as err:
             skipped.append({"file": str(path), "reason": str(err)})
             print(f"skipped {path}: {err}", file=sys.stderr)
             continue

@@ -1,0 +1,149 @@
+"""Image loading, tensor conversion and cropping helpers, plus the bundled test photos."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps
+
+from ..metrics.image import to_uint8
+
+__all__ = [
+    "bundled_photos",
+    "center_crop_to_multiple",
+    "from_tensor",
+    "load_image",
+    "resize_center_crop",
+    "to_tensor",
+]
+
+# Relative to this module rather than the CWD so it also resolves inside an installed wheel.
+_PHOTOS_DIR = Path(__file__).resolve().parent.parent / "assets" / "photos"
+_PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+# Errors Pillow's decoders are known to raise on corrupt input; UnidentifiedImageError is an OSError.
+_DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, struct.error, Image.DecompressionBombError)
+
+
+def bundled_photos() -> list[Path]:
+    """Return the sorted paths of the small real photographs shipped with the package."""
+    return sorted(p for p in _PHOTOS_DIR.iterdir() if p.suffix.lower() in _PHOTO_SUFFIXES)
+
+
+def load_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Load an image file as an H×W×3 uint8 RGB array, honouring EXIF orientation."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read file ({e})") from e
+    if size == 0:
+        raise ValueError(f"{path}: file is empty (0 bytes)")
+
+    # A process-wide True here would make truncated files decode silently with grey padding,
+    # so force strict decoding for this call and restore whatever the caller had set.
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with Image.open(path) as img:
+            # open() is lazy and only parses the header; load() decodes the pixels, which is
+            # where truncation and corrupt data surface.
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb_array(img)
+    except _DECODE_ERRORS as e:
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Convert any Pillow mode to an H×W×3 uint8 RGB array."""
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # Pillow's convert('L') clips these to 255 instead of rescaling. 'I' is what Pillow
+        # uses for 16-bit PGM/PNG-like data, so both are treated as 0..65535; 65535/257 == 255.
+        a = np.asarray(img).astype(np.float64)
+        gray = np.round(np.clip(a, 0, 65535) / 257.0).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+    if mode == "F":
+        # Float images carry no declared range; [0, 1] is the usual convention when the data
+        # fits it, otherwise fall back to Pillow's own 0..255 interpretation.
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        if a.size and a.min() >= 0.0 and a.max() <= 1.0:
+            a = a * 255.0
+        gray = np.round(np.clip(a, 0, 255)).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        # The model sees opaque RGB only; transparent pixels often hold arbitrary (commonly black)
+        # colour, so compositing onto white matches how viewers and browsers display them.
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float64)
+        alpha = rgba[..., 3:4] / 255.0
+        rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
+        return np.round(rgb).astype(np.uint8)
+
+    # Covers 1, L, P, CMYK, YCbCr, RGBX, ... via Pillow's built-in conversions.
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _check_hwc3(img: np.ndarray) -> None:
+    """Raise ValueError unless img is an H×W×3 array."""
+    if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
+        shape = getattr(img, "shape", None)
+        raise ValueError(f"expected an H×W×3 array, got {type(img).__name__} with shape {shape}")
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """Convert an H×W×3 uint8 image to a 3×H×W float32 tensor in [-1, 1]."""
+    _check_hwc3(img)
+    if img.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got dtype {img.dtype}")
+    # torch.tensor copies: crops are often read-only views, which from_numpy would share.
+    x = torch.tensor(img).permute(2, 0, 1).to(torch.float32)
+    return x / 127.5 - 1.0
+
+
+def from_tensor(x: torch.Tensor) -> np.ndarray:
+    """Convert a 3×H×W tensor in [-1, 1] back to an H×W×3 uint8 image."""
+    if x.ndim != 3 or x.shape[0] != 3:
+        raise ValueError(f"expected a 3×H×W tensor, got shape {tuple(x.shape)}")
+    # The same 8-bit quantisation the metrics use, so a saved file scores what was printed.
+    return to_uint8(x.detach().cpu()).permute(1, 2, 0).contiguous().numpy()
+
+
+def center_crop_to_multiple(img: np.ndarray, multiple: int) -> np.ndarray:
+    """Centre-crop H and W down to the largest multiple of `multiple` (returns a view)."""
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    h, w = img.shape[:2]
+    if h < multiple or w < multiple:
+        raise ValueError(f"image of size {h}x{w} is smaller than the multiple {multiple}")
+    nh, nw = h // multiple * multiple, w // multiple * multiple
+    top, left = (h - nh) // 2, (w - nw) // 2
+    return img[top : top + nh, left : left + nw]
+
+
+def resize_center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize the shorter side to `size` (antialiased bicubic), then centre-crop size×size."""
+    _check_hwc3(img)
+    if img.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got dtype {img.dtype}")
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    h, w = img.shape[:2]
+    scale = size / min(h, w)
+    # Pin the short side exactly and keep the long side >= size so the crop always fits.
+    nh = size if h <= w else max(size, round(h * scale))
+    nw = size if w < h else max(size, round(w * scale))
+    # Pillow's resize widens the kernel when downscaling, i.e. it antialiases, unlike plain torch interpolate.
+    resized = np.asarray(Image.fromarray(img).resize((nw, nh), Image.Resampling.BICUBIC))
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return np.ascontiguousarray(resized[top : top + size, left : left + size])

@@ -1,0 +1,80 @@
+"""The `vitok` command: info and reconstruct, in-process and as a real subprocess."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from conftest import tiny_config
+from vitok.cli import main
+from vitok.data import bundled_photos, load_image
+from vitok.metrics import psnr, ssim
+from vitok.data import to_tensor
+from vitok.model import ViTok
+
+
+def test_info_prints_every_quantity(capsys):
+    assert main(["info", "S-B/16", "--channels", "16", "--image-size", "256"]) == 0
+    out = capsys.readouterr().out
+    for text in ("encoder 43.1M", "decoder 85.6M", "L=256 tokens", "c=16 channels", "E=4096 floats",
+                 "48.0x", "encode 23.3", "decode 46.2", "GMACs = 34.7"):
+        assert text in out, text
+
+
+def test_info_json_and_all_variants(capsys):
+    assert main(["info", "S-B/4x8", "--channels", "8", "--image-size", "128", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["grid"] == [4, 16, 16] and d["bottleneck"] == 1024 * 8
+    assert main(["info", "--json"]) == 0
+    names = [r["name"] for r in json.loads(capsys.readouterr().out)]
+    assert names == ["S-B/16", "S-L/16", "L-B/16", "S-B/8", "S-B/32", "S-B/4x8", "S-B/4x16"]
+
+
+def test_info_bad_name_is_a_clear_error(capsys):
+    assert main(["info", "S-Q/16"]) == 2
+    assert "unknown size 'Q'" in capsys.readouterr().err
+
+
+def test_reconstruct_writes_images_and_reports_metrics(tmp_path, capsys):
+    model = ViTok(tiny_config())
+    model.save_pretrained(tmp_path / "ckpt")
+    photos = bundled_photos()[:2]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"")
+    code = main(["reconstruct", str(tmp_path / "ckpt"), *map(str, photos), str(broken), "--out", str(tmp_path / "out"),
+                 "--size", "64"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "PSNR" in captured.out and "SSIM" in captured.out and "skipped" in captured.err
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert [s["file"] for s in report["skipped_files"]] == [str(broken)]
+    assert len(report["images"]) == 2
+    for row, photo in zip(report["images"], photos):
+        written = np.asarray(Image.open(row["output"]))
+        assert written.shape == (64, 64, 3)
+        # The printed metrics are those of the written file against the cropped input.
+        from vitok.data import resize_center_crop
+        x = to_tensor(resize_center_crop(load_image(photo), 64)).unsqueeze(0)
+        y = to_tensor(written).unsqueeze(0)
+        assert abs(psnr(x, y).item() - row["psnr"]) < 1e-9
+        assert abs(ssim(x, y).item() - row["ssim"]) < 1e-9
+
+
+def test_reconstruct_keeps_native_size_cropped_to_the_patch(tmp_path):
+    ViTok(tiny_config()).save_pretrained(tmp_path / "ckpt")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 50, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    assert main(["reconstruct", str(tmp_path / "ckpt"), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 0
+    assert np.asarray(Image.open(tmp_path / "o" / "a.png")).shape == (32, 48, 3)
+
+
+def test_reconstruct_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main(["reconstruct", str(tmp_path / "none"), "x.png", "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_python_dash_m_vitok_runs():
+    result = subprocess.run([sys.executable, "-m", "vitok", "info", "S-B/32", "--image-size", "128"],
+                            capture_output=True, text=True, check=True)
+    assert "S-B/32" in result.stdout and "L=16 tokens" in result.stdout
