@@ -80,6 +80,49 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0 if rows else 1
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint on a dataset and write the report."""
+    import torch.distributed as dist
+
+    from .eval.run import run_eval
+
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    try:
+        document = run_eval(args.checkpoint, args.data, image_size=args.image_size, frames=args.frames,
+                            stride=args.frame_stride, batch_size=args.batch_size, workers=args.workers,
+                            limit=args.limit, out=args.out, weights=args.weights, device=args.device,
+                            upsample=args.upsample, metrics=metrics, bf16=not args.fp32)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if document is None:  # a non-zero torchrun rank
+        return 0
+    print(f"{document['num_samples']} samples in {document['seconds']:.1f} s")
+    for name, value in document["metrics"].items():
+        print(f"  {name:6} {value:.4f}")
+    for name, reason in document["not_computed"].items():
+        print(f"  {name:6} not computed: {reason}")
+    if document["skipped_files"]:
+        print(f"  skipped {len(document['skipped_files'])} unreadable or unusable file(s); see report.json")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    """List every weight file vitok can use, whether it is present and verified, and what it is for."""
+    from .metrics.weights import describe_weights, weights_dir
+
+    rows = describe_weights(args.weights)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"weights folder: {weights_dir(args.weights)} (set with --weights or $VITOK_WEIGHTS)")
+    for row in rows:
+        print(f"\n{row['filename']}  [{row['state']}]\n  for: {row['purpose']}\n  from: {row['source']}")
+        if row["state"] != "verified":
+            print(f"  {row['detail']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="vitok", description="ViTok visual tokenizers for images and video.")
@@ -104,6 +147,30 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     rec.add_argument("--sample", action="store_true", help="decode a posterior sample instead of the mean")
     rec.set_defaults(func=cmd_reconstruct)
+
+    ev = sub.add_parser("eval", help="rFID, rIS, PSNR, SSIM, LPIPS (images) or rFVD, PSNR, SSIM (video) on a dataset",
+                        description="Streams a dataset through encode/decode (posterior mean). Under torchrun "
+                                    "every rank takes its share and rank 0 writes the report.")
+    ev.add_argument("checkpoint", help="folder written by ViTok.save_pretrained")
+    ev.add_argument("--data", required=True, help="image or video folder, a .tar shard, or a glob of shards")
+    ev.add_argument("--image-size", type=int, default=None, help="resize + centre-crop size (default: the model's)")
+    ev.add_argument("--frames", type=int, default=None, help="clip length for video models (default: the model's)")
+    ev.add_argument("--frame-stride", type=int, default=1, help="take every k-th frame of a video (default 1)")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--workers", type=int, default=4, help="data loader processes (default 4)")
+    ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
+    ev.add_argument("--out", default=None, help="report folder (default: CKPT-eval next to the checkpoint)")
+    ev.add_argument("--weights", default=None, help="folder of feature-network weights (default $VITOK_WEIGHTS)")
+    ev.add_argument("--metrics", default=None, help="comma-separated subset, e.g. psnr,ssim (default: all)")
+    ev.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
+    ev.add_argument("--upsample", action="store_true", help="allow images smaller than the size (upsampled)")
+    ev.add_argument("--fp32", action="store_true", help="run the tokenizer in float32 on GPU (default bf16)")
+    ev.set_defaults(func=cmd_eval)
+
+    wt = sub.add_parser("weights", help="list the weight files vitok can use and whether they are present")
+    wt.add_argument("--weights", default=None, help="folder to look in (default $VITOK_WEIGHTS)")
+    wt.add_argument("--json", action="store_true")
+    wt.set_defaults(func=cmd_weights)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from pathlib import Path
@@ -15,6 +16,7 @@ from ..metrics.image import to_uint8
 __all__ = [
     "bundled_photos",
     "center_crop_to_multiple",
+    "decode_image",
     "from_tensor",
     "load_image",
     "resize_center_crop",
@@ -40,25 +42,29 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        size = path.stat().st_size
+        data = path.read_bytes()
     except OSError as e:
         raise ValueError(f"{path}: cannot read file ({e})") from e
-    if size == 0:
-        raise ValueError(f"{path}: file is empty (0 bytes)")
+    return decode_image(data, str(path))
 
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Decode the bytes of an image file (named `name` in errors) as an H×W×3 uint8 RGB array."""
+    if len(data) == 0:
+        raise ValueError(f"{name}: file is empty (0 bytes)")
     # A process-wide True here would make truncated files decode silently with grey padding,
     # so force strict decoding for this call and restore whatever the caller had set.
     previous = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             # open() is lazy and only parses the header; load() decodes the pixels, which is
             # where truncation and corrupt data surface.
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_rgb_array(img)
     except _DECODE_ERRORS as e:
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{name}: not a readable image ({type(e).__name__}: {e})") from e
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
 

@@ -1,0 +1,174 @@
+"""Datasets of images (folders, tar shards) and video clips that skip and report unreadable files.
+
+Every sample is a dict: {"pixels": 3×H×W or 3×T×H×W float in [-1, 1], "key": str}, or, for a
+file that cannot be used, {"skipped": str, "reason": str}. `collate` separates the two, so a
+bad file is counted and named by the caller and never reaches the model.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from .images import decode_image, load_image, resize_center_crop, to_tensor
+
+IMAGE_SUFFIXES = frozenset(ext.lower() for ext in Image.registered_extensions())
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Every file under root (recursively) with an extension Pillow can read, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"image folder {root} does not exist or is not a folder")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def prepare_image(img: np.ndarray, size: int, upsample: bool, name: str) -> torch.Tensor:
+    """Resize the shorter side to size and centre-crop: the evaluation convention for rFID tables."""
+    h, w = img.shape[:2]
+    if min(h, w) < size and not upsample:
+        raise ValueError(f"{name} is {w}x{h}, smaller than the size {size}; upsampling would change the "
+                         f"statistics: pass upsample (--upsample) to allow it, or evaluate at a smaller size")
+    return to_tensor(resize_center_crop(img, size))
+
+
+class ImageFolder(Dataset):
+    """Images under a folder, resized and centre-cropped to size×size."""
+
+    def __init__(self, root: str | Path, size: int, upsample: bool = False, limit: int | None = None) -> None:
+        self.files = list_images(root)
+        if not self.files:
+            raise ValueError(f"image folder {root} holds no image files (looked for {', '.join(sorted(IMAGE_SUFFIXES)[:8])}, ...)")
+        if limit is not None:
+            self.files = self.files[:limit]
+        self.size, self.upsample = size, upsample
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.files[index]
+        try:
+            return {"pixels": prepare_image(load_image(path), self.size, self.upsample, str(path)), "key": str(path)}
+        except (ValueError, OSError) as err:
+            return {"skipped": str(path), "reason": str(err)}
+
+
+def _shards_for(shards: list[Path], rank: int, world: int) -> list[Path]:
+    """Shards this (rank, worker) reads: shard i goes to reader i mod (world × workers), so none repeats."""
+    info = get_worker_info()
+    workers, worker = (info.num_workers, info.id) if info else (1, 0)
+    reader, readers = rank * workers + worker, world * workers
+    return shards[reader::readers]
+
+
+class TarShards(IterableDataset):
+    """WebDataset-style .tar shards: members "KEY.jpg" (any Pillow format) grouped by KEY.
+
+    Sharded by rank and worker at the shard level: no sample is read twice, none is skipped.
+    """
+
+    def __init__(self, shards: list[str | Path], size: int, upsample: bool = False, rank: int = 0,
+                 world: int = 1, limit: int | None = None) -> None:
+        self.shards = [Path(s) for s in shards]
+        if not self.shards:
+            raise ValueError("no tar shards given")
+        missing = [str(s) for s in self.shards if not s.is_file()]
+        if missing:
+            raise ValueError(f"tar shards not found: {missing[:5]}")
+        self.size, self.upsample, self.rank, self.world, self.limit = size, upsample, rank, world, limit
+
+    def __iter__(self):
+        count = 0
+        for shard in _shards_for(self.shards, self.rank, self.world):
+            for item in self._read_shard(shard):
+                if self.limit is not None and count >= self.limit:
+                    return
+                count += 1
+                yield item
+
+    def _read_shard(self, shard: Path):
+        try:
+            with tarfile.open(shard, "r|*") as tar:
+                for member in tar:
+                    if not member.isfile() or Path(member.name).suffix.lower() not in IMAGE_SUFFIXES:
+                        continue
+                    key = f"{shard.name}/{member.name}"
+                    data = tar.extractfile(member).read()
+                    yield self._decode(data, key)
+        except (tarfile.TarError, OSError, EOFError) as err:
+            yield {"skipped": str(shard), "reason": f"unreadable tar shard after the samples above ({err})"}
+
+    def _decode(self, data: bytes, key: str) -> dict:
+        try:
+            return {"pixels": prepare_image(decode_image(data, key), self.size, self.upsample, key), "key": key}
+        except ValueError as err:
+            return {"skipped": key, "reason": str(err)}
+
+
+class VideoFolder(Dataset):
+    """Clips of `frames` frames (at `stride`) from videos under a folder, resized and centre-cropped."""
+
+    def __init__(self, root: str | Path, size: int, frames: int, stride: int = 1, limit: int | None = None) -> None:
+        from .video import list_videos
+
+        root = Path(root)
+        if not root.is_dir():
+            raise ValueError(f"video folder {root} does not exist or is not a folder")
+        self.files = list_videos(root)
+        if not self.files:
+            raise ValueError(f"video folder {root} holds no video files (mp4, webm, avi, mkv, mov)")
+        if limit is not None:
+            self.files = self.files[:limit]
+        self.size, self.frames, self.stride = size, frames, stride
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        from .video import read_clip
+
+        path = self.files[index]
+        try:
+            clip = read_clip(path, self.frames, stride=self.stride, size=self.size)  # T×H×W×3 uint8
+        except (ValueError, OSError) as err:
+            return {"skipped": str(path), "reason": str(err)}
+        pixels = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+        return {"pixels": pixels, "key": str(path)}
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack usable samples; pass skipped files through by name and reason."""
+    good = [it for it in items if "pixels" in it]
+    return {
+        "pixels": torch.stack([it["pixels"] for it in good]) if good else None,
+        "keys": [it["key"] for it in good],
+        "skipped": [{"file": it["skipped"], "reason": it["reason"]} for it in items if "skipped" in it],
+    }
+
+
+def open_dataset(source: str | Path, size: int, frames: int = 1, stride: int = 1, upsample: bool = False,
+                 limit: int | None = None, rank: int = 0, world: int = 1):
+    """A folder of images or videos, a .tar shard, or a folder/glob of .tar shards."""
+    source_str = str(source)
+    if any(ch in source_str for ch in "*?[") or source_str.endswith(".tar"):
+        import glob
+
+        shards = sorted(glob.glob(source_str))
+        if not shards:
+            raise ValueError(f"no tar shards match {source_str}")
+        return TarShards(shards, size, upsample, rank, world, limit)
+    root = Path(source)
+    if root.is_dir() and frames > 1:
+        return VideoFolder(root, size, frames, stride, limit)
+    if root.is_dir():
+        tars = sorted(root.glob("*.tar"))
+        if tars and not list_images(root):
+            return TarShards(tars, size, upsample, rank, world, limit)
+        return ImageFolder(root, size, upsample, limit)
+    raise ValueError(f"data source {source} is neither a folder nor .tar shards")

@@ -1,0 +1,1 @@
+"""Dataset evaluation of a tokenizer: streaming metrics and reports."""

@@ -1,0 +1,193 @@
+"""Stream a dataset through a tokenizer and measure reconstructions, on one or many GPUs.
+
+Nothing grows with the dataset except one float per sample per metric, the rIS logits and a
+few example images: feature moments are accumulated, images are dropped after each batch.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, IterableDataset, Subset
+
+from ..data.datasets import collate
+from ..metrics.frechet import FeatureStats, frechet_distance, inception_score
+from ..metrics.image import psnr, ssim, to_uint8
+from ..model import ViTok
+from .networks import FeatureNetworks
+
+IMAGE_METRICS = ("psnr", "ssim", "lpips", "rfid", "ris")
+VIDEO_METRICS = ("psnr", "ssim", "rfvd")
+
+
+@dataclass
+class EvalResult:
+    """Per-sample scores, dataset-level metrics and the examples for the report."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    plumbing_only: dict[str, float] = field(default_factory=dict)
+    not_computed: dict[str, str] = field(default_factory=dict)
+    per_sample: dict[str, list] = field(default_factory=dict)
+    skipped: list[dict] = field(default_factory=list)
+    worst: list[tuple] = field(default_factory=list)  # (psnr, key, original uint8, reconstruction uint8)
+    best: list[tuple] = field(default_factory=list)
+    num_samples: int = 0
+    seconds: float = 0.0
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(obj):
+    """All ranks' objects as a list (just [obj] without torch.distributed)."""
+    rank, world = _rank_world()
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def make_loader(dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    """A loader over this rank's share: sample i belongs to rank i mod world, so each is counted once."""
+    rank, world = _rank_world()
+    if not isinstance(dataset, IterableDataset) and world > 1:
+        dataset = Subset(dataset, range(rank, len(dataset), world))
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                      pin_memory=device.type == "cuda", persistent_workers=False)
+
+
+def _keep_extremes(heap: list, items: list[tuple], keep: int, largest: bool) -> None:
+    """Maintain the `keep` items with the largest (or smallest) PSNR in a bounded heap."""
+    for psnr_value, key, orig, recon in items:
+        score = psnr_value if largest else -psnr_value
+        entry = (score, key, orig, recon)
+        if len(heap) < keep:
+            heapq.heappush(heap, entry)
+        elif entry[:2] > heap[0][:2]:
+            heapq.heapreplace(heap, entry)
+
+
+def _example(x: torch.Tensor) -> torch.Tensor:
+    """A small uint8 thumbnail (H×W×3) of one sample; video shows its middle frame."""
+    if x.dim() == 4:
+        x = x[:, x.shape[1] // 2]
+    return to_uint8(x.cpu()).permute(1, 2, 0).contiguous()
+
+
+@torch.no_grad()
+def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.device, keep: int = 6,
+             progress: bool = True) -> EvalResult:
+    """Encode (posterior mean) and decode every sample; return metrics over the whole set, all ranks."""
+    from tqdm.auto import tqdm
+
+    rank, world = _rank_world()
+    start = time.perf_counter()
+    model.eval()
+    per_sample: dict[str, list] = {"key": [], "psnr": [], "ssim": []}
+    if networks.lpips is not None:
+        per_sample["lpips"] = []
+    real_stats = fake_stats = None
+    logits: list[torch.Tensor] = []
+    worst_heap: list = []
+    best_heap: list = []
+    skipped: list[dict] = []
+    bar = tqdm(loader, desc="eval", unit="batch", disable=not progress or rank != 0, dynamic_ncols=True)
+    for batch in bar:
+        skipped.extend(batch["skipped"])
+        if batch["pixels"] is None:
+            continue
+        x = batch["pixels"].to(device, non_blocking=True)
+        x_hat, _ = model(x, sample=False, check=False)
+        x_hat = x_hat.clamp(-1, 1)
+        p, s = psnr(x, x_hat), ssim(x, x_hat)
+        per_sample["key"] += batch["keys"]
+        per_sample["psnr"] += p.tolist()
+        per_sample["ssim"] += s.tolist()
+        if networks.lpips is not None:
+            per_sample["lpips"] += networks.lpips(x, x_hat).double().tolist()
+        feature_net = networks.inception if networks.inception is not None else networks.i3d
+        if feature_net is not None:
+            real = feature_net(x)
+            fake = feature_net(x_hat)
+            if isinstance(real, tuple):  # Inception returns (pool features, logits)
+                (real, _), (fake, fake_logits) = real, fake
+                logits.append(fake_logits.float().cpu())
+            if real_stats is None:
+                real_stats, fake_stats = FeatureStats(device=device), FeatureStats(device=device)
+            real_stats.update(real)
+            fake_stats.update(fake)
+        items = [(float(v), k, _example(a), _example(b)) for v, k, a, b in zip(p.tolist(), batch["keys"], x, x_hat)]
+        _keep_extremes(worst_heap, items, keep, largest=False)
+        _keep_extremes(best_heap, items, keep, largest=True)
+        if per_sample["psnr"]:
+            bar.set_postfix(psnr=f"{sum(per_sample['psnr']) / len(per_sample['psnr']):.2f}")
+
+    # Combine every rank's share: each sample was seen by exactly one rank.
+    gathered = _gather((per_sample, skipped, worst_heap, best_heap, logits,
+                        _cpu_state(real_stats), _cpu_state(fake_stats)))
+    result = EvalResult(not_computed=dict(networks.missing), seconds=time.perf_counter() - start)
+    merged = {k: [] for k in per_sample}
+    all_logits, real_all, fake_all = [], None, None
+    for part_samples, part_skipped, part_worst, part_best, part_logits, part_real, part_fake in gathered:
+        for k in merged:
+            merged[k] += part_samples[k]
+        result.skipped += part_skipped
+        for score, key, orig, recon in part_worst:
+            _keep_extremes(result.worst, [(-score, key, orig, recon)], keep, largest=False)
+        for score, key, orig, recon in part_best:
+            _keep_extremes(result.best, [(score, key, orig, recon)], keep, largest=True)
+        all_logits += part_logits
+        if part_real is not None:
+            real_all = _merge(real_all, FeatureStats.from_state(part_real))
+            fake_all = _merge(fake_all, FeatureStats.from_state(part_fake))
+    result.worst = sorted(((-s, k, o, r) for s, k, o, r in result.worst), key=lambda e: e[0])
+    result.best = sorted(((s, k, o, r) for s, k, o, r in result.best), key=lambda e: -e[0])
+    result.per_sample = merged
+    result.num_samples = len(merged["key"])
+    if result.num_samples == 0:
+        raise ValueError("no usable samples: every file was skipped (see the reasons above)")
+
+    computed: dict[str, float] = {}
+    finite_psnr = [v for v in merged["psnr"] if math.isfinite(v)]
+    computed["psnr"] = sum(finite_psnr) / len(finite_psnr) if finite_psnr else float("inf")
+    computed["ssim"] = sum(merged["ssim"]) / len(merged["ssim"])
+    if "lpips" in merged:
+        computed["lpips"] = sum(merged["lpips"]) / len(merged["lpips"])
+    if real_all is not None:
+        name = "rfid" if networks.inception is not None else "rfvd"
+        if real_all.n < 2:
+            result.not_computed[name] = f"needs at least 2 samples, got {real_all.n}"
+        else:
+            computed[name] = frechet_distance(real_all.mean(), real_all.cov(), fake_all.mean(), fake_all.cov())
+    if all_logits:
+        all_l = torch.cat(all_logits)
+        splits = min(10, all_l.shape[0])
+        # torch-fidelity's defaults: 10 splits after a permutation seeded with 2020.
+        computed["ris"] = inception_score(all_l, splits=splits, seed=2020)[0]
+    # Numbers from random weights are plumbing checks, never reported under a metric's name.
+    learned = {"lpips", "rfid", "ris", "rfvd"}
+    for name, value in computed.items():
+        target = result.plumbing_only if (name in learned and not networks.published_weights) else result.metrics
+        target[name] = float(value)
+    return result
+
+
+def _merge(acc: FeatureStats | None, part: FeatureStats) -> FeatureStats:
+    if acc is None:
+        return part
+    acc.merge(part)
+    return acc
+
+
+def _cpu_state(stats: FeatureStats | None) -> dict | None:
+    """Accumulator state on the CPU, so every rank can unpickle what the others send."""
+    return None if stats is None or stats.n == 0 else {k: v.cpu() for k, v in stats.state().items()}
