@@ -148,6 +148,7 @@ def test_collate_separates_skipped_items():
 
 
 def test_video_eval_reports_psnr_ssim_and_why_rfvd_is_missing(tmp_path):
+    pytest.importorskip("av")  # the optional [video] dependency
     from vitok.data.video import write_video
 
     torch.manual_seed(0)
@@ -168,3 +169,14 @@ def test_video_eval_reports_psnr_ssim_and_why_rfvd_is_missing(tmp_path):
     assert "not computed for video models" in doc["not_computed"]["rfid"]
     assert [Path(s["file"]).name for s in doc["skipped_files"]] == ["short.mp4"]
     assert (tmp_path / "vreport" / "worst_best.png").is_file()
+
+
+def test_in_memory_evaluation_for_training_loops(checkpoint, photo_folder, tmp_path):
+    from vitok.eval.run import evaluate_model
+
+    model = ViTok.from_pretrained(checkpoint)
+    doc = evaluate_model(model, str(photo_folder), torch.device("cpu"), image_size=64, workers=0,
+                         metrics=["psnr", "ssim"], progress=False)
+    assert set(doc["metrics"]) == {"psnr", "ssim"} and doc["num_samples"] == len(bundled_photos())
+    assert doc["not_computed"]["rfid"] == "not requested (--metrics)"
+    assert not list(tmp_path.glob("*-eval"))  # nothing written without out

@@ -113,7 +113,8 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
         per_sample["psnr"] += p.tolist()
         per_sample["ssim"] += s.tolist()
         if networks.lpips is not None:
-            per_sample["lpips"] += networks.lpips(x, x_hat).double().tolist()
+            # On the 8-bit images, like every other metric here: what a saved file would score.
+            per_sample["lpips"] += networks.lpips(_quantised(x), _quantised(x_hat)).double().tolist()
         feature_net = networks.inception if networks.inception is not None else networks.i3d
         if feature_net is not None:
             real = feature_net(x)
@@ -191,3 +192,8 @@ def _merge(acc: FeatureStats | None, part: FeatureStats) -> FeatureStats:
 def _cpu_state(stats: FeatureStats | None) -> dict | None:
     """Accumulator state on the CPU, so every rank can unpickle what the others send."""
     return None if stats is None or stats.n == 0 else {k: v.cpu() for k, v in stats.state().items()}
+
+
+def _quantised(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to the 8-bit grid, back in [-1, 1]."""
+    return to_uint8(x).float() / 127.5 - 1.0

@@ -11,7 +11,7 @@ from .evaluate import EvalResult
 METRIC_LABELS = {
     "psnr": "PSNR (dB, 8-bit, mean over samples)",
     "ssim": "SSIM (11x11 Gaussian, sigma 1.5, mean over RGB channels)",
-    "lpips": "LPIPS (VGG, v0.1)",
+    "lpips": "LPIPS (VGG, v0.1, on 8-bit images)",
     "rfid": "rFID (Inception-v3 pool3, pytorch-fid weights)",
     "ris": "rIS (Inception-v3 logits, 10 splits)",
     "rfvd": "rFVD (I3D Kinetics-400 features)",
