@@ -46,6 +46,47 @@ def make_crops(photos: Path, scratch: Path, count: int, size: int = 256) -> None
         Image.fromarray(img[y:y + size, x:x + size]).save(scratch / f"crop{i:05d}.png")
 
 
+def time_stages(model, nets, scratch: Path, batch_size: int, workers: int, device) -> dict:
+    """Seconds per batch of each stage of the evaluation step, and of the data loader alone."""
+    from vitok.data.datasets import ImageFolder, to_model_range
+    from vitok.eval.evaluate import _candidates, _quantised, make_loader
+    from vitok.metrics import FeatureStats, psnr, ssim
+
+    loader = make_loader(ImageFolder(scratch, 256), batch_size, workers, device)
+    start = time.perf_counter()
+    n = 0
+    for batch in loader:
+        n += len(batch["keys"])
+    loader_rate = n / (time.perf_counter() - start)
+    x = to_model_range(next(iter(loader))["pixels"].to(device))
+    model.amp_dtype = torch.bfloat16
+    stats = FeatureStats(device=device)
+    with torch.no_grad():
+        x_hat = model(x, sample=False, check=False)[0].clamp(-1, 1)
+        feats = nets.inception(x)[0]
+        stages = {
+            "tokenizer_bf16": lambda: model(x, sample=False, check=False),
+            "psnr": lambda: psnr(x, x_hat),
+            "ssim": lambda: ssim(x, x_hat),
+            "lpips": lambda: nets.lpips(_quantised(x), _quantised(x_hat)),
+            "inception_x2": lambda: (nets.inception(x), nets.inception(x_hat)),
+            "feature_stats_x2": lambda: (stats.update(feats), stats.update(feats)),
+            "candidates": lambda: _candidates(psnr(x, x_hat).tolist(), [str(i) for i in range(len(x))], x, x_hat, 6),
+        }
+        out = {"loader_images_per_second": loader_rate, "batch": len(x)}
+        for name, fn in stages.items():
+            for _ in range(2):
+                fn()
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(5):
+                fn()
+            torch.cuda.synchronize()
+            out[f"{name}_ms"] = (time.perf_counter() - t) / 5 * 1e3
+    model.amp_dtype = None
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--photos", required=True)
@@ -66,18 +107,27 @@ def main() -> None:
     model = ViTok.from_name("S-B/16", channels=16, image_size=256).to(device)
     nets = FeatureNetworks(inception=build_fid_inception(None), lpips=build_lpips(None, None),
                            published_weights=False).to(device)
+    stages = time_stages(model, nets, Path(args.scratch), args.batch_size, args.workers, device) if rank == 0 else {}
     torch.cuda.synchronize()
     start = time.perf_counter()
     doc = evaluate_model(model, args.scratch, device, batch_size=args.batch_size, workers=args.workers,
                          networks=nets, progress=False, out=Path(args.out).with_suffix(""))
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    # The same pass with PSNR/SSIM only: loader + tokenizer + pixel metrics, no feature networks.
+    start = time.perf_counter()
+    evaluate_model(model, args.scratch, device, batch_size=args.batch_size, workers=args.workers,
+                   networks=FeatureNetworks(), progress=False)
+    torch.cuda.synchronize()
+    pixel_only = time.perf_counter() - start
     if rank == 0:
         report = json.loads((Path(args.out).with_suffix("") / "report.json").read_text())
         summary = {"world_size": doc["world_size"], "num_samples": doc["num_samples"], "seconds": seconds,
-                   "images_per_second": doc["num_samples"] / seconds, "metrics": doc["metrics"],
+                   "images_per_second": doc["num_samples"] / seconds,
+                   "pixel_metrics_only_images_per_second": doc["num_samples"] / pixel_only,
+                   "metrics": doc["metrics"],
                    "plumbing_only_random_weights": report.get("plumbing_only_random_weights"),
-                   "device": torch.cuda.get_device_name()}
+                   "device": torch.cuda.get_device_name(), "stages": stages}
         Path(args.out).write_text(json.dumps(summary, indent=2))
         print(json.dumps(summary))
     if dist.is_initialized():

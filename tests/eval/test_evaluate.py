@@ -15,7 +15,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from conftest import tiny_config
 from vitok.data import bundled_photos, from_tensor
-from vitok.data.datasets import ImageFolder, collate
+from vitok.data.datasets import ImageFolder, collate, to_model_range
 from vitok.eval.evaluate import evaluate, make_loader
 from vitok.eval.networks import FeatureNetworks
 from vitok.eval.run import run_eval
@@ -69,9 +69,10 @@ def test_eval_report_on_real_photos(checkpoint, photo_folder, tmp_path):
     for item in ImageFolder(photo_folder, 64):
         if "pixels" not in item:
             continue
+        x = to_model_range(item["pixels"])
         with torch.no_grad():
-            x_hat, _ = model(item["pixels"][None], sample=False)
-        a, b = from_tensor(item["pixels"]), from_tensor(x_hat[0].clamp(-1, 1))
+            x_hat, _ = model(x[None], sample=False)
+        a, b = from_tensor(x), from_tensor(x_hat[0].clamp(-1, 1))
         ps.append(peak_signal_noise_ratio(a, b, data_range=255))
         ss.append(structural_similarity(a, b, channel_axis=-1, gaussian_weights=True, sigma=1.5,
                                         use_sample_covariance=False, data_range=255))

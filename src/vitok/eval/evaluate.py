@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
-from ..data.datasets import collate
+from ..data.datasets import collate, to_model_range
 from ..metrics.frechet import FeatureStats, frechet_distance, inception_score
 from ..metrics.image import psnr, ssim, to_uint8
 from ..model import ViTok
@@ -76,11 +76,24 @@ def _keep_extremes(heap: list, items: list[tuple], keep: int, largest: bool) -> 
             heapq.heapreplace(heap, entry)
 
 
-def _example(x: torch.Tensor) -> torch.Tensor:
-    """A small uint8 thumbnail (H×W×3) of one sample; video shows its middle frame."""
-    if x.dim() == 4:
-        x = x[:, x.shape[1] // 2]
-    return to_uint8(x.cpu()).permute(1, 2, 0).contiguous()
+def _candidates(values: list[float], keys: list[str], x: torch.Tensor, x_hat: torch.Tensor, keep: int) -> list[tuple]:
+    """(psnr, key, original, reconstruction) for the batch's `keep` worst and best samples only.
+
+    Images go to the host as uint8 in one copy each (H×W×3; video shows its middle frame): a copy
+    per sample would stall the GPU once per image.
+    """
+    order = sorted(range(len(values)), key=values.__getitem__)
+    chosen = sorted(set(order[:keep] + order[-keep:]))
+    index = torch.tensor(chosen, device=x.device)
+
+    def frames(t: torch.Tensor) -> torch.Tensor:
+        t = t.index_select(0, index)
+        if t.dim() == 5:
+            t = t[:, :, t.shape[2] // 2]
+        return to_uint8(t).permute(0, 2, 3, 1).cpu()
+
+    originals, reconstructions = frames(x), frames(x_hat)
+    return [(values[i], keys[i], originals[j], reconstructions[j]) for j, i in enumerate(chosen)]
 
 
 @torch.no_grad()
@@ -105,7 +118,7 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
         skipped.extend(batch["skipped"])
         if batch["pixels"] is None:
             continue
-        x = batch["pixels"].to(device, non_blocking=True)
+        x = to_model_range(batch["pixels"].to(device, non_blocking=True))
         x_hat, _ = model(x, sample=False, check=False)
         x_hat = x_hat.clamp(-1, 1)
         p, s = psnr(x, x_hat), ssim(x, x_hat)
@@ -126,7 +139,7 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
                 real_stats, fake_stats = FeatureStats(device=device), FeatureStats(device=device)
             real_stats.update(real)
             fake_stats.update(fake)
-        items = [(float(v), k, _example(a), _example(b)) for v, k, a, b in zip(p.tolist(), batch["keys"], x, x_hat)]
+        items = _candidates(p.tolist(), batch["keys"], x, x_hat, keep)
         _keep_extremes(worst_heap, items, keep, largest=False)
         _keep_extremes(best_heap, items, keep, largest=True)
         if per_sample["psnr"]:
