@@ -121,31 +121,35 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
         x = to_model_range(batch["pixels"].to(device, non_blocking=True))
         x_hat, _ = model(x, sample=False, check=False)
         x_hat = x_hat.clamp(-1, 1)
-        p, s = psnr(x, x_hat), ssim(x, x_hat)
-        per_sample["key"] += batch["keys"]
-        per_sample["psnr"] += p.tolist()
-        per_sample["ssim"] += s.tolist()
+        # Queue every kernel of the batch first and read results back once at the end: a read
+        # after each metric would leave the GPU idle while the host queues the next one.
+        scores = {"psnr": psnr(x, x_hat), "ssim": ssim(x, x_hat)}
         if networks.lpips is not None:
             # On the 8-bit images, like every other metric here: what a saved file would score.
-            per_sample["lpips"] += networks.lpips(_quantised(x), _quantised(x_hat)).double().tolist()
+            scores["lpips"] = networks.lpips(_quantised(x), _quantised(x_hat)).double()
         feature_net = networks.inception if networks.inception is not None else networks.i3d
         if feature_net is not None:
             real = feature_net(x)
             fake = feature_net(x_hat)
             if isinstance(real, tuple):  # Inception returns (pool features, logits)
                 (real, _), (fake, fake_logits) = real, fake
-                logits.append(fake_logits.float().cpu())
+                logits.append(fake_logits.float())
             if real_stats is None:
                 real_stats, fake_stats = FeatureStats(device=device), FeatureStats(device=device)
             real_stats.update(real)
             fake_stats.update(fake)
-        items = _candidates(p.tolist(), batch["keys"], x, x_hat, keep)
+        host = torch.stack(list(scores.values())).cpu()
+        per_sample["key"] += batch["keys"]
+        for name, row in zip(scores, host.tolist()):
+            per_sample[name] += row
+        items = _candidates(host[0].tolist(), batch["keys"], x, x_hat, keep)
         _keep_extremes(worst_heap, items, keep, largest=False)
         _keep_extremes(best_heap, items, keep, largest=True)
         if per_sample["psnr"]:
             bar.set_postfix(psnr=f"{sum(per_sample['psnr']) / len(per_sample['psnr']):.2f}")
 
     # Combine every rank's share: each sample was seen by exactly one rank.
+    logits = [torch.cat(logits).cpu()] if logits else []
     gathered = _gather((per_sample, skipped, worst_heap, best_heap, logits,
                         _cpu_state(real_stats), _cpu_state(fake_stats)))
     result = EvalResult(not_computed=dict(networks.missing), seconds=time.perf_counter() - start)

@@ -70,21 +70,26 @@ def _markdown(doc: dict) -> str:
 
 
 def _plot_extremes(result: EvalResult, path: Path) -> None:
-    """Rows of (original | reconstruction) pairs: the worst PSNR first, then the best."""
+    """Two blocks of (original | reconstruction) pairs: lowest PSNR on the left, highest on the right."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [("worst", e) for e in result.worst] + [("best", e) for e in result.best]
-    fig, axes = plt.subplots(len(rows), 2, figsize=(5, 2.5 * len(rows)), squeeze=False)
-    for (label, (p, key, orig, recon)), (ax_o, ax_r) in zip(rows, axes):
-        ax_o.imshow(orig.numpy())
-        ax_r.imshow(recon.numpy())
-        ax_o.set_title(f"{label}: {Path(key).name}", fontsize=7)
-        ax_r.set_title(f"reconstruction, {p:.2f} dB", fontsize=7)
-        ax_o.axis("off")
-        ax_r.axis("off")
+    rows = max(len(result.worst), len(result.best), 1)
+    fig, axes = plt.subplots(rows, 4, figsize=(8, 2.1 * rows), squeeze=False)
+    for column, (label, entries) in enumerate((("worst", result.worst), ("best", result.best))):
+        for row in range(rows):
+            ax_o, ax_r = axes[row, 2 * column], axes[row, 2 * column + 1]
+            ax_o.axis("off")
+            ax_r.axis("off")
+            if row >= len(entries):
+                continue
+            p, key, orig, recon = entries[row]
+            ax_o.imshow(orig.numpy())
+            ax_r.imshow(recon.numpy())
+            ax_o.set_title(f"{label} {row + 1}: {Path(key).name}", fontsize=7)
+            ax_r.set_title(f"reconstruction, {p:.2f} dB", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
