@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from vitok.model.blocks import Attention, RMSNorm, SwiGLU, Transformer, apply_rope, rope_angles, swiglu_hidden
+from vitok.model.blocks import (Attention, RMSNorm, SwiGLU, Transformer, apply_rope, rope_angles, rope_tables,
+                                swiglu_hidden)
 
 
 def rel_err(a, b) -> float:
@@ -103,7 +104,7 @@ def test_apply_rope_matches_complex_rotation(head_dim):
     x = torch.randn(2, 3, 20, head_dim)
     angles = rope_angles((4, 5), head_dim)
     ref = np_rope(x.double().numpy(), angles.double().numpy())
-    assert rel_err(apply_rope(x, angles), ref) < 1e-6
+    assert rel_err(apply_rope(x, rope_tables(angles)), ref) < 1e-6
 
 
 @pytest.mark.parametrize("grid", [(6, 7), (3, 4, 5)])
@@ -115,8 +116,8 @@ def test_rope_logits_depend_only_on_relative_offset(grid):
     index = {pos: i for i, pos in enumerate(np.ndindex(*grid))}
 
     def logit(pq, pk):
-        rq = apply_rope(q[None], angles[index[pq]][None])[0]
-        rk = apply_rope(k[None], angles[index[pk]][None])[0]
+        rq = apply_rope(q[None], rope_tables(angles[index[pq]][None]))[0]
+        rk = apply_rope(k[None], rope_tables(angles[index[pk]][None]))[0]
         return float(rq @ rk)
 
     a, b = (0,) * len(grid), tuple(1 for _ in grid)
@@ -153,7 +154,7 @@ def test_attention_matches_float64_reference(qk_norm):
         ref = np.concatenate(outs, -1) @ wproj.T
     else:
         ref = np_attention(xd, wqkv, wproj, 4, angles.double().numpy())
-    assert rel_err(attn(x, angles).detach(), ref) < 1e-5
+    assert rel_err(attn(x, rope_tables(angles)).detach(), ref) < 1e-5
 
 
 def test_transformer_checkpointing_gives_identical_gradients():
@@ -166,7 +167,7 @@ def test_transformer_checkpointing_gives_identical_gradients():
         net.grad_checkpointing = ckpt
         net.zero_grad()
         x.grad = None
-        y = net(x, angles)
+        y = net(x, rope_tables(angles))
         y.square().mean().backward()
         outputs.append((y.detach(), x.grad.clone(), [p.grad.clone() for p in net.parameters()]))
     (y0, gx0, gp0), (y1, gx1, gp1) = outputs

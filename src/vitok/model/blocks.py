@@ -22,10 +22,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32: bf16 mean-of-squares loses too many bits over wide rows.
-        y = x.float()
-        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
-        return y.to(x.dtype) * self.weight.to(x.dtype)
+        if x.dtype in (torch.float32, torch.float64):
+            return F.rms_norm(x, self.weight.shape, self.weight.to(x.dtype), self.eps)
+        # Normalise bf16/fp16 rows in float32: their mean of squares loses too many bits.
+        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(x.dtype)
 
 
 def swiglu_hidden(width: int, multiple_of: int = 256) -> int:
@@ -73,15 +73,21 @@ def rope_angles(
     return torch.cat(parts, dim=1).float()
 
 
-def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B×H×L×d) by angles (L×P), P = d // 2: pair j is (x[j], x[j + P])."""
-    pairs = angles.shape[-1]
-    # At least float32: bf16 rotations drift visibly for far-apart tokens.
-    compute = torch.promote_types(x.dtype, torch.float32)
-    cos, sin = angles.to(compute).cos(), angles.to(compute).sin()
-    x1, x2, rest = x.to(compute).split([pairs, pairs, x.shape[-1] - 2 * pairs], dim=-1)
-    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
-    return out.to(x.dtype)
+def rope_tables(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) of the angles, L×P each: computed once per forward, shared by every block."""
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate x (B×H×L×d) by rope = (cos, sin), L×P each with P = d // 2: pair j is (x[j], x[j + P]).
+
+    Computed in x's dtype (bf16 under autocast): the rotation is norm-preserving and its rounding
+    is that of the QKV matmul that produced x.
+    """
+    cos, sin = (t.to(x.dtype) for t in rope)
+    pairs = cos.shape[-1]
+    x1, x2, rest = x.split([pairs, pairs, x.shape[-1] - 2 * pairs], dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
 
 
 class Attention(nn.Module):
@@ -98,13 +104,13 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, eps) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim, eps) if qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, angles: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, L, D = x.shape
         # B×L×3D -> 3×B×H×L×d: the layout SDPA's flash kernel wants.
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        if angles is not None:
-            q, k = apply_rope(q, angles), apply_rope(k, angles)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(B, L, D))
 
@@ -119,8 +125,8 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(dim, eps)
         self.mlp = SwiGLU(dim, swiglu_hidden(dim))
 
-    def forward(self, x: torch.Tensor, angles: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), angles)
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope)
         return x + self.mlp(self.norm2(x))
 
 
@@ -134,10 +140,10 @@ class Transformer(nn.Module):
         self.head_dim = dim // heads
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, angles, use_reentrant=False)
+                x = checkpoint(block, x, rope, use_reentrant=False)
             else:
-                x = block(x, angles)
+                x = block(x, rope)
         return self.norm(x)
