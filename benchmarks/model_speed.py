@@ -33,7 +33,7 @@ def bench(fn, warmup: int = 3, iters: int = 10) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def measure(label: str, batch: int) -> dict:
+def measure(label: str, batch: int, compile_mode: str | None) -> dict:
     import torch
 
     from vitok.info import describe
@@ -49,7 +49,8 @@ def measure(label: str, batch: int) -> dict:
     flops = describe(c)["gflops_total"] * 1e9
     model.amp_dtype = torch.bfloat16
     x = torch.rand(batch, 3, 256, 256, device="cuda") * 2 - 1
-    out = {"label": label, "batch": batch, "matmul_tflops": peak, "torch": torch.__version__,
+    out = {"label": label, "batch": batch, "compile_mode": compile_mode or "default", "matmul_tflops": peak,
+           "torch": torch.__version__,
            "device": torch.cuda.get_device_name()}
 
     def step_fn(opt):
@@ -64,7 +65,7 @@ def measure(label: str, batch: int) -> dict:
     modes = ["eager"] + (["compiled"] if hasattr(model, "compile_blocks") else [])
     for mode in modes:
         if mode == "compiled":
-            model.compile_blocks()
+            model.compile_blocks(**({"mode": compile_mode} if compile_mode else {}))
         model.eval()
         with torch.no_grad():
             t_enc = bench(lambda: model.encode(x, check=False))
@@ -104,13 +105,14 @@ def main() -> None:
     parser.add_argument("--label", default="current")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune")
     parser.add_argument("--compare", nargs="+", default=None)
     args = parser.parse_args()
     if args.compare:
         compare(args.compare)
         return
     sys.path.insert(0, args.src)
-    result = measure(args.label, args.batch)
+    result = measure(args.label, args.batch, args.compile_mode)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
