@@ -7,7 +7,7 @@ from vitok.model import PAPER_VARIANTS, SIZES, ViTok, ViTokConfig, config_from_n
 
 
 def test_paper_sizes():
-    assert SIZES == {"S": (768, 6, 12), "B": (768, 12, 12), "L": (1152, 24, 16), "H": (1296, 32, 16)}
+    assert SIZES == {"T": (192, 4, 3), "S": (768, 6, 12), "B": (768, 12, 12), "L": (1152, 24, 16), "H": (1296, 32, 16)}
 
 
 @pytest.mark.parametrize("name", PAPER_VARIANTS)

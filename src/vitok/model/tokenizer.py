@@ -116,14 +116,24 @@ class ViTok(nn.Module):
             check_latents(z, self.config)
         return self._decode(z, grid_for(z.shape[1], size, self.config))
 
-    def forward(self, x: torch.Tensor, sample: bool = True, check: bool = True) -> tuple[torch.Tensor, DiagonalGaussian]:
-        """Reconstruct x through a sampled (or, with sample=False, the mean) latent; returns (x_hat, posterior)."""
+    def forward(self, x: torch.Tensor, sample: bool = True, check: bool = True,
+                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, DiagonalGaussian]:
+        """Reconstruct x through a sampled (or, with sample=False, the mean) latent; returns (x_hat, posterior).
+
+        `noise` (B×L×c standard normal) replaces the internal draw: training passes noise cut from
+        a per-step global draw, so the result does not depend on how the batch is split over ranks.
+        """
         if check:
             check_pixels(x, self.config)
         moments, grid = self._encode(x)
         mean, logvar = moments.float().chunk(2, dim=-1)
         posterior = DiagonalGaussian(mean, logvar.clamp(self.config.logvar_min, self.config.logvar_max))
-        z = posterior.sample() if sample else posterior.mode()
+        if noise is not None:
+            if noise.shape != mean.shape:
+                raise ValueError(f"noise has shape {tuple(noise.shape)}; the latents are {tuple(mean.shape)}")
+            z = mean + posterior.std * noise
+        else:
+            z = posterior.sample() if sample else posterior.mode()
         return self._decode(z, grid), posterior
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:

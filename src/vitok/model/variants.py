@@ -7,7 +7,9 @@ import re
 from dataclasses import dataclass
 
 # (width, depth, heads), as the ViTok authors define them. S is a shallow B, not ViT-S.
+# T (tiny) is ours, not the paper's: for CPU demos, tests and quick sweeps.
 SIZES: dict[str, tuple[int, int, int]] = {
+    "T": (192, 4, 3),
     "S": (768, 6, 12),
     "B": (768, 12, 12),
     "L": (1152, 24, 16),

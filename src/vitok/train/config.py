@@ -1,0 +1,318 @@
+"""Training configuration: typed dataclasses, YAML files and `section.field=value` overrides.
+
+A run is described by one `TrainConfig`; `load_config` builds it from defaults, then a YAML
+file, then command-line overrides, and validates it before any work starts. The resolved
+config is written into every run folder, so a run can always be reproduced from its folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class ModelSection:
+    """The tokenizer: a named variant ("S-B/16", "S-B/4x8") plus optional explicit sizes."""
+
+    name: str = "S-B/16"
+    channels: int = 16  # c: latent channels per token
+    image_size: int = 256
+    frames: int = 1  # > 1 trains a video model on clips of this many frames
+    qk_norm: bool = False
+    # Explicit sizes override the name's (null = as the name says); any width/depth/heads/p/q works.
+    encoder_width: int | None = None
+    encoder_depth: int | None = None
+    encoder_heads: int | None = None
+    decoder_width: int | None = None
+    decoder_depth: int | None = None
+    decoder_heads: int | None = None
+    patch_size: int | None = None
+    temporal_patch: int | None = None
+    grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile each Transformer block (GPU)
+
+
+@dataclass
+class DataSection:
+    """Where images or videos come from and how training crops are cut."""
+
+    source: str = ""  # image/video folder, .tar shard(s) or glob; "" = the bundled photos
+    val_source: str = ""  # a separate held-out set; "" = hold out `holdout` files of `source`
+    holdout: int = 2  # whole files held out for evaluation when val_source is empty
+    crop: str = "random"  # "random" (random-resized crop) or "center"
+    min_scale: float = 0.5  # smallest crop area fraction of the random-resized crop
+    flip: bool = True
+    frame_stride: int = 1  # video: take every k-th frame
+    workers: int = 2  # data loader processes per rank
+    eval_limit: int = 256  # held-out samples evaluated (0 = all)
+
+
+@dataclass
+class LossSection:
+    """Loss terms and their weights (the paper's: beta 1e-3 KL, eta 1.0 LPIPS, lambda 1.0 GAN)."""
+
+    reconstruction: str = "mse"  # "mse" or "l1"
+    reconstruction_weight: float = 1.0
+    kl_weight: float = 1e-3  # beta; KL averaged per latent element as in the authors' code
+    lpips_weight: float = 1.0  # eta; needs the VGG16 and LPIPS head files (see `vitok weights`)
+    lpips_max_frames: int = 4  # video: LPIPS on this many evenly spaced frames per clip
+    require_lpips: bool = False  # stop before training when the LPIPS files are missing
+    gan_weight: float = 1.0  # lambda, stage 2 only
+    gan_loss: str = "non_saturating"  # or "hinge"
+    r1_weight: float = 0.1  # R1 gradient penalty on real images (lazy, every r1_every steps)
+    r1_every: int = 16
+    lecam_weight: float = 0.0
+    disc_channels: int = 64
+    disc_max_channels: int = 512
+    disc_video: str = "frame"  # video discriminator: "frame" (per frame) or "3d"
+    weights_dir: str = ""  # folder with the network weight files; "" = $VITOK_WEIGHTS or ~/.cache/vitok/weights
+
+
+@dataclass
+class OptimSection:
+    """AdamW with linear warm-up then cosine decay; the discriminator has its own."""
+
+    lr: float = 1e-4  # peak learning rate at a global batch of 256 (scaled by batch/256)
+    scale_lr: bool = True
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 1e-4  # not applied to norms and biases
+    warmup_steps: int = 1000
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0  # 0 disables clipping
+    disc_lr: float = 2e-5
+    disc_warmup_steps: int = 1000
+    fused: bool = True  # fused AdamW kernel on GPU
+
+
+@dataclass
+class TrainSection:
+    """Schedule, precision, parallelism and bookkeeping."""
+
+    stage1_steps: int = 100_000
+    stage2_steps: int = 100_000  # 0 skips stage 2
+    batch_size: int = 256  # global batch over all ranks
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "bf16", "fp32"
+    parallel: str = "ddp"  # "ddp" or "fsdp" (shards the model; for large decoders)
+    ema_decay: float = 0.9999  # EMA of the decoder in stage 2
+    deterministic: bool = False  # deterministic algorithms (bit-identical resume on CPU)
+    max_bad_steps: int = 5  # stop after this many non-finite losses in a row
+    log_every: int = 10
+    eval_every: int = 1000  # held-out evaluation (0 = only at the end)
+    image_every: int = 1000  # refresh reconstructions.png
+    checkpoint_every: int = 1000
+    keep_last: int = 3  # checkpoints kept besides the best
+    tensorboard: bool = False
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """One training run."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    loss: LossSection = field(default_factory=LossSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    name: str = "run"  # names the run folder runs/<name>-<timestamp>
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (what config.yaml holds)."""
+        return dataclasses.asdict(self)
+
+    def model_overrides(self) -> dict:
+        """Keyword arguments for vitok.model.config_from_name."""
+        m = self.model
+        out = {"channels": m.channels, "image_size": m.image_size, "frames": m.frames, "qk_norm": m.qk_norm}
+        for key in ("encoder_width", "encoder_depth", "encoder_heads", "decoder_width", "decoder_depth",
+                    "decoder_heads", "patch_size", "temporal_patch"):
+            if getattr(m, key) is not None:
+                out[key] = getattr(m, key)
+        return out
+
+    @property
+    def total_steps(self) -> int:
+        return self.train.stage1_steps + self.train.stage2_steps
+
+
+SECTIONS = ("model", "data", "loss", "optim", "train")
+CHOICES = {
+    "data.crop": ("random", "center"),
+    "loss.reconstruction": ("mse", "l1"),
+    "loss.gan_loss": ("non_saturating", "hinge"),
+    "loss.disc_video": ("frame", "3d"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("auto", "bf16", "fp32"),
+    "train.parallel": ("ddp", "fsdp"),
+}
+
+
+def fields_table() -> list[tuple[str, str, object]]:
+    """(dotted key, type name, default) for every field: what `vitok train --help` lists."""
+    rows = [("name", "str", TrainConfig.name)]
+    for section in SECTIONS:
+        cls = type(getattr(TrainConfig(), section))
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            rows.append((f"{section}.{f.name}", _type_name(hints[f.name]), f.default))
+    return rows
+
+
+def _type_name(tp) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if args:
+        return f"{args[0].__name__} or null"
+    return tp.__name__
+
+
+def _coerce(key: str, value, tp):
+    """Check (and where lossless, convert) one value against its field type."""
+    optional = type(None) in typing.get_args(tp)
+    base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"config field {key} cannot be null; give a {base.__name__}")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif base is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ValueError(f"config field {key} must be a {base.__name__}{' or null' if optional else ''}, "
+                     f"got {value!r} ({type(value).__name__})")
+
+
+def apply(config: TrainConfig, updates: dict, origin: str) -> None:
+    """Apply a nested dict ({"train": {"steps": 5}}) of updates in place; unknown keys are errors."""
+    for top, value in updates.items():
+        if top == "name":
+            config.name = _coerce("name", value, str)
+            continue
+        if top not in SECTIONS:
+            raise ValueError(f"{origin}: unknown config section {top!r}; sections are {', '.join(SECTIONS)} "
+                             f"(and the top-level 'name')")
+        if not isinstance(value, dict):
+            raise ValueError(f"{origin}: config section {top!r} must be a mapping of fields, got {value!r}")
+        section = getattr(config, top)
+        hints = typing.get_type_hints(type(section))
+        for key, val in value.items():
+            if key not in hints:
+                close = [k for k in hints if k.startswith(key[:3])]
+                hint = f" (did you mean {', '.join(top + '.' + k for k in close)}?)" if close else ""
+                raise ValueError(f"{origin}: unknown config key {top}.{key}{hint}; `vitok train --help` lists them")
+            setattr(section, key, _coerce(f"{top}.{key}", val, hints[key]))
+
+
+def parse_override(text: str) -> dict:
+    """"train.batch_size=64" -> {"train": {"batch_size": 64}} (values parsed as YAML scalars)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like section.field=value, e.g. train.batch_size=64")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    parts = key.strip().split(".")
+    if parts == ["name"]:
+        return {"name": value}
+    if len(parts) != 2:
+        raise ValueError(f"override key {key!r} must be section.field (sections: {', '.join(SECTIONS)})")
+    return {parts[0]: {parts[1]: value}}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Defaults <- YAML file <- overrides, then validated."""
+    config = TrainConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist; shipped configs are in configs/")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+        apply(config, data, str(path))
+        if "name" not in data:
+            config.name = path.stem
+    for text in overrides:
+        apply(config, parse_override(text), f"override {text!r}")
+    validate(config)
+    return config
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def validate(config: TrainConfig, world: int = 1) -> None:
+    """Reject impossible configurations before any work, with the fix in the message."""
+    from ..model import config_from_name
+
+    flat = {f"{s}.{k}": v for s in SECTIONS for k, v in dataclasses.asdict(getattr(config, s)).items()}
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise ValueError(f"{key} is {flat[key]!r}; choose one of {', '.join(allowed)}")
+    try:
+        model_config = config_from_name(config.model.name, **config.model_overrides())
+    except ValueError as err:
+        raise ValueError(f"model section: {err}") from None
+    t, d, o, lo = config.train, config.data, config.optim, config.loss
+    positive = {"train.batch_size": t.batch_size, "train.log_every": t.log_every,
+                "train.checkpoint_every": t.checkpoint_every, "train.image_every": t.image_every,
+                "train.max_bad_steps": t.max_bad_steps, "train.keep_last": t.keep_last,
+                "data.frame_stride": d.frame_stride, "loss.r1_every": lo.r1_every,
+                "loss.lpips_max_frames": lo.lpips_max_frames}
+    for key, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{key} must be >= 1, got {value}")
+    non_negative = {"train.stage1_steps": t.stage1_steps, "train.stage2_steps": t.stage2_steps,
+                    "train.eval_every": t.eval_every, "data.workers": d.workers, "data.holdout": d.holdout,
+                    "data.eval_limit": d.eval_limit, "optim.warmup_steps": o.warmup_steps,
+                    "optim.disc_warmup_steps": o.disc_warmup_steps, "optim.grad_clip": o.grad_clip,
+                    "optim.weight_decay": o.weight_decay, "loss.kl_weight": lo.kl_weight,
+                    "loss.lpips_weight": lo.lpips_weight, "loss.gan_weight": lo.gan_weight,
+                    "loss.r1_weight": lo.r1_weight, "loss.lecam_weight": lo.lecam_weight}
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ValueError(f"{key} must be >= 0, got {value}")
+    if t.stage1_steps + t.stage2_steps == 0:
+        raise ValueError("train.stage1_steps and train.stage2_steps are both 0; nothing to train")
+    if not 0.0 < d.min_scale <= 1.0:
+        raise ValueError(f"data.min_scale must be in (0, 1], got {d.min_scale}")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ValueError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    if o.lr <= 0 or o.disc_lr <= 0:
+        raise ValueError(f"optim.lr and optim.disc_lr must be > 0, got {o.lr} and {o.disc_lr}")
+    if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):
+        raise ValueError(f"optim.beta1/beta2 must be in [0, 1), got {o.beta1}, {o.beta2}")
+    if not 0 <= o.min_lr_ratio <= 1:
+        raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    if model_config.is_video and config.data.source == "":
+        raise ValueError("a video model needs data.source pointing at a folder of videos; "
+                         "the bundled default data are photos")
+    if t.batch_size % world:
+        lo_b, hi_b = (t.batch_size // world) * world, (t.batch_size // world + 1) * world
+        raise ValueError(f"train.batch_size {t.batch_size} is not divisible by the {world} processes; "
+                         f"use {lo_b or hi_b} or {hi_b}, or change --nproc_per_node")

@@ -1,0 +1,491 @@
+"""The two-stage training loop (the paper's recipe), top to bottom.
+
+Stage 1 trains encoder and decoder with reconstruction + LPIPS + KL. Stage 2 freezes the
+encoder and fine-tunes the decoder against a StyleGAN-style discriminator, keeping the
+reconstruction and LPIPS terms, with an EMA of the decoder; adding the GAN from scratch
+diverges, which is why stage 1 exists. Both stages read one data stream whose position is
+the global step, so a resumed run sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..data.datasets import to_model_range
+from ..data.training import make_train_loader
+from ..losses import (Discriminator, LeCam, discriminator_loss, generator_loss, kl_loss, load_perceptual_loss,
+                      r1_penalty, reconstruction_loss)
+from ..model import ViTok, config_from_name
+from . import checkpoint as ckpt
+from .config import TrainConfig, save_config, validate
+from .distributed import Dist, all_reduce_mean, average_gradients, barrier
+from .optim import EMA, build_adamw, warmup_constant, warmup_cosine
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite losses in a row; the last good checkpoint is left intact."""
+
+
+@dataclass
+class Progress:
+    """Counters that travel in the checkpoint."""
+
+    step: int = 0  # global batches consumed = optimizer steps taken or skipped
+    bad_in_row: int = 0
+    bad_total: int = 0
+    skipped_files: dict[str, str] = field(default_factory=dict)
+
+
+def bundled_source() -> str:
+    """The folder of photos shipped inside the package (the demo's data)."""
+    from ..data.images import bundled_photos
+
+    return str(bundled_photos()[0].parent)
+
+
+class Trainer:
+    """Owns the model, losses, optimizers and data of one run; `run()` trains to the end."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, dist_info: Dist) -> None:
+        validate(config, dist_info.world)
+        self.config, self.run_dir, self.dist = config, run_dir, dist_info
+        self.device = dist_info.device
+        t = config.train
+        self.per_rank_batch = t.batch_size // dist_info.world
+        self.amp = (t.precision == "bf16") or (t.precision == "auto" and self.device.type == "cuda")
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True)
+        torch.manual_seed(t.seed)  # same initial weights on every rank
+
+        self.model_config = config_from_name(config.model.name, **config.model_overrides())
+        self.model = ViTok(self.model_config).to(self.device)
+        self.model.amp_dtype = torch.bfloat16 if self.amp else None
+        self.model.set_grad_checkpointing(config.model.grad_checkpointing)
+        if config.model.compile:
+            self.model.compile_blocks()
+
+        lo = config.loss
+        self.perceptual, self.perceptual_reason = None, "disabled (loss.lpips_weight = 0)"
+        if lo.lpips_weight > 0:
+            self.perceptual, self.perceptual_reason = load_perceptual_loss(lo.weights_dir or None)
+            if self.perceptual is None and lo.require_lpips:
+                raise ValueError(f"loss.require_lpips is set but the LPIPS loss cannot be built: "
+                                 f"{self.perceptual_reason}")
+            if self.perceptual is not None:
+                self.perceptual = self.perceptual.to(self.device)
+                self.perceptual.max_frames = lo.lpips_max_frames
+        self.disc = self.lecam = None
+        if t.stage2_steps > 0:
+            self.disc = Discriminator(self.model_config.image_size, channels=lo.disc_channels,
+                                      max_channels=lo.disc_max_channels,
+                                      video=lo.disc_video if self.model_config.is_video else None,
+                                      frames=self.model_config.frames).to(self.device)
+            self.lecam = LeCam() if lo.lecam_weight > 0 else None
+        self.ema: EMA | None = None
+        self.ema_model: ViTok | None = None
+        self.progress = Progress()
+        self.stage = 0
+        self.opt_g = self.opt_d = None
+        self.ddp_model = None
+        self.history: list[dict] = []
+
+        source = config.data.source or bundled_source()
+        self.loader_args = dict(source=source, size=self.model_config.image_size,
+                                frames=self.model_config.frames if self.model_config.is_video else 1,
+                                stride=config.data.frame_stride, batch_size=self.per_rank_batch,
+                                workers=config.data.workers, seed=t.seed, rank=dist_info.rank,
+                                world=dist_info.world, crop=config.data.crop, flip=config.data.flip,
+                                scale=(config.data.min_scale, 1.0), ratio=(3 / 4, 4 / 3),
+                                holdout=0 if config.data.val_source else config.data.holdout,
+                                pin_memory=self.device.type == "cuda")
+
+    # ---- stages -------------------------------------------------------------------------------
+
+    def enter_stage(self, stage: int) -> None:
+        """Build the optimizers (and, for stage 2, freeze the encoder and start the EMA)."""
+        c, o = self.config, self.config.optim
+        lr = self.scaled_lr()
+        if stage == 1:
+            named = list(self.model.named_parameters())
+        else:
+            for module in (self.model.embed, self.model.encoder, self.model.to_moments):
+                module.requires_grad_(False)
+            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+            self.ema_model = ViTok(self.model_config).to(self.device)
+            self.ema_model.load_state_dict(self.model.state_dict())
+            self.ema_model.requires_grad_(False).eval()
+            self.ema_model.amp_dtype = self.model.amp_dtype
+            self.ema = EMA(self.decoder_params(self.ema_model), self.decoder_params(self.model), c.train.ema_decay)
+            self.opt_d = build_adamw(list(self.disc.named_parameters()), o.disc_lr, (0.0, 0.99), 0.0, o.fused)
+        self.opt_g = build_adamw(named, lr, (o.beta1, o.beta2), o.weight_decay, o.fused)
+        # A new DDP wrapper per stage (it must see which parameters are frozen); the old one is
+        # dropped first, which removes its gradient hooks.
+        self.ddp_model = None
+        gc.collect()
+        self.ddp_model = self.model
+        if self.dist.world > 1:
+            ids = [self.device] if self.device.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
+        self.stage = stage
+
+    @staticmethod
+    def decoder_params(model: ViTok) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in model.named_parameters() if n.split(".")[0] in ("from_latent", "decoder", "unembed")}
+
+    def scaled_lr(self) -> float:
+        o = self.config.optim
+        return o.lr * self.config.train.batch_size / 256 if o.scale_lr else o.lr
+
+    def set_learning_rates(self, step: int) -> dict[str, float]:
+        """The schedule is a pure function of the step, so a resumed run continues it exactly."""
+        t, o = self.config.train, self.config.optim
+        if self.stage == 1:
+            mult = warmup_cosine(step, o.warmup_steps, t.stage1_steps, o.min_lr_ratio)
+        else:
+            mult = warmup_cosine(step - t.stage1_steps, o.warmup_steps, t.stage2_steps, o.min_lr_ratio)
+        rates = {"lr": self.scaled_lr() * mult}
+        for group in self.opt_g.param_groups:
+            group["lr"] = rates["lr"]
+        if self.stage == 2:
+            rates["disc_lr"] = o.disc_lr * warmup_constant(step - t.stage1_steps, o.disc_warmup_steps)
+            for group in self.opt_d.param_groups:
+                group["lr"] = rates["disc_lr"]
+        return rates
+
+    # ---- one step -----------------------------------------------------------------------------
+
+    def step_noise(self, step: int, n: int) -> torch.Tensor:
+        """This rank's slice of one standard-normal draw for the whole global batch of this step.
+
+        Drawn from (seed, step) alone, it is the same whether the batch is split over 1 or N
+        ranks, and whether or not the run was resumed.
+        """
+        gen = torch.Generator(device=self.device).manual_seed(self.config.train.seed * 1_000_003 + step)
+        shape = (self.config.train.batch_size, self.model_config.num_tokens, self.model_config.channels)
+        noise = torch.randn(shape, generator=gen, device=self.device)
+        start = self.dist.rank * self.per_rank_batch
+        return noise[start:start + n]
+
+    def train_step(self, x: torch.Tensor, step: int, weight: float) -> dict[str, torch.Tensor]:
+        """One optimizer step on a batch (weight 0 for a stand-in batch); returns loss terms on the device."""
+        c = self.config.loss
+        x_hat, posterior = self.ddp_model(x, noise=self.step_noise(step, x.shape[0]), check=False)
+        terms = {"rec": reconstruction_loss(x_hat, x, c.reconstruction)}
+        loss = c.reconstruction_weight * terms["rec"]
+        if self.stage == 1:
+            terms["kl"] = kl_loss(posterior)
+            loss = loss + c.kl_weight * terms["kl"]
+        if self.perceptual is not None:
+            with self.autocast():
+                terms["lpips"] = self.perceptual(x_hat, x)
+            loss = loss + c.lpips_weight * terms["lpips"]
+        if self.stage == 2:
+            self.disc.requires_grad_(False)
+            with self.autocast():
+                terms["gan_g"] = generator_loss(self.disc(x_hat).float(), c.gan_loss)
+            loss = loss + c.gan_weight * terms["gan_g"]
+        terms["loss"] = loss
+        (loss * weight).backward()
+        params = [p for g in self.opt_g.param_groups for p in g["params"]]
+        clip = self.config.optim.grad_clip or float("inf")
+        terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip)
+        if self.stage == 2:
+            terms.update(self.disc_step(x, x_hat.detach(), step, weight))
+        return terms
+
+    def disc_step(self, x: torch.Tensor, fake: torch.Tensor, step: int, weight: float) -> dict[str, torch.Tensor]:
+        """Discriminator loss, lazy R1 on real images and optional LeCam; gradients averaged over ranks."""
+        c = self.config.loss
+        self.disc.requires_grad_(True)
+        lazy_r1 = c.r1_weight > 0 and step % c.r1_every == 0
+        real = x.detach().requires_grad_(lazy_r1)
+        with self.autocast():
+            real_logits = self.disc(real).float()
+            fake_logits = self.disc(fake).float()
+        terms = {"gan_d": discriminator_loss(real_logits, fake_logits, c.gan_loss)}
+        loss = terms["gan_d"]
+        if self.lecam is not None:
+            terms["lecam"] = self.lecam(real_logits, fake_logits)
+            loss = loss + c.lecam_weight * terms["lecam"]
+        if lazy_r1:
+            # Lazy regularisation: every r1_every steps, scaled up by r1_every to keep its weight.
+            terms["r1"] = r1_penalty(real_logits, real)
+            loss = loss + c.r1_weight * c.r1_every * terms["r1"]
+        (loss * weight).backward()
+        params = list(self.disc.parameters())
+        average_gradients(params)
+        clip = self.config.optim.grad_clip or float("inf")
+        terms["disc_grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip)
+        return terms
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def apply_step(self, terms: dict[str, torch.Tensor]) -> bool:
+        """Step the optimizers if every gradient is finite; otherwise skip and count. One host sync."""
+        norms = [terms["grad_norm"]] + ([terms["disc_grad_norm"]] if "disc_grad_norm" in terms else [])
+        finite = bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+        # Gradients are already averaged over ranks, so every rank takes the same decision.
+        if finite:
+            self.opt_g.step()
+            if self.stage == 2:
+                self.opt_d.step()
+                self.ema.update(self.decoder_params(self.model))
+        self.opt_g.zero_grad(set_to_none=True)
+        if self.opt_d is not None:
+            self.opt_d.zero_grad(set_to_none=True)
+        return finite
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def run(self, resume_from: Path | None = None) -> dict:
+        """Train stage 1 then stage 2 to the configured steps; write checkpoints, logs and the report."""
+        from . import report
+
+        c, t = self.config, self.config.train
+        if resume_from is not None:
+            self.load(resume_from)
+        else:
+            self.enter_stage(1 if t.stage1_steps > 0 else 2)
+        loader, heldout, data_info = make_train_loader(**self.loader_args, start_step=self.progress.step)
+        if c.data.val_source:
+            from ..data.datasets import open_dataset
+
+            heldout = open_dataset(c.data.val_source, self.model_config.image_size,
+                                   frames=self.model_config.frames if self.model_config.is_video else 1,
+                                   stride=c.data.frame_stride, upsample=True)
+        self.heldout = heldout
+        logger = report.RunLogger(self.run_dir, self.dist.main, c.train.tensorboard, self.progress.step)
+        bar = report.progress_bar(c.total_steps, self.progress.step, enabled=self.dist.main and t.progress)
+        sums: dict[str, torch.Tensor] = {}
+        good_steps, window_start, window_images = 0, time.perf_counter(), 0
+        last_good: torch.Tensor | None = None
+        batches = iter(loader)
+        while self.progress.step < c.total_steps:
+            step = self.progress.step
+            if self.stage == 1 and step >= t.stage1_steps:
+                self.enter_stage(2)
+            batch = next(batches)
+            for item in batch["skipped"]:
+                if item["file"] not in self.progress.skipped_files:
+                    self.progress.skipped_files[item["file"]] = item["reason"]
+                    logger.warn(f"skipped {item['file']}: {item['reason']}")
+            weight = 1.0
+            if batch["pixels"] is not None and batch["pixels"].shape[0] < self.per_rank_batch:
+                # Skipped files count as zero-loss samples: each rank's mean is scaled by its share of
+                # good samples, so the DDP average equals the mean over the whole global batch.
+                weight = batch["pixels"].shape[0] / self.per_rank_batch
+            if batch["pixels"] is None:
+                # Every file of this batch was unreadable: replay the last good batch with weight 0,
+                # so all ranks still run the same collective operations.
+                pixels, weight = last_good, 0.0
+                if pixels is None:
+                    shape = (self.per_rank_batch, 3, *( (self.model_config.frames,) if self.model_config.is_video else ()),
+                             self.model_config.image_size, self.model_config.image_size)
+                    pixels = torch.zeros(shape, dtype=torch.uint8)
+            else:
+                pixels = last_good = batch["pixels"]
+            x = to_model_range(pixels.to(self.device, non_blocking=True))
+            rates = self.set_learning_rates(step)
+            self.model.train()
+            terms = self.train_step(x, step, weight)
+            ok = self.apply_step(terms)
+            self.progress.step += 1
+            if ok:
+                self.progress.bad_in_row = 0
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v.detach().float()
+                good_steps += 1
+                window_images += x.shape[0] * self.dist.world
+            else:
+                self.progress.bad_in_row += 1
+                self.progress.bad_total += 1
+                logger.warn(f"step {step + 1}: non-finite loss or gradient, step skipped "
+                            f"({self.progress.bad_in_row} in a row)")
+                if self.progress.bad_in_row >= t.max_bad_steps:
+                    last = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+                    raise TrainingDiverged(
+                        f"{self.progress.bad_in_row} non-finite steps in a row at step {step + 1}; stopping. "
+                        f"The last good checkpoint is {last or 'none (no checkpoint was written yet)'}; "
+                        f"lower optim.lr, raise optim.warmup_steps or use train.precision=fp32, then resume")
+            bar.update(1)
+            done = self.progress.step
+            if done % t.log_every == 0 or done == c.total_steps:
+                elapsed = time.perf_counter() - window_start
+                record = self.log_record(sums, good_steps, done, rates, window_images / max(elapsed, 1e-9))
+                logger.log(record)
+                self.history.append(record)
+                bar.set_postfix(report.postfix(record))
+                sums, good_steps, window_start, window_images = {}, 0, time.perf_counter(), 0
+            if t.eval_every and done % t.eval_every == 0 and done != c.total_steps:
+                logger.log({"step": done, "eval": self.evaluate(quick=True)})
+            if t.image_every and done % t.image_every == 0:
+                self.write_reconstructions()
+            if done % t.checkpoint_every == 0 or done == c.total_steps:
+                self.save()
+        bar.close()
+        final = self.finish(logger, data_info)
+        logger.close()
+        return final
+
+    def log_record(self, sums: dict, good_steps: int, step: int, rates: dict, images_per_second: float) -> dict:
+        """Loss terms averaged over the window's good steps and over ranks (one small all-reduce)."""
+        values = {}
+        if sums:
+            stacked = torch.stack(list(sums.values()))
+            all_reduce_mean(stacked)
+            values = {k: v / max(1, good_steps) for k, v in zip(sums, stacked.tolist())}
+        return {"step": step, "stage": self.stage, **values, **rates, "images_per_second": images_per_second,
+                "bad_steps": self.progress.bad_total}
+
+    # ---- evaluation, checkpoints, report -----------------------------------------------------
+
+    def eval_model(self) -> ViTok:
+        """The weights a user gets: the EMA decoder in stage 2, the live model otherwise."""
+        return self.ema_model if self.ema_model is not None else self.model
+
+    def evaluate(self, quick: bool) -> dict:
+        """Held-out metrics: PSNR/SSIM (and LPIPS when available) during training; everything at the end."""
+        from ..eval.evaluate import evaluate, make_loader
+        from ..eval.networks import load_networks
+
+        if self.heldout is None:
+            return {}
+        if self.model_config.is_video:
+            wanted = {"psnr", "ssim"} if quick else {"psnr", "ssim", "rfvd"}
+        else:
+            wanted = {"psnr", "ssim", "lpips"} if quick else {"psnr", "ssim", "lpips", "rfid", "ris"}
+        if not hasattr(self, "_networks") or self._networks[0] != quick:
+            nets = load_networks(self.config.loss.weights_dir or None, self.model_config.is_video, wanted)
+            self._networks = (quick, nets.to(self.device))
+        dataset = self.heldout
+        limit = self.config.data.eval_limit
+        if limit and hasattr(dataset, "__len__") and len(dataset) > limit:
+            dataset = torch.utils.data.Subset(dataset, range(limit))
+        result = evaluate(self.eval_model(), make_loader(dataset, self.per_rank_batch, 0, self.device),
+                          self._networks[1], self.device, progress=False)
+        self.last_eval = result
+        if "psnr" in result.metrics:
+            self._pending_best = result.metrics["psnr"]  # recorded with the next checkpoint
+        return {"metrics": result.metrics, "not_computed": {k: v for k, v in result.not_computed.items() if k in wanted},
+                "num_samples": result.num_samples, "skipped": result.skipped}
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: weights, optimizers, EMA, counters, RNG states."""
+        state = {
+            "step": self.progress.step,
+            "stage": self.stage,
+            "model": self.model.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "progress": {"bad_in_row": self.progress.bad_in_row, "bad_total": self.progress.bad_total,
+                         "skipped_files": self.progress.skipped_files},
+            "history": json.dumps(self.history),
+            # The learning-rate schedules and the data position are pure functions of `step`.
+            "rng": {"torch": torch.get_rng_state(), "numpy": json.dumps(_numpy_state()),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "config": json.dumps(self.config.to_dict()),
+        }
+        if self.stage == 2:
+            state.update(disc=self.disc.state_dict(), opt_d=self.opt_d.state_dict(), ema=self.ema.state_dict())
+            if self.lecam is not None:
+                state["lecam"] = self.lecam.state_dict()
+        return state
+
+    def save(self) -> None:
+        root = self.run_dir / "checkpoints"
+        if self.dist.main:
+            ckpt.save_checkpoint(root, self.progress.step, self.state_dict(),
+                                 export=lambda folder: self.eval_model().save_pretrained(folder))
+            pending = getattr(self, "_pending_best", None)
+            if pending is not None and math.isfinite(pending):
+                ckpt.update_best(root, self.progress.step, "psnr", pending)
+                self._pending_best = None
+            ckpt.prune(root, self.config.train.keep_last)
+        barrier()
+
+    def load(self, folder: Path) -> None:
+        state = ckpt.load_checkpoint(folder, map_location="cpu")
+        self.model.load_state_dict(state["model"])
+        self.enter_stage(state["stage"])
+        if state["stage"] == 2:
+            self.disc.load_state_dict(state["disc"])
+            self.opt_d.load_state_dict(state["opt_d"])
+            self.ema.load_state_dict(state["ema"])
+            if self.lecam is not None and "lecam" in state:
+                self.lecam.load_state_dict(state["lecam"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.progress.step = int(state["step"])
+        p = state["progress"]
+        self.progress.bad_in_row, self.progress.bad_total = p["bad_in_row"], p["bad_total"]
+        self.progress.skipped_files = dict(p["skipped_files"])
+        self.history = json.loads(state["history"])
+        torch.set_rng_state(state["rng"]["torch"])
+        _set_numpy_state(json.loads(state["rng"]["numpy"]))
+        if torch.cuda.is_available() and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def write_reconstructions(self) -> None:
+        from . import report
+
+        if self.heldout is not None and self.dist.main:
+            report.reconstruction_grid(self.eval_model(), self.heldout, self.device,
+                                       self.run_dir / "reconstructions.png")
+
+    def finish(self, logger, data_info: dict) -> dict:
+        """Final held-out evaluation, the exported tokenizer, report.json/md and the plots."""
+        from . import report
+
+        final_eval = self.evaluate(quick=False)
+        if self.dist.main:
+            self.eval_model().save_pretrained(self.run_dir / "model")
+            self.write_reconstructions()
+            report.loss_plot(self.history, self.run_dir / "losses.png")
+        document = report.write_run_report(self, final_eval, data_info) if self.dist.main else {}
+        barrier()
+        return document
+
+
+def _numpy_state() -> list:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _set_numpy_state(state: list) -> None:
+    name, keys, pos, has_gauss, cached = state
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path | None = None) -> dict:
+    """`vitok train`: set up processes and the run folder, train, and return the report (rank 0)."""
+    from . import distributed
+    from .report import new_run_dir
+
+    dist_info = distributed.setup(config.train.device)
+    try:
+        resume_from = None
+        if resume is not None:
+            run_dir = Path(resume)
+            resume_from = ckpt.latest_checkpoint(run_dir / "checkpoints")
+            if resume_from is None:
+                raise ValueError(f"--resume {run_dir}: no complete checkpoint under {run_dir / 'checkpoints'}; "
+                                 f"start a new run instead")
+        else:
+            run_dir = Path(out) if out else distributed.broadcast_object(new_run_dir(config.name))
+        validate(config, dist_info.world)
+        if dist_info.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, run_dir / "config.yaml")
+        barrier()
+        trainer = Trainer(config, run_dir, dist_info)
+        return trainer.run(resume_from)
+    finally:
+        distributed.teardown()

@@ -1,0 +1,256 @@
+"""What a training run writes besides checkpoints: metrics.jsonl, a log, plots and the final report."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+LOSS_KEYS = ("loss", "rec", "kl", "lpips", "gan_g", "gan_d", "r1", "lecam")
+
+
+def new_run_dir(name: str) -> Path:
+    """runs/<name>-<timestamp>/ (a suffix is added if that folder already exists)."""
+    base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        path, n = Path(f"{base}-{n}"), n + 1
+    return path
+
+
+def _finite(value):
+    """JSON has no inf/NaN: such values are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dumps(value, **kwargs) -> str:
+    return json.dumps(_finite(value), allow_nan=False, **kwargs)
+
+
+class RunLogger:
+    """Appends to metrics.jsonl and train.log (rank 0 only); mirrors scalars to TensorBoard if asked."""
+
+    def __init__(self, run_dir: Path, main: bool, tensorboard: bool, start_step: int) -> None:
+        self.main, self.writer = main, None
+        self.metrics_path, self.log_path = run_dir / "metrics.jsonl", run_dir / "train.log"
+        if not main:
+            return
+        if start_step > 0 and self.metrics_path.exists():
+            # A resumed run drops what was logged after its checkpoint, so the log matches the weights.
+            kept = [line for line in self.metrics_path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= start_step]
+            tmp = self.metrics_path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.metrics_path)
+        elif start_step == 0:
+            self.metrics_path.write_text("")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                self.warn("train.tensorboard is set but the tensorboard package is not installed "
+                          "(pip install tensorboard); logging to metrics.jsonl only")
+
+    def log(self, record: dict) -> None:
+        if not self.main:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(dumps(record) + "\n")
+        if self.writer is not None:
+            flat = record.get("eval", {}).get("metrics", {}) if "eval" in record else record
+            prefix = "eval/" if "eval" in record else "train/"
+            for key, value in flat.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.writer.add_scalar(prefix + key, value, record["step"])
+
+    def warn(self, message: str) -> None:
+        if not self.main:
+            return
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"warning: {message}", file=sys.stderr)
+        with open(self.log_path, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", desc="train", dynamic_ncols=True, disable=not enabled)
+
+
+def postfix(record: dict) -> dict:
+    """The progress bar's summary: loss terms, images/s and the stage."""
+    out = {k: f"{record[k]:.4g}" for k in LOSS_KEYS if k in record}
+    out["img/s"] = f"{record['images_per_second']:.1f}"
+    out["stage"] = record["stage"]
+    return out
+
+
+def _frames_of(pixels: torch.Tensor) -> np.ndarray:
+    """3×H×W or 3×T×H×W uint8 -> H×W×3 (images) or H×(3W)×3 (first, middle, last frame side by side)."""
+    if pixels.dim() == 4:
+        t = pixels.shape[1]
+        pixels = torch.cat([pixels[:, i] for i in (0, t // 2, t - 1)], dim=2)
+    return pixels.permute(1, 2, 0).numpy()
+
+
+@torch.no_grad()
+def reconstruction_grid(model, dataset, device: torch.device, path: Path, count: int = 8) -> None:
+    """PNG with originals (left) next to their reconstructions (right) for the first held-out samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..data.datasets import to_model_range
+    from ..metrics.image import psnr, to_uint8
+
+    samples = []
+    for i in range(len(dataset)) if hasattr(dataset, "__len__") else iter(()):
+        item = dataset[i]
+        if "pixels" in item:
+            samples.append(item)
+        if len(samples) == count:
+            break
+    if not samples:
+        return
+    x = to_model_range(torch.stack([s["pixels"] for s in samples]).to(device))
+    model.eval()
+    x_hat = torch.cat([model(x[i:i + 1], sample=False, check=False)[0] for i in range(len(samples))]).clamp(-1, 1)
+    scores = psnr(x, x_hat).tolist()
+    recon = to_uint8(x_hat).cpu()
+    fig, axes = plt.subplots(len(samples), 2, figsize=(6, 3 * len(samples)), squeeze=False)
+    for row, (sample, rec, score) in enumerate(zip(samples, recon, scores)):
+        axes[row, 0].imshow(_frames_of(sample["pixels"]))
+        axes[row, 0].set_title(Path(sample["key"]).name, fontsize=8)
+        axes[row, 1].imshow(_frames_of(rec))
+        axes[row, 1].set_title(f"reconstruction, {score:.2f} dB", fontsize=8)
+        for ax in axes[row]:
+            ax.axis("off")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def loss_plot(history: list[dict], path: Path) -> None:
+    """PNG of every logged loss term against the step, with the stage boundary marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in LOSS_KEYS if any(k in r for r in history)]
+    if not keys:
+        return
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), sharex=True, squeeze=False)
+    boundary = next((r["step"] for r in history if r.get("stage") == 2), None)
+    for ax, key in zip(axes[:, 0], keys):
+        points = [(r["step"], r[key]) for r in history if key in r and r[key] is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], lw=1.2)
+        if all(p[1] > 0 for p in points):
+            ax.set_yscale("log")
+        ax.set_ylabel(key)
+        if boundary is not None:
+            ax.axvline(boundary, color="grey", ls="--", lw=0.8)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def loss_terms(trainer) -> dict[str, str]:
+    """Which loss terms were active, with weights, and why any was not."""
+    c = trainer.config.loss
+    stage2 = trainer.config.train.stage2_steps > 0
+    terms = {
+        "reconstruction": f"active: {c.reconstruction} x {c.reconstruction_weight}",
+        "kl": f"active in stage 1: beta {c.kl_weight} (mean per latent element)",
+        "lpips": (f"active: eta {c.lpips_weight}" if trainer.perceptual is not None
+                  else f"inactive: {trainer.perceptual_reason}"),
+        "gan": (f"active in stage 2: {c.gan_loss}, lambda {c.gan_weight}, R1 {c.r1_weight} every {c.r1_every} steps"
+                if stage2 else "inactive: train.stage2_steps = 0"),
+    }
+    return terms
+
+
+def write_run_report(trainer, final_eval: dict, data_info: dict) -> dict:
+    """report.json and report.md in the run folder."""
+    config, run_dir = trainer.config, trainer.run_dir
+    throughput = [r["images_per_second"] for r in trainer.history if r.get("images_per_second")]
+    params = trainer.model.num_params()
+    document = {
+        "run": str(run_dir),
+        "model": config.model.name,
+        "parameters": params,
+        "tokens": trainer.model_config.num_tokens,
+        "channels": trainer.model_config.channels,
+        "steps": trainer.progress.step,
+        "stage1_steps": config.train.stage1_steps,
+        "stage2_steps": config.train.stage2_steps,
+        "global_batch": config.train.batch_size,
+        "world_size": trainer.dist.world,
+        "device": str(trainer.device),
+        "precision": "bf16" if trainer.amp else "fp32",
+        "metrics": final_eval.get("metrics", {}),
+        "not_computed": final_eval.get("not_computed", {}),
+        "num_eval_samples": final_eval.get("num_samples", 0),
+        "loss_terms": loss_terms(trainer),
+        "final_losses": {k: v for k, v in (trainer.history[-1] if trainer.history else {}).items() if k in LOSS_KEYS},
+        "images_per_second": sum(throughput) / len(throughput) if throughput else None,
+        "bad_steps": trainer.progress.bad_total,
+        "skipped_files": [{"file": f, "reason": r} for f, r in trainer.progress.skipped_files.items()]
+        + [s for s in final_eval.get("skipped", []) if s["file"] not in trainer.progress.skipped_files],
+        "data": data_info,
+        "model_folder": str(run_dir / "model"),
+    }
+    (run_dir / "report.json").write_text(dumps(document, indent=2) + "\n")
+    (run_dir / "report.md").write_text(_markdown(document))
+    return document
+
+
+def _markdown(doc: dict) -> str:
+    from ..eval.report import METRIC_LABELS
+
+    lines = [f"# Training report: {doc['model']}", "",
+             f"- run folder: `{doc['run']}`; tokenizer: `{doc['model_folder']}`",
+             f"- steps: {doc['steps']} (stage 1: {doc['stage1_steps']}, stage 2: {doc['stage2_steps']}), "
+             f"global batch {doc['global_batch']}, {doc['world_size']} process(es) on {doc['device']}, "
+             f"{doc['precision']}",
+             f"- parameters: {doc['parameters']['total'] / 1e6:.2f}M "
+             f"(encoder {doc['parameters']['encoder'] / 1e6:.2f}M, decoder {doc['parameters']['decoder'] / 1e6:.2f}M); "
+             f"L = {doc['tokens']} tokens x c = {doc['channels']}",
+             f"- throughput: {doc['images_per_second'] or 0:.1f} samples/s; non-finite steps skipped: {doc['bad_steps']}",
+             "", f"## Held-out metrics ({doc['num_eval_samples']} samples)", "",
+             "| metric | value |", "| --- | --- |"]
+    for name, value in doc["metrics"].items():
+        lines.append(f"| {METRIC_LABELS.get(name, name)} | {value:.4f} |")
+    if doc["not_computed"]:
+        lines += ["", "Not computed:", ""]
+        lines += [f"- {name}: {reason}" for name, reason in doc["not_computed"].items()]
+    lines += ["", "## Loss terms", ""] + [f"- {k}: {v}" for k, v in doc["loss_terms"].items()]
+    lines += ["", f"## Skipped files ({len(doc['skipped_files'])})", ""]
+    lines += [f"- {s['file']}: {s['reason']}" for s in doc["skipped_files"]] or ["none"]
+    lines += ["", "![reconstructions](reconstructions.png)", "", "![losses](losses.png)", ""]
+    return "\n".join(lines)

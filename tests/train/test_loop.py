@@ -1,0 +1,140 @@
+"""The training loop end to end on CPU: artefacts, exact resume after SIGKILL, NaN guard, DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vitok.model import ViTok
+from vitok.train import TrainingDiverged, load_config, train
+from vitok.train import checkpoint as ckpt
+
+from train_helpers import TINY, free_port
+
+
+def _run_cli(args, env=None, wait=True):
+    cmd = [sys.executable, "-m", "vitok", "train", *args]
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    if wait:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+        return out
+    return proc
+
+
+def _final_state(run_dir: Path) -> dict:
+    return ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir / "checkpoints"))
+
+
+def test_run_writes_every_artefact(tmp_path, photo_folder):
+    config = load_config(None, TINY + [f"data.source={photo_folder}", "train.stage1_steps=4",
+                                       "train.stage2_steps=2", "train.checkpoint_every=2", "train.keep_last=1",
+                                       "train.eval_every=2"])
+    doc = train(config, out=tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "report.json", "report.md", "reconstructions.png", "losses.png"):
+        assert (run / name).is_file(), name
+    report = json.loads((run / "report.json").read_text())
+    assert report == json.loads(json.dumps(doc))
+    assert set(report["metrics"]) >= {"psnr", "ssim"} and report["steps"] == 6
+    assert "lpips" in report["not_computed"] and "rfvd" not in report["not_computed"]
+    assert report["loss_terms"]["lpips"].startswith("inactive") and "vgg16" in report["loss_terms"]["lpips"]
+    skipped = {Path(s["file"]).name for s in report["skipped_files"]}
+    assert skipped == {"empty.jpg", "truncated.jpg"}
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [l["step"] for l in lines if "loss" in l]
+    assert steps == [1, 2, 3, 4, 5, 6] and lines[-1]["stage"] == 2 and "gan_d" in lines[-1]
+    assert any("eval" in l for l in lines)
+    # The last checkpoint and the best one are kept; the exported tokenizer loads and runs.
+    kept = [s for s, _ in ckpt.list_checkpoints(run / "checkpoints")]
+    best = ckpt.read_best(run / "checkpoints")
+    assert kept == sorted({6, best["step"]})
+    model = ViTok.from_pretrained(run / "model")
+    assert model(torch.zeros(1, 3, 32, 32))[0].shape == (1, 3, 32, 32)
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path, photo_folder):
+    args = TINY + [f"data.source={photo_folder}", "train.stage1_steps=5", "train.stage2_steps=4",
+                   "train.checkpoint_every=1", "train.keep_last=20", "train.deterministic=true"]
+    env = {"OMP_NUM_THREADS": "1"}
+    _run_cli(args + ["--out", str(tmp_path / "whole")], env)
+
+    proc = _run_cli(args + ["--out", str(tmp_path / "killed")], env, wait=False)
+    deadline = time.time() + 240
+    while ckpt.latest_checkpoint(tmp_path / "killed" / "checkpoints") is None or \
+            ckpt.list_checkpoints(tmp_path / "killed" / "checkpoints")[-1][0] < 3:
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = ckpt.list_checkpoints(tmp_path / "killed" / "checkpoints")[-1][0]
+    assert stopped_at < 9
+    _run_cli(["--resume", str(tmp_path / "killed")], env)
+
+    whole, resumed = _final_state(tmp_path / "whole"), _final_state(tmp_path / "killed")
+    assert whole["step"] == resumed["step"] == 9
+    for part in ("model", "disc"):
+        for key, value in whole[part].items():
+            assert torch.equal(value, resumed[part][key]), f"{part}.{key} differs after resume"
+    for key, value in whole["ema"]["shadow"].items():
+        assert torch.equal(value, resumed["ema"]["shadow"][key])
+    logged = [json.loads(l)["step"] for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(l)]
+    assert logged == list(range(1, 10))  # nothing logged twice or lost across the kill
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path, photo_folder, monkeypatch):
+    import vitok.train.loop as loop
+
+    real = loop.reconstruction_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(x_hat, x, kind):
+        calls["n"] += 1
+        value = real(x_hat, x, kind)
+        return value * float("nan") if calls["n"] in (2, 3) or calls["n"] >= 6 else value
+
+    monkeypatch.setattr(loop, "reconstruction_loss", sometimes_nan)
+    config = load_config(None, TINY + [f"data.source={photo_folder}", "train.stage1_steps=20", "train.stage2_steps=0",
+                                       "train.checkpoint_every=4", "train.max_bad_steps=3"])
+    with pytest.raises(TrainingDiverged, match="3 non-finite steps in a row at step 8") as err:
+        train(config, out=tmp_path / "run")
+    assert "step_00000004" in str(err.value)
+    state = _final_state(tmp_path / "run")
+    assert state["step"] == 4 and state["progress"]["bad_total"] == 2  # steps 2 and 3 were skipped
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def _launch_ranks(world: int, args: list[str], out: Path) -> None:
+    port = free_port()
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+               "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "vitok", "train", *args, "--out", str(out)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for proc in procs:
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    args = TINY + [ "train.stage1_steps=4", "train.stage2_steps=2",
+                   "train.checkpoint_every=4", "train.keep_last=5"]
+    _launch_ranks(1, args, tmp_path / "one")
+    _launch_ranks(2, args, tmp_path / "two")
+    one = ckpt.load_checkpoint(tmp_path / "one" / "checkpoints" / "step_00000004")
+    two = ckpt.load_checkpoint(tmp_path / "two" / "checkpoints" / "step_00000004")
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=f"{key} differs")
+    # Stage 2 ran in both (discriminator gradients averaged over ranks) and finished.
+    assert _final_state(tmp_path / "two")["step"] == 6
+    assert json.loads((tmp_path / "two" / "report.json").read_text())["world_size"] == 2
