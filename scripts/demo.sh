@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: sizes, bottlenecks and FLOPs of the paper's variants.
+# The main job on the embedded default: train and evaluate a small tokenizer on the bundled photos.
+# Arguments go to `vitok train` (e.g. --out DIR, key=value overrides).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
-vitok info "$@"
+vitok train "$@"

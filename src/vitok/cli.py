@@ -102,6 +102,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"  {name:6} {value:.4f}")
     for name, reason in document["not_computed"].items():
         print(f"  {name:6} not computed: {reason}")
+    for name, note in document["notes"].items():
+        print(f"  {name:6} note: {note}")
+    if document["psnr_infinite"]:
+        print(f"  {document['psnr_infinite']} reconstruction(s) identical to the original: infinite PSNR, "
+              f"left out of the PSNR mean")
     if document["skipped_files"]:
         print(f"  skipped {len(document['skipped_files'])} unreadable or unusable file(s); see report.json")
     return 0
@@ -115,12 +120,49 @@ def cmd_weights(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"weights folder: {weights_dir(args.weights)} (set with --weights or $VITOK_WEIGHTS)")
+    folder = weights_dir(args.weights)
+    print(f"weights folder: {folder} (set with --weights or $VITOK_WEIGHTS)")
+    if not folder.is_dir():
+        print(f"  this folder does not exist: create it and put the files below in it, or point --weights "
+              f"or $VITOK_WEIGHTS at the folder that holds them")
     for row in rows:
         print(f"\n{row['filename']}  [{row['state']}]\n  for: {row['purpose']}\n  from: {row['source']}")
         if row["state"] != "verified":
             print(f"  {row['detail']}")
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a tokenizer (stage 1, then stage 2) and write the run folder."""
+    from .train.config import load_config
+    from .train.loop import train
+
+    if args.resume:
+        resolved = Path(args.resume) / "config.yaml"
+        if not resolved.is_file():
+            raise ValueError(f"--resume {args.resume}: no config.yaml there; pass a run folder written by vitok train")
+        if args.config:
+            raise ValueError("--resume continues a run with its own config.yaml; drop --config "
+                             "(key=value overrides are still applied)")
+        config = load_config(resolved, args.overrides)
+    else:
+        # Without --config, the embedded demo: a small tokenizer on the bundled photos.
+        config = load_config(args.config or "demo", args.overrides)
+    document = train(config, out=args.out, resume=args.resume)
+    if document:
+        print(f"run folder: {document['run']}")
+        for name, value in document["metrics"].items():
+            print(f"  {name:6} {value:.4f}")
+        for name, reason in document["not_computed"].items():
+            print(f"  {name:6} not computed: {reason.splitlines()[0][:120]}")
+    return 0
+
+
+def _train_epilog() -> str:
+    from .train.config import fields_table
+
+    rows = [f"  {key:28} {tp:14} {default!r}" for key, tp, default in fields_table()]
+    return "config fields (override any with key=value):\n" + "\n".join(rows)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--upsample", action="store_true", help="allow images smaller than the size (upsampled)")
     ev.add_argument("--fp32", action="store_true", help="run the tokenizer in float32 on GPU (default bf16)")
     ev.set_defaults(func=cmd_eval)
+
+    tr = sub.add_parser("train", help="train a tokenizer (two stages) and write a run folder",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_train_epilog(),
+                        description="Without arguments: a small tokenizer on the bundled photos (a few CPU "
+                                    "minutes). Multi-GPU: torchrun --nproc_per_node=N -m vitok train ...")
+    tr.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="config overrides, e.g. train.batch_size=64 model.channels=8")
+    tr.add_argument("--config", default=None,
+                    help="YAML config, or a shipped config's name: demo (the default), sb16_256, sb4x8_video")
+    tr.add_argument("--out", default=None, help="run folder (default runs/<name>-<timestamp>)")
+    tr.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    tr.set_defaults(func=cmd_train)
 
     wt = sub.add_parser("weights", help="list the weight files vitok can use and whether they are present")
     wt.add_argument("--weights", default=None, help="folder to look in (default $VITOK_WEIGHTS)")

@@ -63,6 +63,7 @@ class LossSection:
     lpips_max_frames: int = 4  # video: LPIPS on this many evenly spaced frames per clip
     require_lpips: bool = False  # stop before training when the LPIPS files are missing
     gan_weight: float = 1.0  # lambda, stage 2 only
+    gan_warmup_steps: int = 2000  # lambda ramps linearly from 0 over the first stage-2 steps
     gan_loss: str = "non_saturating"  # or "hinge"
     r1_weight: float = 0.1  # R1 gradient penalty on real images (lazy, every r1_every steps)
     r1_every: int = 16
@@ -84,6 +85,7 @@ class OptimSection:
     weight_decay: float = 1e-4  # not applied to norms and biases
     warmup_steps: int = 1000
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    stage2_lr_scale: float = 1.0  # stage 2's decoder peak lr = lr * this
     grad_clip: float = 1.0  # 0 disables clipping
     disc_lr: float = 2e-5
     disc_warmup_steps: int = 1000
@@ -104,6 +106,7 @@ class TrainSection:
     ema_decay: float = 0.9999  # EMA of the decoder in stage 2
     deterministic: bool = False  # deterministic algorithms (bit-identical resume on CPU)
     max_bad_steps: int = 5  # stop after this many non-finite losses in a row
+    time_limit_minutes: float = 0.0  # stop cleanly (checkpoint, report) after this long; 0 = no limit
     log_every: int = 10
     eval_every: int = 1000  # held-out evaluation (0 = only at the end)
     image_every: int = 1000  # refresh reconstructions.png
@@ -239,13 +242,33 @@ def parse_override(text: str) -> dict:
     return {parts[0]: {parts[1]: value}}
 
 
+SHIPPED = Path(__file__).resolve().parent.parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs that ship with vitok (usable as --config NAME)."""
+    return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A YAML path, or the name of a shipped config ("demo", "sb16_256", ...)."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    shipped = SHIPPED / f"{path}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ValueError(f"config file {path} does not exist; shipped configs: {', '.join(shipped_configs())} "
+                     f"(pass a name or a path)")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Defaults <- YAML file <- overrides, then validated."""
+    """Defaults <- YAML file (a path or a shipped config's name) <- overrides, then validated."""
     config = TrainConfig()
     if path is not None:
-        path = Path(path)
+        path = resolve_config_path(path)
         if not path.is_file():
-            raise ValueError(f"config file {path} does not exist; shipped configs are in configs/")
+            raise ValueError(f"config file {path} does not exist")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
@@ -293,7 +316,9 @@ def validate(config: TrainConfig, world: int = 1) -> None:
                     "optim.disc_warmup_steps": o.disc_warmup_steps, "optim.grad_clip": o.grad_clip,
                     "optim.weight_decay": o.weight_decay, "loss.kl_weight": lo.kl_weight,
                     "loss.lpips_weight": lo.lpips_weight, "loss.gan_weight": lo.gan_weight,
-                    "loss.r1_weight": lo.r1_weight, "loss.lecam_weight": lo.lecam_weight}
+                    "loss.r1_weight": lo.r1_weight, "loss.lecam_weight": lo.lecam_weight,
+                    "loss.gan_warmup_steps": lo.gan_warmup_steps,
+                    "train.time_limit_minutes": t.time_limit_minutes}
     for key, value in non_negative.items():
         if value < 0:
             raise ValueError(f"{key} must be >= 0, got {value}")
@@ -303,8 +328,9 @@ def validate(config: TrainConfig, world: int = 1) -> None:
         raise ValueError(f"data.min_scale must be in (0, 1], got {d.min_scale}")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ValueError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
-    if o.lr <= 0 or o.disc_lr <= 0:
-        raise ValueError(f"optim.lr and optim.disc_lr must be > 0, got {o.lr} and {o.disc_lr}")
+    if o.lr <= 0 or o.disc_lr <= 0 or o.stage2_lr_scale <= 0:
+        raise ValueError(f"optim.lr, optim.disc_lr and optim.stage2_lr_scale must be > 0, got {o.lr}, "
+                         f"{o.disc_lr} and {o.stage2_lr_scale}")
     if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):
         raise ValueError(f"optim.beta1/beta2 must be in [0, 1), got {o.beta1}, {o.beta2}")
     if not 0 <= o.min_lr_ratio <= 1:

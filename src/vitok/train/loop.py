@@ -27,7 +27,7 @@ from ..losses import (Discriminator, LeCam, discriminator_loss, generator_loss, 
 from ..model import ViTok, config_from_name
 from . import checkpoint as ckpt
 from .config import TrainConfig, save_config, validate
-from .distributed import Dist, all_reduce_mean, average_gradients, barrier
+from .distributed import Dist, all_reduce_mean, average_gradients, barrier, broadcast_object
 from .optim import EMA, build_adamw, warmup_constant, warmup_cosine
 
 
@@ -97,6 +97,7 @@ class Trainer:
         self.opt_g = self.opt_d = None
         self.ddp_model = None
         self.history: list[dict] = []
+        self.stopped_early: str | None = None
 
         source = config.data.source or bundled_source()
         self.loader_args = dict(source=source, size=self.model_config.image_size,
@@ -151,7 +152,8 @@ class Trainer:
         if self.stage == 1:
             mult = warmup_cosine(step, o.warmup_steps, t.stage1_steps, o.min_lr_ratio)
         else:
-            mult = warmup_cosine(step - t.stage1_steps, o.warmup_steps, t.stage2_steps, o.min_lr_ratio)
+            mult = o.stage2_lr_scale * warmup_cosine(step - t.stage1_steps, o.warmup_steps, t.stage2_steps,
+                                                     o.min_lr_ratio)
         rates = {"lr": self.scaled_lr() * mult}
         for group in self.opt_g.param_groups:
             group["lr"] = rates["lr"]
@@ -192,7 +194,10 @@ class Trainer:
             self.disc.requires_grad_(False)
             with self.autocast():
                 terms["gan_g"] = generator_loss(self.disc(x_hat).float(), c.gan_loss)
-            loss = loss + c.gan_weight * terms["gan_g"]
+            # A converged stage-1 decoder meets a fresh discriminator: ramping lambda in keeps the
+            # first, uninformed GAN gradients from overwhelming the reconstruction terms.
+            ramp = min(1.0, (step - self.config.train.stage1_steps + 1) / max(1, c.gan_warmup_steps))
+            loss = loss + c.gan_weight * ramp * terms["gan_g"]
         terms["loss"] = loss
         (loss * weight).backward()
         params = [p for g in self.opt_g.param_groups for p in g["params"]]
@@ -270,6 +275,7 @@ class Trainer:
         good_steps, window_start, window_images = 0, time.perf_counter(), 0
         last_good: torch.Tensor | None = None
         batches = iter(loader)
+        started = time.perf_counter()
         while self.progress.step < c.total_steps:
             step = self.progress.step
             if self.stage == 1 and step >= t.stage1_steps:
@@ -332,6 +338,15 @@ class Trainer:
                 self.write_reconstructions()
             if done % t.checkpoint_every == 0 or done == c.total_steps:
                 self.save()
+            if t.time_limit_minutes and done % t.log_every == 0 and done != c.total_steps:
+                # Rank 0's clock decides for everyone, so all ranks leave the loop at the same step.
+                over = broadcast_object(time.perf_counter() - started > 60 * t.time_limit_minutes)
+                if over:
+                    self.stopped_early = f"train.time_limit_minutes={t.time_limit_minutes} reached at step {done}"
+                    logger.warn(f"stopping: {self.stopped_early}")
+                    if done % t.checkpoint_every:
+                        self.save()
+                    break
         bar.close()
         final = self.finish(logger, data_info)
         logger.close()

@@ -189,7 +189,8 @@ def loss_terms(trainer) -> dict[str, str]:
         "kl": f"active in stage 1: beta {c.kl_weight} (mean per latent element)",
         "lpips": (f"active: eta {c.lpips_weight}" if trainer.perceptual is not None
                   else f"inactive: {trainer.perceptual_reason}"),
-        "gan": (f"active in stage 2: {c.gan_loss}, lambda {c.gan_weight}, R1 {c.r1_weight} every {c.r1_every} steps"
+        "gan": (f"active in stage 2: {c.gan_loss}, lambda {c.gan_weight} (ramped in over {c.gan_warmup_steps} "
+                f"steps), R1 {c.r1_weight} every {c.r1_every} steps"
                 if stage2 else "inactive: train.stage2_steps = 0"),
     }
     return terms
@@ -207,6 +208,7 @@ def write_run_report(trainer, final_eval: dict, data_info: dict) -> dict:
         "tokens": trainer.model_config.num_tokens,
         "channels": trainer.model_config.channels,
         "steps": trainer.progress.step,
+        "stopped_early": trainer.stopped_early,
         "stage1_steps": config.train.stage1_steps,
         "stage2_steps": config.train.stage2_steps,
         "global_batch": config.train.batch_size,
@@ -241,6 +243,7 @@ def _markdown(doc: dict) -> str:
              f"- parameters: {doc['parameters']['total'] / 1e6:.2f}M "
              f"(encoder {doc['parameters']['encoder'] / 1e6:.2f}M, decoder {doc['parameters']['decoder'] / 1e6:.2f}M); "
              f"L = {doc['tokens']} tokens x c = {doc['channels']}",
+             *([f"- stopped early: {doc['stopped_early']}"] if doc.get("stopped_early") else []),
              f"- throughput: {doc['images_per_second'] or 0:.1f} samples/s; non-finite steps skipped: {doc['bad_steps']}",
              "", f"## Held-out metrics ({doc['num_eval_samples']} samples)", "",
              "| metric | value |", "| --- | --- |"]
