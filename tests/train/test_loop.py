@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,14 +113,15 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path, photo_folder,
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def _launch_ranks(world: int, args: list[str], out: Path) -> None:
+def _launch_ranks(world: int, args: list[str], out: Path | None) -> None:
     port = free_port()
     procs = []
     for rank in range(world):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, "-m", "vitok", "train", *args, "--out", str(out)], env=env,
+        where = ["--out", str(out)] if out is not None else []
+        procs.append(subprocess.Popen([sys.executable, "-m", "vitok", "train", *args, *where], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for proc in procs:
         output, _ = proc.communicate(timeout=300)
@@ -138,3 +140,29 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     # Stage 2 ran in both (discriminator gradients averaged over ranks) and finished.
     assert _final_state(tmp_path / "two")["step"] == 6
     assert json.loads((tmp_path / "two" / "report.json").read_text())["world_size"] == 2
+
+
+def test_fsdp_matches_one_process_and_resumes(tmp_path):
+    args = TINY + ["train.stage1_steps=4", "train.stage2_steps=2", "train.checkpoint_every=2", "train.keep_last=5",
+                   "train.parallel=fsdp"]
+    _launch_ranks(1, args, tmp_path / "one")  # one process: nothing to shard
+    _launch_ranks(2, args, tmp_path / "two")
+    one = ckpt.load_checkpoint(tmp_path / "one" / "checkpoints" / "step_00000004")
+    two = ckpt.load_checkpoint(tmp_path / "two" / "checkpoints" / "step_00000004")
+    assert two["parallel"] == "fsdp" and one["parallel"] == "replicated"
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=f"{key} differs")
+    # Resume the sharded run from step 2 (as if it had died there): it reaches the same end.
+    first = _final_state(tmp_path / "two")
+    for step in (4, 6):
+        shutil.rmtree(tmp_path / "two" / "checkpoints" / f"step_{step:08d}")
+    _launch_ranks(2, ["--resume", str(tmp_path / "two")], None)
+    again = _final_state(tmp_path / "two")
+    assert again["step"] == first["step"] == 6
+    for part in ("model", "disc"):
+        for key, value in first[part].items():
+            torch.testing.assert_close(again[part][key], value, rtol=0, atol=0, msg=f"{part}.{key} differs")
+    for key, value in first["ema"]["shadow"].items():
+        torch.testing.assert_close(again["ema"]["shadow"][key], value, rtol=0, atol=0)
+    model = ViTok.from_pretrained(tmp_path / "two" / "model")
+    assert model.num_params()["total"] == ViTok.from_pretrained(tmp_path / "one" / "model").num_params()["total"]

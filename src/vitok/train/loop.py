@@ -26,6 +26,7 @@ from ..losses import (Discriminator, LeCam, discriminator_loss, generator_loss, 
                       r1_penalty, reconstruction_loss)
 from ..model import ViTok, config_from_name
 from . import checkpoint as ckpt
+from . import parallel
 from .config import TrainConfig, save_config, validate
 from .distributed import Dist, all_reduce_mean, average_gradients, barrier, broadcast_object
 from .optim import EMA, build_adamw, warmup_constant, warmup_cosine
@@ -70,6 +71,9 @@ class Trainer:
         self.model = ViTok(self.model_config).to(self.device)
         self.model.amp_dtype = torch.bfloat16 if self.amp else None
         self.model.set_grad_checkpointing(config.model.grad_checkpointing)
+        self.sharded = t.parallel == "fsdp" and dist_info.world > 1
+        if self.sharded:
+            parallel.shard(self.model)
         if config.model.compile:
             self.model.compile_blocks()
 
@@ -122,7 +126,9 @@ class Trainer:
                 module.requires_grad_(False)
             named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
             self.ema_model = ViTok(self.model_config).to(self.device)
-            self.ema_model.load_state_dict(self.model.state_dict())
+            if self.sharded:  # sharded like the model, so the EMA update is shard by shard
+                parallel.shard(self.ema_model)
+            parallel.load_model_state(self.ema_model, parallel.model_state(self.model))
             self.ema_model.requires_grad_(False).eval()
             self.ema_model.amp_dtype = self.model.amp_dtype
             self.ema = EMA(self.decoder_params(self.ema_model), self.decoder_params(self.model), c.train.ema_decay)
@@ -133,7 +139,7 @@ class Trainer:
         self.ddp_model = None
         gc.collect()
         self.ddp_model = self.model
-        if self.dist.world > 1:
+        if self.dist.world > 1 and not self.sharded:
             ids = [self.device] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
         self.stage = stage
@@ -238,7 +244,9 @@ class Trainer:
     def apply_step(self, terms: dict[str, torch.Tensor]) -> bool:
         """Step the optimizers if every gradient is finite; otherwise skip and count. One host sync."""
         norms = [terms["grad_norm"]] + ([terms["disc_grad_norm"]] if "disc_grad_norm" in terms else [])
-        finite = bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+        norms = [parallel.full_tensor(n).float() for n in norms]  # a sharded model's norm is a DTensor
+        terms["grad_norm"] = norms[0]
+        finite = bool(torch.isfinite(torch.stack(norms)).all())
         # Gradients are already averaged over ranks, so every rank takes the same decision.
         if finite:
             self.opt_g.step()
@@ -365,8 +373,22 @@ class Trainer:
     # ---- evaluation, checkpoints, report -----------------------------------------------------
 
     def eval_model(self) -> ViTok:
-        """The weights a user gets: the EMA decoder in stage 2, the live model otherwise."""
-        return self.ema_model if self.ema_model is not None else self.model
+        """The weights a user gets: the EMA decoder in stage 2, the live model otherwise.
+
+        A sharded model is gathered into a plain copy on every rank (a collective: all ranks call
+        this together), so evaluation and exports never need the ranks in lockstep.
+        """
+        model = self.ema_model if self.ema_model is not None else self.model
+        if not self.sharded:
+            return model
+        cached = getattr(self, "_plain", None)
+        if cached is not None and cached[0] == (self.progress.step, id(model)):
+            return cached[1]
+        plain = ViTok(self.model_config).to(self.device)
+        plain.load_state_dict(parallel.model_state(model))
+        plain.amp_dtype = self.model.amp_dtype
+        self._plain = ((self.progress.step, id(model)), plain.eval())
+        return plain
 
     def evaluate(self, quick: bool) -> dict:
         """Held-out metrics: PSNR/SSIM (and LPIPS when available) during training; everything at the end."""
@@ -399,8 +421,9 @@ class Trainer:
         state = {
             "step": self.progress.step,
             "stage": self.stage,
-            "model": self.model.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
+            "parallel": "fsdp" if self.sharded else "replicated",
+            "model": parallel.model_state(self.model),
+            "opt_g": parallel.optimizer_state(self.model, self.opt_g),
             "progress": {"bad_in_row": self.progress.bad_in_row, "bad_total": self.progress.bad_total,
                          "skipped_files": self.progress.skipped_files},
             "history": json.dumps(self.history),
@@ -410,16 +433,18 @@ class Trainer:
             "config": json.dumps(self.config.to_dict()),
         }
         if self.stage == 2:
-            state.update(disc=self.disc.state_dict(), opt_d=self.opt_d.state_dict(), ema=self.ema.state_dict())
+            ema = self.ema.state_dict()
+            ema["shadow"] = {k: parallel.full_tensor(v) for k, v in ema["shadow"].items()}
+            state.update(disc=self.disc.state_dict(), opt_d=self.opt_d.state_dict(), ema=ema)
             if self.lecam is not None:
                 state["lecam"] = self.lecam.state_dict()
         return state
 
     def save(self) -> None:
         root = self.run_dir / "checkpoints"
+        state, export = self.state_dict(), self.eval_model()  # collectives when sharded: every rank
         if self.dist.main:
-            ckpt.save_checkpoint(root, self.progress.step, self.state_dict(),
-                                 export=lambda folder: self.eval_model().save_pretrained(folder))
+            ckpt.save_checkpoint(root, self.progress.step, state, export=export.save_pretrained)
             pending = getattr(self, "_pending_best", None)
             if pending is not None and math.isfinite(pending):
                 ckpt.update_best(root, self.progress.step, "psnr", pending)
@@ -429,15 +454,22 @@ class Trainer:
 
     def load(self, folder: Path) -> None:
         state = ckpt.load_checkpoint(folder, map_location="cpu")
-        self.model.load_state_dict(state["model"])
+        layout = "fsdp" if self.sharded else "replicated"
+        if state.get("parallel", "replicated") != layout:
+            raise ValueError(f"checkpoint {folder} was written with train.parallel={state.get('parallel')} "
+                             f"state; resume it with the same train.parallel and world size layout")
+        parallel.load_model_state(self.model, state["model"])
         self.enter_stage(state["stage"])
         if state["stage"] == 2:
             self.disc.load_state_dict(state["disc"])
             self.opt_d.load_state_dict(state["opt_d"])
-            self.ema.load_state_dict(state["ema"])
+            ema = state["ema"]
+            ema["shadow"] = {k: parallel.local_like(self.ema.shadow[k], v.to(self.device))
+                             for k, v in ema["shadow"].items()}
+            self.ema.load_state_dict(ema)
             if self.lecam is not None and "lecam" in state:
                 self.lecam.load_state_dict(state["lecam"])
-        self.opt_g.load_state_dict(state["opt_g"])
+        parallel.load_optimizer_state(self.model, self.opt_g, state["opt_g"])
         self.progress.step = int(state["step"])
         p = state["progress"]
         self.progress.bad_in_row, self.progress.bad_total = p["bad_in_row"], p["bad_total"]
@@ -451,18 +483,21 @@ class Trainer:
     def write_reconstructions(self) -> None:
         from . import report
 
-        if self.heldout is not None and self.dist.main:
-            report.reconstruction_grid(self.eval_model(), self.heldout, self.device,
-                                       self.run_dir / "reconstructions.png")
+        if self.heldout is None:
+            return
+        model = self.eval_model()  # every rank: a collective when sharded
+        if self.dist.main:
+            report.reconstruction_grid(model, self.heldout, self.device, self.run_dir / "reconstructions.png")
 
     def finish(self, logger, data_info: dict) -> dict:
         """Final held-out evaluation, the exported tokenizer, report.json/md and the plots."""
         from . import report
 
         final_eval = self.evaluate(quick=False)
+        model = self.eval_model()
+        self.write_reconstructions()
         if self.dist.main:
-            self.eval_model().save_pretrained(self.run_dir / "model")
-            self.write_reconstructions()
+            model.save_pretrained(self.run_dir / "model")
             report.loss_plot(self.history, self.run_dir / "losses.png")
         document = report.write_run_report(self, final_eval, data_info) if self.dist.main else {}
         barrier()
