@@ -79,6 +79,7 @@ BAD_IMAGE_INPUTS = [
     (lambda: (pixels(1, 3, 32, 32) * 127.5 + 127.5).to(torch.uint8), "dtype torch.uint8.*x.float\\(\\) / 127.5 - 1"),
     (lambda: pixels(1, 3, 32, 32) * 127.5 + 127.5, "looks like \\[0, 255\\] pixels"),
     (lambda: pixels(1, 3, 32, 32) * 1.8, "expected \\[-1, 1\\]"),
+    (lambda: pixels(1, 3, 32, 32) * 4.0, "expected \\[-1, 1\\]"),  # standardised, not 8-bit
     (lambda: pixels(1, 3, 32, 32).index_fill_(2, torch.tensor([3]), float("nan")), "NaN or infinite"),
     (lambda: pixels(1, 3, 32, 32).index_fill_(2, torch.tensor([3]), float("inf")), "NaN or infinite"),
     (lambda: pixels(0, 3, 32, 32), "empty batch"),

@@ -58,7 +58,7 @@ def check_pixels(x: torch.Tensor, config: ViTokConfig) -> None:
         if not bool(finite.all()):
             raise ValueError(f"input holds {int((~finite).sum())} NaN or infinite values; clean the data first")
         lo, hi = float(x.min()), float(x.max())
-        if hi > 2.0:
+        if hi > 2.0 and lo >= -0.5:
             raise ValueError(f"input values span [{lo:.3g}, {hi:.3g}]: this looks like [0, 255] pixels; "
                              f"map them to [-1, 1] with x / 127.5 - 1")
         if lo < -1.5 or hi > 1.5:
