@@ -78,3 +78,23 @@ def test_python_dash_m_vitok_runs():
     result = subprocess.run([sys.executable, "-m", "vitok", "info", "S-B/32", "--image-size", "128"],
                             capture_output=True, text=True, check=True)
     assert "S-B/32" in result.stdout and "L=16 tokens" in result.stdout
+
+
+def test_weights_names_a_missing_folder_and_how_to_set_it(tmp_path, capsys):
+    assert main(["weights", "--weights", str(tmp_path / "nonexistent")]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'nonexistent'}" in out and "this folder does not exist" in out
+    assert "--weights" in out and "$VITOK_WEIGHTS" in out
+    assert main(["weights", "--weights", str(tmp_path)]) == 0
+    assert "does not exist" not in capsys.readouterr().out
+
+
+def test_eval_prints_notes_and_identical_count(tmp_path, capsys, monkeypatch):
+    import vitok.eval.run as run
+
+    document = {"num_samples": 3, "seconds": 1.0, "metrics": {"psnr": 30.0}, "not_computed": {},
+                "notes": {"rfvd": "computed on 10-frame clips"}, "psnr_infinite": 2, "skipped_files": []}
+    monkeypatch.setattr(run, "run_eval", lambda *args, **kwargs: document)
+    assert main(["eval", str(tmp_path), "--data", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "rfvd   note: computed on 10-frame clips" in out and "2 reconstruction(s) identical" in out

@@ -165,6 +165,23 @@ def _train_epilog() -> str:
     return "config fields (override any with key=value):\n" + "\n".join(rows)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Train every unfinished point of a scaling sweep, then write its table, fits and plots."""
+    from .sweep import load_spec, run_sweep, write_report
+
+    spec = load_spec(args.spec, args.overrides, out=args.out)
+    failed = {} if args.report else run_sweep(spec, gpus=args.gpus).failed
+    written = write_report(spec)
+    done = sum(row.finished for row in written["rows"])
+    print(f"{done} of {len(written['rows'])} points finished; results in {spec.out / 'results.md'}")
+    for study, by_metric in written["fits"].items():
+        for metric, (linear, _) in by_metric.items():
+            print(f"  {study:8} {metric:6} slope {linear.slope:+.4g} per tenfold  R² {linear.r2:.3f}  (n={linear.n})")
+    for name, reason in failed.items():
+        print(f"  {name} failed: {reason}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="vitok", description="ViTok visual tokenizers for images and video.")
@@ -220,6 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", default=None, help="run folder (default runs/<name>-<timestamp>)")
     tr.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     tr.set_defaults(func=cmd_train)
+
+    sw = sub.add_parser("sweep", help="train a grid of tokenizers over p, c and model size; fit metrics against log E",
+                        description="Trains every point of SPEC not yet finished (resuming interrupted ones), then "
+                                    "writes results.csv/md, fits.json and plots into the sweep folder. The spec "
+                                    "format is documented in vitok/sweep/spec.py.")
+    sw.add_argument("spec", help="sweep YAML, or a shipped spec's name: e_sweep, encoder, decoder (each also as "
+                                 "*_small), tiny")
+    sw.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="config overrides for every point, after the spec's, e.g. data.source=/data/train")
+    sw.add_argument("--report", action="store_true", help="only rebuild the table, fits and plots; train nothing")
+    sw.add_argument("--gpus", type=int, default=1,
+                    help="train N points at once, one `vitok train` process per GPU (default 1: one after another "
+                         "in this process)")
+    sw.add_argument("--out", default=None, help="sweep folder (default: the spec's out, else sweeps/<name>)")
+    sw.set_defaults(func=cmd_sweep)
 
     wt = sub.add_parser("weights", help="list the weight files vitok can use and whether they are present")
     wt.add_argument("--weights", default=None, help="folder to look in (default $VITOK_WEIGHTS)")

@@ -61,18 +61,26 @@ class ImageFolder(Dataset):
             return {"skipped": str(path), "reason": str(err)}
 
 
-def _shards_for(shards: list[Path], rank: int, world: int) -> list[Path]:
-    """Shards this (rank, worker) reads: shard i goes to reader i mod (world × workers), so none repeats."""
+def _reader() -> tuple[int, int]:
+    """(this loader worker's id, number of workers); (0, 1) outside a DataLoader worker."""
     info = get_worker_info()
-    workers, worker = (info.num_workers, info.id) if info else (1, 0)
-    reader, readers = rank * workers + worker, world * workers
-    return shards[reader::readers]
+    return (info.id, info.num_workers) if info else (0, 1)
+
+
+def reader_limit(limit: int, reader: int, readers: int) -> int:
+    """Reader `reader`'s share of a global `limit`: limit // readers, plus one for the first limit % readers."""
+    return limit // readers + (1 if reader < limit % readers else 0)
 
 
 class TarShards(IterableDataset):
     """WebDataset-style .tar shards: members "KEY.jpg" (any Pillow format) grouped by KEY.
 
-    Sharded by rank and worker at the shard level: no sample is read twice, none is skipped.
+    Sharded at the shard level over readers = world × loader workers: shard i goes to reader
+    i mod readers, so no sample is read twice and none is skipped. `limit` caps the total over
+    all readers: each reads at most its share (`reader_limit`), so the whole evaluation sees
+    exactly min(limit, available) items whenever every reader's shards hold its share (a reader
+    with too few samples, or none when readers outnumber shards, leaves its remainder unused).
+    Items count whether they decode or are skipped, as ImageFolder's limit counts files.
     """
 
     def __init__(self, shards: list[str | Path], size: int, upsample: bool = False, rank: int = 0,
@@ -86,13 +94,18 @@ class TarShards(IterableDataset):
         self.size, self.upsample, self.rank, self.world, self.limit = size, upsample, rank, world, limit
 
     def __iter__(self):
+        worker, workers = _reader()
+        reader, readers = self.rank * workers + worker, self.world * workers
+        share = None if self.limit is None else reader_limit(self.limit, reader, readers)
         count = 0
-        for shard in _shards_for(self.shards, self.rank, self.world):
+        for shard in self.shards[reader::readers]:
+            if share is not None and count >= share:
+                return
             for item in self._read_shard(shard):
-                if self.limit is not None and count >= self.limit:
-                    return
-                count += 1
                 yield item
+                count += 1
+                if share is not None and count >= share:
+                    return
 
     def _read_shard(self, shard: Path):
         try:
@@ -158,18 +171,31 @@ def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float() / 127.5 - 1.0
 
 
+def _has_videos(root: Path) -> bool:
+    from .video import list_videos
+
+    return bool(list_videos(root))
+
+
 def open_dataset(source: str | Path, size: int, frames: int = 1, stride: int = 1, upsample: bool = False,
                  limit: int | None = None, rank: int = 0, world: int = 1):
-    """A folder of images or videos, a .tar shard, or a folder/glob of .tar shards."""
+    """A folder of images or videos, a .tar shard, or a folder/glob of .tar shards.
+
+    `frames` > 1 asks for video clips, which only a folder of video files provides.
+    """
     source_str = str(source)
-    if any(ch in source_str for ch in "*?[") or source_str.endswith(".tar"):
+    root = Path(source)
+    is_shards = any(ch in source_str for ch in "*?[") or source_str.endswith(".tar")
+    if frames > 1 and (is_shards or (root.is_dir() and list(root.glob("*.tar")) and not _has_videos(root))):
+        raise ValueError(f"video evaluation needs a folder of video files (mp4, webm, avi, mkv, mov), but "
+                         f"{source} holds .tar shards, which are read as images only: pass a video folder")
+    if is_shards:
         import glob
 
         shards = sorted(glob.glob(source_str))
         if not shards:
             raise ValueError(f"no tar shards match {source_str}")
         return TarShards(shards, size, upsample, rank, world, limit)
-    root = Path(source)
     if root.is_dir() and frames > 1:
         return VideoFolder(root, size, frames, stride, limit)
     if root.is_dir():

@@ -23,20 +23,31 @@ from .networks import FeatureNetworks
 
 IMAGE_METRICS = ("psnr", "ssim", "lpips", "rfid", "ris")
 VIDEO_METRICS = ("psnr", "ssim", "rfvd")
+# Metrics from learned feature networks: with random weights they are plumbing checks only.
+LEARNED_METRICS = frozenset({"lpips", "rfid", "ris", "rfvd"})
+# torch-fidelity's default: the Inception Score is averaged over 10 splits.
+RIS_SPLITS = 10
 
 
 @dataclass
 class EvalResult:
-    """Per-sample scores, dataset-level metrics and the examples for the report."""
+    """Per-sample scores, dataset-level metrics and the examples for the report.
+
+    Only requested metrics appear in `metrics`, `plumbing_only` and `not_computed`. A sample
+    reconstructed exactly has infinite PSNR: it is counted in `psnr_infinite` and left out of the
+    PSNR mean (its per-sample value stays inf).
+    """
 
     metrics: dict[str, float] = field(default_factory=dict)
     plumbing_only: dict[str, float] = field(default_factory=dict)
     not_computed: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
     per_sample: dict[str, list] = field(default_factory=dict)
     skipped: list[dict] = field(default_factory=list)
     worst: list[tuple] = field(default_factory=list)  # (psnr, key, original uint8, reconstruction uint8)
     best: list[tuple] = field(default_factory=list)
     num_samples: int = 0
+    psnr_infinite: int = 0
     seconds: float = 0.0
 
 
@@ -98,21 +109,36 @@ def _candidates(values: list[float], keys: list[str], x: torch.Tensor, x_hat: to
 
 @torch.no_grad()
 def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.device, keep: int = 6,
-             progress: bool = True) -> EvalResult:
-    """Encode (posterior mean) and decode every sample; return metrics over the whole set, all ranks."""
+             progress: bool = True, metrics: set[str] | None = None, ris_splits: int = RIS_SPLITS) -> EvalResult:
+    """Encode (posterior mean) and decode every sample; return metrics over the whole set, all ranks.
+
+    `metrics` (default: all) limits what is computed and reported; PSNR is always measured per
+    sample because it ranks the worst and best examples.
+    """
     from tqdm.auto import tqdm
 
+    wanted = set(IMAGE_METRICS + VIDEO_METRICS) if metrics is None else set(metrics)
     rank, world = _rank_world()
     start = time.perf_counter()
     model.eval()
-    per_sample: dict[str, list] = {"key": [], "psnr": [], "ssim": []}
-    if networks.lpips is not None:
+    use_lpips = networks.lpips is not None and "lpips" in wanted
+    inception = networks.inception if wanted & {"rfid", "ris"} else None
+    feature_net = inception if inception is not None else (networks.i3d if "rfvd" in wanted else None)
+    frechet_name = "rfid" if inception is not None else "rfvd"
+    want_frechet = feature_net is not None and frechet_name in wanted
+    want_ris = inception is not None and "ris" in wanted
+    per_sample: dict[str, list] = {"key": [], "psnr": []}
+    if "ssim" in wanted:
+        per_sample["ssim"] = []
+    if use_lpips:
         per_sample["lpips"] = []
     real_stats = fake_stats = None
     logits: list[torch.Tensor] = []
+    logit_keys: list[str] = []
     worst_heap: list = []
     best_heap: list = []
     skipped: list[dict] = []
+    psnr_sum, psnr_count = 0.0, 0  # of the finite PSNRs so far, for the progress bar
     bar = tqdm(loader, desc="eval", unit="batch", disable=not progress or rank != 0, dynamic_ncols=True)
     for batch in bar:
         skipped.extend(batch["skipped"])
@@ -123,39 +149,48 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
         x_hat = x_hat.clamp(-1, 1)
         # Queue every kernel of the batch first and read results back once at the end: a read
         # after each metric would leave the GPU idle while the host queues the next one.
-        scores = {"psnr": psnr(x, x_hat), "ssim": ssim(x, x_hat)}
-        if networks.lpips is not None:
+        scores = {"psnr": psnr(x, x_hat)}
+        if "ssim" in wanted:
+            scores["ssim"] = ssim(x, x_hat)
+        if use_lpips:
             # On the 8-bit images, like every other metric here: what a saved file would score.
             scores["lpips"] = networks.lpips(_quantised(x), _quantised(x_hat)).double()
-        feature_net = networks.inception if networks.inception is not None else networks.i3d
         if feature_net is not None:
-            real = feature_net(x)
             fake = feature_net(x_hat)
-            if isinstance(real, tuple):  # Inception returns (pool features, logits)
-                (real, _), (fake, fake_logits) = real, fake
-                logits.append(fake_logits.float())
-            if real_stats is None:
-                real_stats, fake_stats = FeatureStats(device=device), FeatureStats(device=device)
-            real_stats.update(real)
-            fake_stats.update(fake)
+            if isinstance(fake, tuple):  # Inception returns (pool features, logits)
+                fake, fake_logits = fake
+                if want_ris:
+                    logits.append(fake_logits.float())
+                    logit_keys += batch["keys"]
+            if want_frechet:
+                real = feature_net(x)
+                real = real[0] if isinstance(real, tuple) else real
+                if real_stats is None:
+                    real_stats, fake_stats = FeatureStats(device=device), FeatureStats(device=device)
+                real_stats.update(real)
+                fake_stats.update(fake)
         host = torch.stack(list(scores.values())).cpu()
         per_sample["key"] += batch["keys"]
         for name, row in zip(scores, host.tolist()):
             per_sample[name] += row
-        items = _candidates(host[0].tolist(), batch["keys"], x, x_hat, keep)
+        psnr_values = per_sample["psnr"][-len(batch["keys"]):]
+        items = _candidates(psnr_values, batch["keys"], x, x_hat, keep)
         _keep_extremes(worst_heap, items, keep, largest=False)
         _keep_extremes(best_heap, items, keep, largest=True)
-        if per_sample["psnr"]:
-            bar.set_postfix(psnr=f"{sum(per_sample['psnr']) / len(per_sample['psnr']):.2f}")
+        finite = [v for v in psnr_values if math.isfinite(v)]
+        psnr_sum, psnr_count = psnr_sum + sum(finite), psnr_count + len(finite)
+        if psnr_count:
+            bar.set_postfix(psnr=f"{psnr_sum / psnr_count:.2f}")
 
     # Combine every rank's share: each sample was seen by exactly one rank.
     logits = [torch.cat(logits).cpu()] if logits else []
-    gathered = _gather((per_sample, skipped, worst_heap, best_heap, logits,
+    gathered = _gather((per_sample, skipped, worst_heap, best_heap, logits, logit_keys,
                         _cpu_state(real_stats), _cpu_state(fake_stats)))
-    result = EvalResult(not_computed=dict(networks.missing), seconds=time.perf_counter() - start)
+    result = EvalResult(not_computed={k: v for k, v in networks.missing.items() if k in wanted},
+                        seconds=time.perf_counter() - start)
     merged = {k: [] for k in per_sample}
-    all_logits, real_all, fake_all = [], None, None
-    for part_samples, part_skipped, part_worst, part_best, part_logits, part_real, part_fake in gathered:
+    all_logits, all_logit_keys, real_all, fake_all = [], [], None, None
+    for part_samples, part_skipped, part_worst, part_best, part_logits, part_keys, part_real, part_fake in gathered:
         for k in merged:
             merged[k] += part_samples[k]
         result.skipped += part_skipped
@@ -164,6 +199,7 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
         for score, key, orig, recon in part_best:
             _keep_extremes(result.best, [(score, key, orig, recon)], keep, largest=True)
         all_logits += part_logits
+        all_logit_keys += part_keys
         if part_real is not None:
             real_all = _merge(real_all, FeatureStats.from_state(part_real))
             fake_all = _merge(fake_all, FeatureStats.from_state(part_fake))
@@ -172,31 +208,53 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
     result.per_sample = merged
     result.num_samples = len(merged["key"])
     if result.num_samples == 0:
-        raise ValueError("no usable samples: every file was skipped (see the reasons above)")
+        raise ValueError(_no_samples_message(result.skipped))
 
     computed: dict[str, float] = {}
     finite_psnr = [v for v in merged["psnr"] if math.isfinite(v)]
-    computed["psnr"] = sum(finite_psnr) / len(finite_psnr) if finite_psnr else float("inf")
-    computed["ssim"] = sum(merged["ssim"]) / len(merged["ssim"])
-    if "lpips" in merged:
-        computed["lpips"] = sum(merged["lpips"]) / len(merged["lpips"])
-    if real_all is not None:
-        name = "rfid" if networks.inception is not None else "rfvd"
-        if real_all.n < 2:
-            result.not_computed[name] = f"needs at least 2 samples, got {real_all.n}"
+    result.psnr_infinite = result.num_samples - len(finite_psnr)
+    if "psnr" in wanted:
+        if finite_psnr:
+            computed["psnr"] = sum(finite_psnr) / len(finite_psnr)
         else:
-            computed[name] = frechet_distance(real_all.mean(), real_all.cov(), fake_all.mean(), fake_all.cov())
-    if all_logits:
-        all_l = torch.cat(all_logits)
-        splits = min(10, all_l.shape[0])
-        # torch-fidelity's defaults: 10 splits after a permutation seeded with 2020.
-        computed["ris"] = inception_score(all_l, splits=splits, seed=2020)[0]
-    # Numbers from random weights are plumbing checks, never reported under a metric's name.
-    learned = {"lpips", "rfid", "ris", "rfvd"}
+            result.not_computed["psnr"] = (f"every one of the {result.num_samples} reconstructions equals its "
+                                           f"original (infinite PSNR): there is no finite PSNR to average")
+    for name in ("ssim", "lpips"):
+        if name in merged:
+            computed[name] = sum(merged[name]) / len(merged[name])
+    if real_all is not None:
+        if real_all.n < 2:
+            result.not_computed[frechet_name] = f"needs at least 2 samples, got {real_all.n}"
+        else:
+            computed[frechet_name] = frechet_distance(real_all.mean(), real_all.cov(), fake_all.mean(), fake_all.cov())
+    if want_ris:
+        if len(all_logit_keys) < ris_splits:
+            result.not_computed["ris"] = (f"needs at least {ris_splits} samples for its {ris_splits} splits, "
+                                          f"got {len(all_logit_keys)}")
+        else:
+            # Sorted by key, the splits hold the same samples whatever the number of ranks or the
+            # loader's order; then torch-fidelity's seeded permutation (seed 2020) as usual.
+            order = sorted(range(len(all_logit_keys)), key=all_logit_keys.__getitem__)
+            ordered = torch.cat(all_logits)[torch.tensor(order)]
+            computed["ris"] = inception_score(ordered, splits=ris_splits, seed=2020)[0]
     for name, value in computed.items():
-        target = result.plumbing_only if (name in learned and not networks.published_weights) else result.metrics
-        target[name] = float(value)
+        value = float(value)
+        if not math.isfinite(value):
+            result.not_computed[name] = f"came out as {value} (non-finite); not reported"
+            continue
+        # Numbers from random weights are plumbing checks, never reported under a metric's name.
+        plumbing = name in LEARNED_METRICS and not networks.published_weights
+        (result.plumbing_only if plumbing else result.metrics)[name] = value
     return result
+
+
+def _no_samples_message(skipped: list[dict], show: int = 5) -> str:
+    """The 'no usable samples' error, with the first few files and why each was skipped."""
+    if not skipped:
+        return "no usable samples: the data source yielded none (an empty tar shard, or --limit too small?)"
+    reasons = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:show])
+    more = f" (and {len(skipped) - show} more)" if len(skipped) > show else ""
+    return f"no usable samples: all {len(skipped)} files were skipped. First reasons: {reasons}{more}"
 
 
 def _merge(acc: FeatureStats | None, part: FeatureStats) -> FeatureStats:

@@ -6,6 +6,12 @@ two (mean, covariance) pairs into the Fréchet distance (FID/FVD given Inception
 features). :func:`inception_score` follows Salimans et al. (2016) with the split
 and shuffle conventions of torch-fidelity. Everything is torch float64, so it runs
 on whichever device the inputs live on and needs no scipy.
+
+These functions only turn features or logits into numbers. The features themselves come
+from :mod:`vitok.metrics.inception`, whose 299×299 resize follows pytorch-fid (PyTorch's
+bilinear ``F.interpolate``), not torch-fidelity (a TensorFlow-1.x-style bilinear resize):
+the same images give slightly different features, so rFID and rIS match pytorch-fid's
+preprocessing and need not equal torch-fidelity's numbers exactly.
 """
 
 from __future__ import annotations
@@ -207,8 +213,10 @@ def inception_score(
     shuffle if ``seed`` is None), cut into ``splits`` contiguous chunks
     ``[i·N//splits, (i+1)·N//splits)``, and each chunk scores
     exp(mean_i KL(p(y|x_i) || p(y))) with p(y) the chunk's mean prediction, all in
-    float64. The std is the population std (ddof=0). With ``seed=2020`` and logits
-    this reproduces torch-fidelity's ``inception_score_mean``/``_std``.
+    float64. The std is the population std (ddof=0). With ``seed=2020``, given the
+    same logits, this is torch-fidelity's ``inception_score_mean``/``_std`` computation;
+    end-to-end rIS can still differ from torch-fidelity's because the logits come from
+    pytorch-fid-style preprocessing (see the module docstring).
     """
     x = probs_or_logits
     if x.dim() != 2:
