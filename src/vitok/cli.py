@@ -148,7 +148,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         # Without --config, the embedded demo: a small tokenizer on the bundled photos.
         config = load_config(args.config or "demo", args.overrides)
-    document = train(config, out=args.out, resume=args.resume)
+    from .train.loop import TrainingDiverged
+
+    try:
+        document = train(config, out=args.out, resume=args.resume)
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     if document:
         print(f"run folder: {document['run']}")
         for name, value in document["metrics"].items():
@@ -162,7 +168,9 @@ def _train_epilog() -> str:
     from .train.config import fields_table
 
     rows = [f"  {key:28} {tp:14} {default!r}" for key, tp, default in fields_table()]
-    return "config fields (override any with key=value):\n" + "\n".join(rows)
+    return ("config fields (override any with key=value). The defaults listed are the dataclasses'; "
+            "without --config\nthe demo config (configs/demo.yaml: T-T/8 at 64 px, 300 + 40 steps) is applied "
+            "on top of them.\n" + "\n".join(rows))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -311,7 +311,7 @@ def make_train_loader(source: str | Path, *, size: int, batch_size: int, frames:
                       workers: int = 0, seed: int = 0, start_step: int = 0, rank: int = 0, world: int = 1,
                       crop: str = "random", flip: bool = True, scale: Scale = (0.5, 1.0),
                       ratio: Ratio = (3 / 4, 4 / 3), holdout: int = 0, holdout_seed: int = 0,
-                      pin_memory: bool | None = None, check_tries: int = 8) -> tuple[DataLoader, Dataset | None, dict]:
+                      pin_memory: bool | None = None, check_tries: int = 64) -> tuple[DataLoader, Dataset | None, dict]:
     """(infinite loader of this rank's batches, held-out dataset or None, info) for a folder or tar shards.
 
     source: a folder of images, a folder of videos (frames > 1), or tar shards (a .tar path, a
@@ -344,7 +344,7 @@ def make_train_loader(source: str | Path, *, size: int, batch_size: int, frames:
         dataset = TrainShards(train, size, batch_size, **aug, seed=seed, rank=rank, world=world,
                               start_step=start_step)
         check_usable(dataset.read_shard(train[0]), check_tries, str(train[0]))
-        heldout = TarShards(held, size, upsample=True, limit=holdout) if held else None
+        heldout = TarShards(held, size, upsample=True, limit=holdout, rank=rank, world=world) if held else None
         info.update(kind="shards", train_files=len(train), heldout_files=len(held), samples_per_epoch=None,
                     readers=world * max(workers, 1))
         return DataLoader(dataset, batch_size=None, **loading), heldout, info

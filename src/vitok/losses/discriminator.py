@@ -57,8 +57,9 @@ def minibatch_std(x: Tensor, group_size: int, eps: float = 1e-8) -> Tensor:
     n = x.shape[0]
     groups = -(-n // min(group_size, n))
     gid = torch.arange(n, device=x.device) % groups
-    counts = torch.tensor([n // groups + (g < n % groups) for g in range(groups)], device=x.device,
-                          dtype=torch.float32).view(groups, *[1] * (x.dim() - 1))
+    # Built with arange rather than torch.tensor(list, device=...): no host-to-device copy, no sync.
+    counts = ((n // groups) + (torch.arange(groups, device=x.device) < n % groups)).float()
+    counts = counts.view(groups, *[1] * (x.dim() - 1))
     xf = x.float()
     mean = xf.new_zeros((groups, *x.shape[1:])).index_add_(0, gid, xf) / counts
     var = xf.new_zeros((groups, *x.shape[1:])).index_add_(0, gid, (xf - mean[gid]).square()) / counts

@@ -80,7 +80,10 @@ class LeCam(nn.Module):
         self.ema_real.lerp_(real_logits.float().mean(), 1.0 - self.decay)
         self.ema_fake.lerp_(fake_logits.float().mean(), 1.0 - self.decay)
 
-    def forward(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-        self.update(real_logits, fake_logits)
+    def forward(self, real_logits: Tensor, fake_logits: Tensor, update: bool = True) -> Tensor:
+        """The penalty; with update=False the EMAs are left for the caller to move (e.g. after a
+        finite-gradient check, with means averaged over ranks)."""
+        if update:
+            self.update(real_logits, fake_logits)
         return ((_acc(real_logits) - self.ema_fake).square().mean()
                 + (_acc(fake_logits) - self.ema_real).square().mean())

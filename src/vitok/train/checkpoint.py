@@ -64,9 +64,10 @@ def save_checkpoint(root: str | Path, step: int, state: dict, export=None) -> Pa
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = step_dir(root, step)
+    for debris in [*root.glob(".tmp-step_*"), *root.glob(".old-step_*")]:
+        # Left by a run killed while saving: never a complete checkpoint, only wasted space.
+        shutil.rmtree(debris, ignore_errors=True)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     try:
         torch.save(state, tmp / "state.pt")

@@ -289,6 +289,15 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
+def check_data_paths(config: TrainConfig) -> None:
+    """Fail before any model is built when a data path does not exist (shipped configs hold placeholders)."""
+    for key in ("source", "val_source"):
+        value = getattr(config.data, key)
+        if value and not any(ch in value for ch in "*?[") and not Path(value).exists():
+            raise ValueError(f"data.{key} {value} does not exist; point it at an image or video folder or at "
+                             f".tar shards (a path or a glob), e.g. data.{key}=/data/train")
+
+
 def validate(config: TrainConfig, world: int = 1) -> None:
     """Reject impossible configurations before any work, with the fix in the message."""
     from ..model import config_from_name
@@ -335,6 +344,12 @@ def validate(config: TrainConfig, world: int = 1) -> None:
         raise ValueError(f"optim.beta1/beta2 must be in [0, 1), got {o.beta1}, {o.beta2}")
     if not 0 <= o.min_lr_ratio <= 1:
         raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    if t.stage2_steps > 0:
+        size = model_config.image_size
+        if size < 8 or size & (size - 1):
+            raise ValueError(f"model.image_size {size}: stage 2's discriminator needs a power of two >= 8 "
+                             f"(e.g. {1 << max(3, size.bit_length() - 1)} or {1 << max(3, size.bit_length())}); "
+                             f"or train stage 1 only with train.stage2_steps=0")
     if model_config.is_video and config.data.source == "":
         raise ValueError("a video model needs data.source pointing at a folder of videos; "
                          "the bundled default data are photos")

@@ -60,6 +60,15 @@ def broadcast_object(obj):
     return box[0]
 
 
+def all_gather_objects(obj) -> list:
+    """Every rank's object, in rank order ([obj] for one process)."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """In-place mean over ranks (no-op for one process)."""
     if dist.is_initialized() and dist.get_world_size() > 1:

@@ -27,9 +27,13 @@ from ..losses import (Discriminator, LeCam, discriminator_loss, generator_loss, 
 from ..model import ViTok, config_from_name
 from . import checkpoint as ckpt
 from . import parallel
-from .config import TrainConfig, save_config, validate
+from .config import TrainConfig, check_data_paths, save_config, validate
 from .distributed import Dist, all_reduce_mean, average_gradients, barrier, broadcast_object
 from .optim import EMA, build_adamw, warmup_constant, warmup_cosine
+
+
+NO_HELDOUT = ("no held-out set (data.holdout = 0 and no data.val_source, or a single tar shard): no metrics, "
+              "no reconstruction grid and no best checkpoint; set data.holdout or data.val_source")
 
 
 class TrainingDiverged(RuntimeError):
@@ -225,7 +229,11 @@ class Trainer:
         terms = {"gan_d": discriminator_loss(real_logits, fake_logits, c.gan_loss)}
         loss = terms["gan_d"]
         if self.lecam is not None:
-            terms["lecam"] = self.lecam(real_logits, fake_logits)
+            # The EMAs move only after the step is known to be finite (apply_step), with the batch
+            # means averaged over ranks so every rank keeps the same EMAs.
+            terms["lecam"] = self.lecam(real_logits, fake_logits, update=False)
+            self._lecam_means = all_reduce_mean(torch.stack([real_logits.detach().mean(),
+                                                             fake_logits.detach().mean()]))
             loss = loss + c.lecam_weight * terms["lecam"]
         if lazy_r1:
             # Lazy regularisation: every r1_every steps, scaled up by r1_every to keep its weight.
@@ -241,7 +249,7 @@ class Trainer:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
-    def apply_step(self, terms: dict[str, torch.Tensor]) -> bool:
+    def apply_step(self, terms: dict[str, torch.Tensor], weight: float = 1.0) -> bool:
         """Step the optimizers if every gradient is finite; otherwise skip and count. One host sync."""
         norms = [terms["grad_norm"]] + ([terms["disc_grad_norm"]] if "disc_grad_norm" in terms else [])
         norms = [parallel.full_tensor(n).float() for n in norms]  # a sharded model's norm is a DTensor
@@ -253,6 +261,8 @@ class Trainer:
             if self.stage == 2:
                 self.opt_d.step()
                 self.ema.update(self.decoder_params(self.model))
+                if self.lecam is not None and weight > 0:
+                    self.lecam.update(self._lecam_means[0], self._lecam_means[1])
         self.opt_g.zero_grad(set_to_none=True)
         if self.opt_d is not None:
             self.opt_d.zero_grad(set_to_none=True)
@@ -275,13 +285,18 @@ class Trainer:
 
             heldout = open_dataset(c.data.val_source, self.model_config.image_size,
                                    frames=self.model_config.frames if self.model_config.is_video else 1,
-                                   stride=c.data.frame_stride, upsample=True)
+                                   stride=c.data.frame_stride, upsample=True, limit=c.data.eval_limit or None,
+                                   rank=self.dist.rank, world=self.dist.world)
         self.heldout = heldout
+        logger_note = None if heldout is not None else NO_HELDOUT
         logger = report.RunLogger(self.run_dir, self.dist.main, c.train.tensorboard, self.progress.step)
+        if logger_note:
+            logger.warn(logger_note)
         bar = report.progress_bar(c.total_steps, self.progress.step, enabled=self.dist.main and t.progress)
         sums: dict[str, torch.Tensor] = {}
-        good_steps, window_start, window_images = 0, time.perf_counter(), 0
+        window_start, window_images = time.perf_counter(), 0
         last_good: torch.Tensor | None = None
+        new_skips: list[dict] = []  # this rank's unreadable files since the last log step
         batches = iter(loader)
         started = time.perf_counter()
         while self.progress.step < c.total_steps:
@@ -289,10 +304,7 @@ class Trainer:
             if self.stage == 1 and step >= t.stage1_steps:
                 self.enter_stage(2)
             batch = next(batches)
-            for item in batch["skipped"]:
-                if item["file"] not in self.progress.skipped_files:
-                    self.progress.skipped_files[item["file"]] = item["reason"]
-                    logger.warn(f"skipped {item['file']}: {item['reason']}")
+            new_skips.extend(item for item in batch["skipped"] if item["file"] not in self.progress.skipped_files)
             weight = 1.0
             if batch["pixels"] is not None and batch["pixels"].shape[0] < self.per_rank_batch:
                 # Skipped files count as zero-loss samples: each rank's mean is scaled by its share of
@@ -312,14 +324,15 @@ class Trainer:
             rates = self.set_learning_rates(step)
             self.model.train()
             terms = self.train_step(x, step, weight)
-            ok = self.apply_step(terms)
+            ok = self.apply_step(terms, weight)
             self.progress.step += 1
             if ok:
                 self.progress.bad_in_row = 0
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v.detach().float()
-                good_steps += 1
-                window_images += x.shape[0] * self.dist.world
+                if weight > 0:  # a stand-in batch's losses are not the data's
+                    for k, v in terms.items():
+                        total, n = sums.get(k, (0.0, 0))
+                        sums[k] = (total + v.detach().float(), n + 1)
+                    window_images += x.shape[0] * self.dist.world
             else:
                 self.progress.bad_in_row += 1
                 self.progress.bad_total += 1
@@ -334,12 +347,14 @@ class Trainer:
             bar.update(1)
             done = self.progress.step
             if done % t.log_every == 0 or done == c.total_steps:
+                self.merge_skips(new_skips, logger)
+                new_skips = []
                 elapsed = time.perf_counter() - window_start
-                record = self.log_record(sums, good_steps, done, rates, window_images / max(elapsed, 1e-9))
+                record = self.log_record(sums, done, rates, window_images / max(elapsed, 1e-9))
                 logger.log(record)
                 self.history.append(record)
                 bar.set_postfix(report.postfix(record))
-                sums, good_steps, window_start, window_images = {}, 0, time.perf_counter(), 0
+                sums, window_start, window_images = {}, time.perf_counter(), 0
             if t.eval_every and done % t.eval_every == 0 and done != c.total_steps:
                 logger.log({"step": done, "eval": self.evaluate(quick=True)})
             if t.image_every and done % t.image_every == 0:
@@ -360,13 +375,24 @@ class Trainer:
         logger.close()
         return final
 
-    def log_record(self, sums: dict, good_steps: int, step: int, rates: dict, images_per_second: float) -> dict:
-        """Loss terms averaged over the window's good steps and over ranks (one small all-reduce)."""
+    def merge_skips(self, new_skips: list[dict], logger) -> None:
+        """Every rank's newly skipped files, named once in the log and kept for the checkpoint and report."""
+        if self.dist.world > 1:
+            from .distributed import all_gather_objects
+
+            new_skips = [item for part in all_gather_objects(new_skips) for item in part]
+        for item in new_skips:
+            if item["file"] not in self.progress.skipped_files:
+                self.progress.skipped_files[item["file"]] = item["reason"]
+                logger.warn(f"skipped {item['file']}: {item['reason']}")
+
+    def log_record(self, sums: dict, step: int, rates: dict, images_per_second: float) -> dict:
+        """Each loss term averaged over the steps that computed it and over ranks (one small all-reduce)."""
         values = {}
         if sums:
-            stacked = torch.stack(list(sums.values()))
+            stacked = torch.stack([total for total, _ in sums.values()])
             all_reduce_mean(stacked)
-            values = {k: v / max(1, good_steps) for k, v in zip(sums, stacked.tolist())}
+            values = {k: v / n for (k, (_, n)), v in zip(sums.items(), stacked.tolist())}
         return {"step": step, "stage": self.stage, **values, **rates, "images_per_second": images_per_second,
                 "bad_steps": self.progress.bad_total}
 
@@ -381,14 +407,11 @@ class Trainer:
         model = self.ema_model if self.ema_model is not None else self.model
         if not self.sharded:
             return model
-        cached = getattr(self, "_plain", None)
-        if cached is not None and cached[0] == (self.progress.step, id(model)):
-            return cached[1]
+        # Not cached: the full copy lives only as long as the evaluation or export that needs it.
         plain = ViTok(self.model_config).to(self.device)
         plain.load_state_dict(parallel.model_state(model))
         plain.amp_dtype = self.model.amp_dtype
-        self._plain = ((self.progress.step, id(model)), plain.eval())
-        return plain
+        return plain.eval()
 
     def evaluate(self, quick: bool) -> dict:
         """Held-out metrics: PSNR/SSIM (and LPIPS when available) during training; everything at the end."""
@@ -396,7 +419,7 @@ class Trainer:
         from ..eval.networks import load_networks
 
         if self.heldout is None:
-            return {}
+            return {"metrics": {}, "not_computed": {"psnr": NO_HELDOUT, "ssim": NO_HELDOUT}, "num_samples": 0}
         if self.model_config.is_video:
             wanted = {"psnr", "ssim"} if quick else {"psnr", "ssim", "rfvd"}
         else:
@@ -412,7 +435,8 @@ class Trainer:
                           self._networks[1], self.device, progress=False)
         self.last_eval = result
         if "psnr" in result.metrics:
-            self._pending_best = result.metrics["psnr"]  # recorded with the next checkpoint
+            # Credited to a checkpoint only if one is written at this very step.
+            self._pending_best = (self.progress.step, result.metrics["psnr"])
         return {"metrics": result.metrics, "not_computed": {k: v for k, v in result.not_computed.items() if k in wanted},
                 "num_samples": result.num_samples, "skipped": result.skipped}
 
@@ -445,19 +469,24 @@ class Trainer:
         state, export = self.state_dict(), self.eval_model()  # collectives when sharded: every rank
         if self.dist.main:
             ckpt.save_checkpoint(root, self.progress.step, state, export=export.save_pretrained)
-            pending = getattr(self, "_pending_best", None)
-            if pending is not None and math.isfinite(pending):
-                ckpt.update_best(root, self.progress.step, "psnr", pending)
-                self._pending_best = None
+            self.record_best()
             ckpt.prune(root, self.config.train.keep_last)
         barrier()
+
+    def record_best(self) -> None:
+        pending = getattr(self, "_pending_best", None)
+        root = self.run_dir / "checkpoints"
+        if pending is not None and pending[0] == self.progress.step and math.isfinite(pending[1]) \
+                and ckpt.step_dir(root, pending[0]).is_dir():
+            ckpt.update_best(root, pending[0], "psnr", pending[1])
 
     def load(self, folder: Path) -> None:
         state = ckpt.load_checkpoint(folder, map_location="cpu")
         layout = "fsdp" if self.sharded else "replicated"
         if state.get("parallel", "replicated") != layout:
-            raise ValueError(f"checkpoint {folder} was written with train.parallel={state.get('parallel')} "
-                             f"state; resume it with the same train.parallel and world size layout")
+            raise ValueError(f"checkpoint {folder} holds {state.get('parallel', 'replicated')} optimizer state "
+                             f"(train.parallel=fsdp over several processes writes 'fsdp', anything else "
+                             f"'replicated'); resume with the same train.parallel and number of processes")
         parallel.load_model_state(self.model, state["model"])
         self.enter_stage(state["stage"])
         if state["stage"] == 2:
@@ -470,6 +499,13 @@ class Trainer:
             if self.lecam is not None and "lecam" in state:
                 self.lecam.load_state_dict(state["lecam"])
         parallel.load_optimizer_state(self.model, self.opt_g, state["opt_g"])
+        # Settings given on the command line at resume win over the ones stored with the state.
+        o = self.config.optim
+        for group in self.opt_g.param_groups:
+            group["betas"] = (o.beta1, o.beta2)
+            group["weight_decay"] = o.weight_decay if group["weight_decay"] > 0 else 0.0
+        if self.ema is not None:
+            self.ema.decay = self.config.train.ema_decay
         self.progress.step = int(state["step"])
         p = state["progress"]
         self.progress.bad_in_row, self.progress.bad_total = p["bad_in_row"], p["bad_total"]
@@ -494,6 +530,9 @@ class Trainer:
         from . import report
 
         final_eval = self.evaluate(quick=False)
+        if self.dist.main:
+            self.record_best()  # the final checkpoint was written at this step
+            ckpt.prune(self.run_dir / "checkpoints", self.config.train.keep_last)
         model = self.eval_model()
         self.write_reconstructions()
         if self.dist.main:
@@ -524,13 +563,19 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path
         resume_from = None
         if resume is not None:
             run_dir = Path(resume)
-            resume_from = ckpt.latest_checkpoint(run_dir / "checkpoints")
+            # Rank 0 chooses, so every rank loads the same checkpoint (the run folder must be on a
+            # file system all nodes share).
+            resume_from = distributed.broadcast_object(ckpt.latest_checkpoint(run_dir / "checkpoints"))
             if resume_from is None:
                 raise ValueError(f"--resume {run_dir}: no complete checkpoint under {run_dir / 'checkpoints'}; "
                                  f"start a new run instead")
         else:
             run_dir = Path(out) if out else distributed.broadcast_object(new_run_dir(config.name))
+            if ckpt.list_checkpoints(run_dir / "checkpoints"):
+                raise ValueError(f"{run_dir} already holds a run with checkpoints; continue it with --resume {run_dir}, "
+                                 f"or choose another --out")
         validate(config, dist_info.world)
+        check_data_paths(config)
         if dist_info.main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, run_dir / "config.yaml")

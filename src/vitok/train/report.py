@@ -39,6 +39,14 @@ def dumps(value, **kwargs) -> str:
     return json.dumps(_finite(value), allow_nan=False, **kwargs)
 
 
+def _step_of(line: str) -> float:
+    """The step of one metrics.jsonl line; a line cut short by a kill counts as after every step."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return math.inf
+
+
 class RunLogger:
     """Appends to metrics.jsonl and train.log (rank 0 only); mirrors scalars to TensorBoard if asked."""
 
@@ -49,8 +57,7 @@ class RunLogger:
             return
         if start_step > 0 and self.metrics_path.exists():
             # A resumed run drops what was logged after its checkpoint, so the log matches the weights.
-            kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= start_step]
+            kept = [line for line in self.metrics_path.read_text().splitlines() if _step_of(line) <= start_step]
             tmp = self.metrics_path.with_suffix(".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.metrics_path)
@@ -60,7 +67,8 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+                # purge_step drops events logged after the checkpoint a resumed run starts from.
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step or None)
             except ImportError:
                 self.warn("train.tensorboard is set but the tensorboard package is not installed "
                           "(pip install tensorboard); logging to metrics.jsonl only")
@@ -125,8 +133,8 @@ def reconstruction_grid(model, dataset, device: torch.device, path: Path, count:
     from ..metrics.image import psnr, to_uint8
 
     samples = []
-    for i in range(len(dataset)) if hasattr(dataset, "__len__") else iter(()):
-        item = dataset[i]
+    items = (dataset[i] for i in range(len(dataset))) if hasattr(dataset, "__len__") else iter(dataset)
+    for item in items:  # map-style folders, or streamed tar shards
         if "pixels" in item:
             samples.append(item)
         if len(samples) == count:
@@ -184,13 +192,17 @@ def loss_terms(trainer) -> dict[str, str]:
     """Which loss terms were active, with weights, and why any was not."""
     c = trainer.config.loss
     stage2 = trainer.config.train.stage2_steps > 0
+    t = trainer.config.train
     terms = {
         "reconstruction": f"active: {c.reconstruction} x {c.reconstruction_weight}",
-        "kl": f"active in stage 1: beta {c.kl_weight} (mean per latent element)",
+        "kl": (f"active in stage 1: beta {c.kl_weight} (mean per latent element)" if t.stage1_steps > 0
+               else "inactive: train.stage1_steps = 0 (the encoder is frozen in stage 2)"),
         "lpips": (f"active: eta {c.lpips_weight}" if trainer.perceptual is not None
                   else f"inactive: {trainer.perceptual_reason}"),
         "gan": (f"active in stage 2: {c.gan_loss}, lambda {c.gan_weight} (ramped in over {c.gan_warmup_steps} "
-                f"steps), R1 {c.r1_weight} every {c.r1_every} steps"
+                f"steps)" + (f", R1 {c.r1_weight} every {c.r1_every} steps" if c.r1_weight > 0 else ", no R1")
+                + (f", LeCam {c.lecam_weight}" if c.lecam_weight > 0 else "")
+                + f"; EMA of the decoder, decay {t.ema_decay}"
                 if stage2 else "inactive: train.stage2_steps = 0"),
     }
     return terms
