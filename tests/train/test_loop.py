@@ -166,3 +166,51 @@ def test_fsdp_matches_one_process_and_resumes(tmp_path):
         torch.testing.assert_close(again["ema"]["shadow"][key], value, rtol=0, atol=0)
     model = ViTok.from_pretrained(tmp_path / "two" / "model")
     assert model.num_params()["total"] == ViTok.from_pretrained(tmp_path / "one" / "model").num_params()["total"]
+
+
+def test_a_fresh_run_refuses_a_folder_holding_a_run(tmp_path, photo_folder):
+    args = TINY + [f"data.source={photo_folder}", "train.stage1_steps=2", "train.stage2_steps=0",
+                   "train.checkpoint_every=2"]
+    train(load_config(None, args), out=tmp_path / "run")
+    with pytest.raises(ValueError, match="already holds a run with checkpoints; continue it with --resume"):
+        train(load_config(None, args), out=tmp_path / "run")
+
+
+def test_time_limit_stops_cleanly_and_resume_finishes(tmp_path, photo_folder, monkeypatch):
+    import vitok.train.loop as loop
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock.__setitem__("t", clock["t"] + 1.0) or clock["t"])
+    args = TINY + [f"data.source={photo_folder}", "train.stage1_steps=6", "train.stage2_steps=0",
+                   "train.checkpoint_every=100", "train.log_every=2", "train.time_limit_minutes=0.05"]
+    doc = train(load_config(None, args), out=tmp_path / "run")  # 3 "seconds" of budget, a "second" per clock read
+    assert doc["stopped_early"] and doc["steps"] < 6
+    assert ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")[-1][0] == doc["steps"]
+    # A cut-off last line in metrics.jsonl (a kill mid-write) does not stop the resume.
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 99, "lo')
+    monkeypatch.setattr(loop.time, "perf_counter", time.perf_counter)
+    doc = train(load_config(None, args[:-1]), resume=tmp_path / "run")
+    assert doc["steps"] == 6 and not doc["stopped_early"]
+
+
+def test_no_held_out_set_is_reported_not_silent(tmp_path, photo_folder):
+    args = TINY + [f"data.source={photo_folder}", "data.holdout=0", "train.stage1_steps=2", "train.stage2_steps=0",
+                   "train.checkpoint_every=2"]
+    doc = train(load_config(None, args), out=tmp_path / "run")
+    assert doc["metrics"] == {} and "no held-out set" in doc["not_computed"]["psnr"]
+    assert "no held-out set" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_stage_two_needs_a_power_of_two_size():
+    with pytest.raises(ValueError, match="power of two .* or train stage 1 only with train.stage2_steps=0"):
+        load_config(None, TINY + ["model.image_size=48"])
+    load_config(None, TINY + ["model.image_size=48", "train.stage2_steps=0"])
+
+
+def test_cli_reports_divergence_and_missing_data_cleanly(tmp_path, capsys):
+    from vitok.cli import main
+
+    assert main(["train", "--config", "sb16_256", "--out", str(tmp_path / "x")]) == 2
+    assert "data.source /path/to/images-or-shards does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
