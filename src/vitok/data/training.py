@@ -15,7 +15,9 @@ What the training loop may rely on:
   [r·b, (r+1)·b): concatenating the ranks' batches in rank order gives exactly the batch
   one rank with batch B sees, with the same augmentations.
 - Shards are split among readers (rank × workers), not samples, so a shard run depends on
-  world and workers; within an epoch no sample is read twice and none is left out.
+  world and workers; within one epoch of a reader no sample is read twice and none is left
+  out. Readers advance independently, so when shards differ in size (or their count is not a
+  multiple of the readers) a reader can begin its next epoch while others finish this one.
 
 Every batch is `datasets.collate`'s dict: {"pixels": b×3×H×W (or b×3×T×H×W) uint8 tensor,
 or None when every sample failed, "keys": [str], "skipped": [{"file", "reason"}]}. A skipped
