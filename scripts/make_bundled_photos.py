@@ -1,4 +1,8 @@
-"""One-off: downsize scikit-image's bundled colour photos into src/vitok/assets/photos/."""
+"""One-off: downsize scikit-image's bundled photographs into src/vitok/assets/photos/.
+
+The colour photographs, plus the freely licensed greyscale photographs (stored as RGB), so the
+demo has enough different scenes and textures to learn from.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,12 @@ SOURCES = {
     "hubble_deep_field.jpg": "hubble_deep_field",
     "ihc.png": "ihc",
     "retina.jpg": "retina",
+    "camera.png": "camera",
+    "coins.png": "coins",
+    "brick.png": "brick",
+    "grass.png": "grass",
+    "gravel.png": "gravel",
+    "clock_motion.png": "clock",
 }
 
 

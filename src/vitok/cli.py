@@ -169,7 +169,7 @@ def _train_epilog() -> str:
 
     rows = [f"  {key:28} {tp:14} {default!r}" for key, tp, default in fields_table()]
     return ("config fields (override any with key=value). The defaults listed are the dataclasses'; "
-            "without --config\nthe demo config (configs/demo.yaml: T-T/8 at 64 px, 300 + 40 steps) is applied "
+            "without --config\nthe demo config (configs/demo.yaml: T-T/8 at 64 px, 800 + 60 steps) is applied "
             "on top of them.\n" + "\n".join(rows))
 
 
