@@ -109,7 +109,7 @@ def test_images_same_sample_same_pixels(photo_dir):
 def test_image_loader_same_batches_with_0_and_2_workers(photo_dir):
     serial, _, info = image_loader(photo_dir, workers=0)
     parallel, _, _ = image_loader(photo_dir, workers=2)
-    assert info["kind"] == "images" and info["samples_per_epoch"] == 7 and info["global_batch"] == 3
+    assert info["kind"] == "images" and info["samples_per_epoch"] == len(bundled_photos()) and info["global_batch"] == 3
     want = batches(serial, 6)
     assert want[0]["pixels"].shape == (3, 3, SIZE, SIZE) and want[0]["pixels"].dtype == torch.uint8
     assert_same_batches(batches(parallel, 6), want)
@@ -162,10 +162,11 @@ def test_unusable_and_empty_folders(tmp_path):
 
 def test_image_holdout_is_a_centre_crop_set_outside_training(photo_dir):
     loader, heldout, info = image_loader(photo_dir, holdout=2, batch_size=5)
-    assert info["train_files"] == 5 and info["heldout_files"] == 2 and len(heldout) == 2
+    assert info["train_files"] == len(bundled_photos()) - 2 and info["heldout_files"] == 2 and len(heldout) == 2
     held_keys = {heldout[i]["key"] for i in range(2)}
-    trained = {k for batch in batches(loader, 3) for k in batch["keys"]}
-    assert len(trained) == 5 and not trained & held_keys
+    epoch = -(-(len(bundled_photos()) - 2) // 5)  # batches covering one epoch of the training files
+    trained = {k for batch in batches(loader, epoch) for k in batch["keys"]}
+    assert len(trained) == len(bundled_photos()) - 2 and not trained & held_keys
     for i in range(2):
         item = heldout[i]
         want = resize_center_crop(load_image(item["key"]), SIZE).transpose(2, 0, 1)
