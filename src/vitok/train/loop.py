@@ -106,6 +106,8 @@ class Trainer:
         self.ddp_model = None
         self.history: list[dict] = []
         self.stopped_early: str | None = None
+        self.window_sums: dict[str, tuple[float, int]] = {}
+        self.live_sums: dict[str, tuple] = {}
 
         source = config.data.source or bundled_source()
         self.loader_args = dict(source=source, size=self.model_config.image_size,
@@ -293,7 +295,11 @@ class Trainer:
         if logger_note:
             logger.warn(logger_note)
         bar = report.progress_bar(c.total_steps, self.progress.step, enabled=self.dist.main and t.progress)
-        sums: dict[str, torch.Tensor] = {}
+        # Loss sums of the current log window; restored on resume so a window cut by a kill is
+        # logged as if the run had never stopped.
+        sums: dict[str, tuple] = {k: (torch.tensor(total, device=self.device), n)
+                                  for k, (total, n) in self.window_sums.items()}
+        self.live_sums = sums
         window_start, window_images = time.perf_counter(), 0
         last_good: torch.Tensor | None = None
         new_skips: list[dict] = []  # this rank's unreadable files since the last log step
@@ -355,6 +361,7 @@ class Trainer:
                 self.history.append(record)
                 bar.set_postfix(report.postfix(record))
                 sums, window_start, window_images = {}, time.perf_counter(), 0
+                self.live_sums = sums
             if t.eval_every and done % t.eval_every == 0 and done != c.total_steps:
                 logger.log({"step": done, "eval": self.evaluate(quick=True)})
             if t.image_every and done % t.image_every == 0:
@@ -451,6 +458,7 @@ class Trainer:
             "progress": {"bad_in_row": self.progress.bad_in_row, "bad_total": self.progress.bad_total,
                          "skipped_files": self.progress.skipped_files},
             "history": json.dumps(self.history),
+            "window": json.dumps({k: [float(total), n] for k, (total, n) in self.live_sums.items()}),
             # The learning-rate schedules and the data position are pure functions of `step`.
             "rng": {"torch": torch.get_rng_state(), "numpy": json.dumps(_numpy_state()),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
@@ -511,6 +519,7 @@ class Trainer:
         self.progress.bad_in_row, self.progress.bad_total = p["bad_in_row"], p["bad_total"]
         self.progress.skipped_files = dict(p["skipped_files"])
         self.history = json.loads(state["history"])
+        self.window_sums = {k: (total, n) for k, (total, n) in json.loads(state.get("window", "{}")).items()}
         torch.set_rng_state(state["rng"]["torch"])
         _set_numpy_state(json.loads(state["rng"]["numpy"]))
         if torch.cuda.is_available() and state["rng"]["cuda"]:
