@@ -190,6 +190,55 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_latents(args: argparse.Namespace) -> int:
+    """Encode a labelled image folder into a latent store for DiT training."""
+    from .generate.latents import encode_folder
+
+    index = encode_folder(args.checkpoint, args.data, args.out, image_size=args.image_size,
+                          batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype,
+                          store_std=args.store_std, upsample=args.upsample, device=args.device)
+    print(f"{index['count']} latents of {index['tokens']}x{index['channels']} in {index['num_shards']} shard(s), "
+          f"{index['num_classes']} classes; index: {Path(args.out) / 'index.json'}")
+    if index["skipped_files"]:
+        print(f"skipped {len(index['skipped_files'])} unusable file(s); see index.json", file=sys.stderr)
+    return 0
+
+
+def cmd_dit(args: argparse.Namespace) -> int:
+    """Train, sample or evaluate a latent DiT."""
+    if args.dit_command == "train":
+        from .generate.train import DiTTrainConfig, load_run_config, parse_overrides, train_dit
+
+        if args.resume:
+            config = load_run_config(args.resume, args.overrides)
+        else:
+            config = parse_overrides(DiTTrainConfig(latents=args.latents or "", model=args.model), args.overrides)
+        document = train_dit(config, out=args.out, resume=args.resume)
+        if document:
+            print(f"run folder: {document['run']}  steps {document['steps']}  final loss {document['final_loss']:.4f}")
+        return 0
+    if args.dit_command == "sample":
+        from .generate.sample import generate, write_samples
+
+        images, labels = generate(args.run, args.num, args.cfg, args.steps, args.sampler, args.eta, args.batch_size,
+                                  args.class_id, args.seed, args.device)
+        out = Path(args.out) if args.out else Path(args.run) / "generated"
+        write_samples(images, labels, out)
+        print(f"{len(images)} samples in {out} (grid: {out / 'grid.png'})")
+        return 0
+    from .generate.evaluate import evaluate_run
+
+    document = evaluate_run(args.run, args.reference, args.num, weights=args.weights, cfg=args.cfg, steps=args.steps,
+                            method=args.sampler, eta=args.eta, batch_size=args.batch_size, seed=args.seed,
+                            device=args.device, out=args.out)
+    for name, value in document["metrics"].items():
+        print(f"  {name:6} {value:.4f}")
+    for name, reason in document["not_computed"].items():
+        print(f"  {name:6} not computed: {reason}")
+    print(f"report: {document['report']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="vitok", description="ViTok visual tokenizers for images and video.")
@@ -260,6 +309,49 @@ def build_parser() -> argparse.ArgumentParser:
                          "in this process)")
     sw.add_argument("--out", default=None, help="sweep folder (default: the spec's out, else sweeps/<name>)")
     sw.set_defaults(func=cmd_sweep)
+
+    lt = sub.add_parser("latents", help="encode a labelled image folder (class = sub-folder) into a latent store",
+                        description="Posterior-mode latents of every image, in safetensors shards plus index.json "
+                                    "(classes, tokenizer, per-channel mean/std). Rerunning skips finished shards.")
+    lt.add_argument("checkpoint", help="tokenizer folder written by ViTok.save_pretrained")
+    lt.add_argument("--data", required=True, help="folder with one sub-folder of images per class")
+    lt.add_argument("--out", required=True, help="latent store folder")
+    lt.add_argument("--image-size", type=int, default=None, help="resize + centre-crop size (default: the model's)")
+    lt.add_argument("--batch-size", type=int, default=32)
+    lt.add_argument("--shard-size", type=int, default=1024, help="latents per shard (default 1024)")
+    lt.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"], help="storage dtype")
+    lt.add_argument("--store-std", action="store_true", help="also store the posterior std (for sampled latents)")
+    lt.add_argument("--upsample", action="store_true", help="allow images smaller than the size (upsampled)")
+    lt.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    lt.set_defaults(func=cmd_latents)
+
+    dit = sub.add_parser("dit", help="train, sample or evaluate a class-conditional latent DiT")
+    dit_sub = dit.add_subparsers(dest="dit_command", required=True, metavar="ACTION")
+    dtr = dit_sub.add_parser("train", help="train a DiT on a latent store and write a run folder",
+                             description="Multi-GPU: torchrun --nproc_per_node=N -m vitok dit train ...")
+    dtr.add_argument("overrides", nargs="*", metavar="key=value",
+                     help="fields of DiTTrainConfig (vitok/generate/train.py), e.g. steps=400000 batch_size=256")
+    dtr.add_argument("--latents", default=None, help="latent store folder written by `vitok latents`")
+    dtr.add_argument("--model", default="DiT-S", help="DiT-S/B/L/XL, optionally /2 (default DiT-S)")
+    dtr.add_argument("--out", default=None, help="run folder (default runs/dit-<model>-<timestamp>)")
+    dtr.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    dsa = dit_sub.add_parser("sample", help="sample images from a run's EMA DiT")
+    dev_ = dit_sub.add_parser("eval", help="gFID/gIS of a run's samples against a reference image folder")
+    for p in (dsa, dev_):
+        p.add_argument("run", help="run folder written by `vitok dit train`")
+        p.add_argument("--num", type=int, default=64, help="number of samples")
+        p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance scale (1 = none)")
+        p.add_argument("--steps", type=int, default=250, help="sampling steps")
+        p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+        p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic)")
+        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+        p.add_argument("--out", default=None, help="output folder (default RUN/generated or RUN/gen-eval)")
+    dsa.add_argument("--class-id", type=int, default=None, help="sample only this class (default: cycle classes)")
+    dev_.add_argument("--reference", required=True, help="image folder of reference (real) images")
+    dev_.add_argument("--weights", default=None, help="folder of feature-network weights (default $VITOK_WEIGHTS)")
+    dit.set_defaults(func=cmd_dit)
 
     wt = sub.add_parser("weights", help="list the weight files vitok can use and whether they are present")
     wt.add_argument("--weights", default=None, help="folder to look in (default $VITOK_WEIGHTS)")

@@ -1,0 +1,226 @@
+"""Encode a labelled image folder once through a frozen tokenizer into a compact latent store.
+
+Layout of a store folder::
+
+    shard_00000.safetensors   "latents" N×L×c (float16 or bfloat16), "labels" N int64, optionally "std"
+    shard_00001.safetensors   ...
+    index.json                class names, tokenizer folder and config, grid, count, per-channel mean/std
+
+Classes are the sub-folders of the data folder; their sorted names give the ids 0, 1, ... .
+Each shard is written through a temporary file and renamed, so a killed run leaves whole
+shards only; a rerun skips the shards already on disk (checking they hold the same files).
+index.json is written last: a store without it is unfinished. The per-channel mean and std
+are computed in float64 over the stored (rounded) latents, the values a model trains on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+
+from ..data.datasets import list_images, prepare_image, to_model_range
+from ..data.images import load_image
+
+INDEX_FILE = "index.json"
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def labelled_images(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(sorted class names, [(image path, class id)]) for a folder whose sub-folders are the classes."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"data folder {root} does not exist or is not a folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ValueError(f"data folder {root} has no class sub-folders; put each class's images in "
+                         f"{root}/<class name>/")
+    items = [(path, label) for label, name in enumerate(classes) for path in list_images(root / name)]
+    if not items:
+        raise ValueError(f"the class sub-folders of {root} ({', '.join(classes[:5])}, ...) hold no images")
+    return classes, items
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.safetensors"
+
+
+def _fingerprint(items: list[tuple[Path, int]], root: Path, size: int) -> str:
+    """Hash of a shard's files, labels and image size: a rerun with other inputs must not reuse it."""
+    text = "\n".join(f"{p.relative_to(root)}\t{y}" for p, y in items) + f"\n{size}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _shard_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+@torch.no_grad()
+def encode_folder(checkpoint: str | Path, data: str | Path, out: str | Path, image_size: int | None = None,
+                  batch_size: int = 32, shard_size: int = 1024, dtype: str = "float16", store_std: bool = False,
+                  upsample: bool = False, device: str = "cpu", log=print) -> dict:
+    """Encode every image of `data` (posterior mode) into shards under `out`; returns the index."""
+    from ..model import ViTok
+
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"unknown latent storage dtype {dtype!r}; choose one of {sorted(STORAGE_DTYPES)}")
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError(f"shard_size and batch_size must be positive, got {shard_size} and {batch_size}")
+    model = ViTok.from_pretrained(checkpoint, device=device)
+    if model.config.is_video:
+        raise ValueError(f"{checkpoint} is a video tokenizer; latent stores are built from image tokenizers")
+    size = image_size or model.config.image_size
+    root, out = Path(data), Path(out)
+    classes, items = labelled_images(root)
+    out.mkdir(parents=True, exist_ok=True)
+    grid = None
+    skipped: list[dict] = []
+    shards = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
+    for number, shard_items in enumerate(shards):
+        path, fingerprint = out / shard_name(number), _fingerprint(shard_items, root, size)
+        if path.is_file():
+            meta = _shard_metadata(path)
+            if meta.get("fingerprint") != fingerprint:
+                raise ValueError(f"{path} was written from other images or another size; delete {out} "
+                                 f"or pass another --out")
+            skipped += json.loads(meta.get("skipped", "[]"))
+            log(f"{path.name}: already written, skipped")
+            continue
+        latents, stds, labels, shard_skipped = [], [], [], []
+        for start in range(0, len(shard_items), batch_size):
+            pixels, batch_labels = [], []
+            for file, label in shard_items[start:start + batch_size]:
+                try:
+                    pixels.append(prepare_image(load_image(file), size, upsample, str(file)))
+                    batch_labels.append(label)
+                except (ValueError, OSError) as err:
+                    shard_skipped.append({"file": str(file), "reason": str(err)})
+            if not pixels:
+                continue
+            posterior = model.encode(to_model_range(torch.stack(pixels).to(device)))
+            latents.append(posterior.mode().float().cpu())  # B×L×c
+            if store_std:
+                stds.append(posterior.std.float().cpu())
+            labels += batch_labels
+        if not latents:
+            raise ValueError(f"no image of shard {number} could be used: {shard_skipped[:3]}")
+        tensors = {"latents": torch.cat(latents).to(STORAGE_DTYPES[dtype]),
+                   "labels": torch.tensor(labels, dtype=torch.int64)}
+        if store_std:
+            tensors["std"] = torch.cat(stds).to(STORAGE_DTYPES[dtype])
+        _atomic_save(tensors, path, {"fingerprint": fingerprint, "skipped": json.dumps(shard_skipped)})
+        skipped += shard_skipped
+        log(f"{path.name}: {len(labels)} latents")
+    index = write_index(out, classes, model, Path(checkpoint), size, dtype, len(shards), skipped)
+    return index
+
+
+def write_index(out: Path, classes: list[str], model, checkpoint: Path, size: int, dtype: str,
+                num_shards: int, skipped: list[dict]) -> dict:
+    """Per-channel float64 statistics over every stored latent, written as index.json (atomically)."""
+    count, total, total_sq, grid, channels = 0, None, None, None, None
+    for number in range(num_shards):
+        latents = load_file(out / shard_name(number))["latents"].double()  # N×L×c
+        grid = grid or latents.shape[1]
+        flat = latents.reshape(-1, latents.shape[-1])
+        count += latents.shape[0]
+        total = flat.sum(0) if total is None else total + flat.sum(0)
+        total_sq = flat.pow(2).sum(0) if total_sq is None else total_sq + flat.pow(2).sum(0)
+        channels = latents.shape[-1]
+    elements = count * grid
+    mean = total / elements
+    # Population variance; the shifted form is accurate enough for latents of order 1.
+    std = (total_sq / elements - mean.pow(2)).clamp(min=0).sqrt()
+    patch = model.config.patch_size
+    index = {
+        "format": "vitok-latents", "version": 1,
+        "classes": classes, "num_classes": len(classes), "count": count,
+        "num_shards": num_shards, "dtype": dtype,
+        "grid": [size // patch, size // patch], "tokens": grid, "channels": channels, "image_size": size,
+        "mean": mean.tolist(), "std": std.tolist(),
+        "tokenizer": str(checkpoint.resolve()), "tokenizer_config": model.config.to_dict(),
+        "skipped_files": skipped,
+    }
+    tmp = out / f".{INDEX_FILE}.tmp"
+    tmp.write_text(json.dumps(index, indent=2) + "\n")
+    os.replace(tmp, out / INDEX_FILE)
+    return index
+
+
+def read_index(path: str | Path) -> dict:
+    """The index.json of a finished store, with a clear error when it is missing."""
+    file = Path(path) / INDEX_FILE
+    if not file.is_file():
+        raise ValueError(f"{path} is not a finished latent store (no {INDEX_FILE}); build it with "
+                         f"`vitok latents CKPT --data DIR --out {path}`")
+    return json.loads(file.read_text())
+
+
+class LatentStore(Dataset):
+    """A finished latent store in memory: item i is (normalised latent L×c float32, label)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.index = read_index(path)
+        shards = [load_file(self.path / shard_name(n)) for n in range(self.index["num_shards"])]
+        self.latents = torch.cat([s["latents"] for s in shards])  # N×L×c, storage dtype
+        self.labels = torch.cat([s["labels"] for s in shards])  # N
+        self.std = torch.cat([s["std"] for s in shards]) if all("std" in s for s in shards) else None
+        self.mean_c = torch.tensor(self.index["mean"], dtype=torch.float32)
+        self.std_c = torch.tensor(self.index["std"], dtype=torch.float32).clamp(min=1e-8)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.index["grid"])
+
+    @property
+    def num_classes(self) -> int:
+        return self.index["num_classes"]
+
+    def normalise(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw latents (…×c) -> zero-mean, unit-std per channel, float32."""
+        return (z.float() - self.mean_c.to(z.device)) / self.std_c.to(z.device)
+
+    def batch(self, indices: torch.Tensor, generator: torch.Generator | None = None,
+              sample: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised latents B×L×c and labels B; sample=True draws from the posterior (needs stored std)."""
+        z = self.latents[indices].float()
+        if sample:
+            if self.std is None:
+                raise ValueError(f"{self.path} stores no posterior std; rebuild it with --store-std")
+            z = z + self.std[indices].float() * torch.randn(z.shape, generator=generator)
+        return self.normalise(z), self.labels[indices]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.normalise(self.latents[i]), int(self.labels[i])
+
+
+def denormalise(z: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """Inverse of LatentStore.normalise for B×L×c latents, with the stats of an index."""
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=z.device)
+    std_t = torch.tensor(std, dtype=torch.float32, device=z.device).clamp(min=1e-8)
+    return z.float() * std_t + mean_t

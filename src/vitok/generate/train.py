@@ -1,0 +1,332 @@
+"""Train a class-conditional DiT on a latent store, in DiT's order: data, model, EMA, loop, log, checkpoint.
+
+Run folder (the tokenizer runs' conventions)::
+
+    config.yaml      the resolved DiTTrainConfig
+    metrics.jsonl    one line per log_every steps
+    checkpoints/     step_XXXXXXXX/state.pt (+ model/: the EMA DiT), the last keep_checkpoints kept
+    samples.png      a grid of decoded samples from the EMA model, refreshed every sample_every steps
+    losses.png       the loss curve
+    model/           the final EMA DiT (config.json + model.safetensors), what `vitok dit sample` loads
+    report.json      a summary of the run
+
+Every random draw of step s (which latents, timesteps, noise, dropped labels) comes from a
+generator seeded with (seed, s), drawn for the global batch and then cut by rank, so a resumed
+run repeats the uninterrupted one bit for bit and the batch does not depend on the world size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..train.checkpoint import latest_checkpoint, load_checkpoint, prune, save_checkpoint
+from ..train.optim import EMA
+from ..train.report import RunLogger, dumps, loss_plot
+from .diffusion import GaussianDiffusion
+from .dit import DiT, dit_config
+from .latents import LatentStore
+
+MODEL_CONFIG = "config.json"
+MODEL_WEIGHTS = "model.safetensors"
+
+
+@dataclass
+class DiTTrainConfig:
+    """Everything a DiT run depends on; any field can be overridden as key=value."""
+
+    latents: str = ""  # latent store folder written by `vitok latents`
+    model: str = "DiT-S"  # DiT-S/B/L/XL, "/2" merges 2×2 latent tokens
+    width: int = 0  # 0: the named size's; set to build smaller test models
+    depth: int = 0
+    heads: int = 0
+    steps: int = 10000
+    batch_size: int = 64  # global, over all ranks
+    lr: float = 1e-4  # DiT's constant learning rate
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    ema_decay: float = 0.9999  # ramped in as min(decay, (1 + n) / (10 + n))
+    class_dropout: float = 0.1  # label dropout that trains the null label for guidance
+    prediction: str = "eps"  # eps | v
+    schedule: str = "linear"  # linear | cosine
+    timesteps: int = 1000
+    posterior_sample: bool = False  # train on z ~ posterior (needs a store built with --store-std)
+    grad_clip: float = 1.0  # 0 disables clipping
+    log_every: int = 50
+    sample_every: int = 1000  # 0: only at the end
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    num_preview: int = 8  # samples in samples.png
+    preview_steps: int = 50
+    preview_cfg: float = 1.5
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "bf16"  # bf16 autocast on GPU (CPU always runs fp32) | fp32
+
+    def validate(self) -> None:
+        """Reject values that cannot work, naming the fix."""
+        if not self.latents:
+            raise ValueError("no latent store given: pass --latents DIR (built by `vitok latents`)")
+        for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "timesteps"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.precision not in ("bf16", "fp32"):
+            raise ValueError(f"precision must be bf16 or fp32, got {self.precision!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+def parse_overrides(config: DiTTrainConfig, overrides: list[str]) -> DiTTrainConfig:
+    """Apply key=value strings, converting each value to its field's type."""
+    types = {f.name: f.type for f in dataclasses.fields(config)}
+    changes = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in types:
+            raise ValueError(f"bad override {item!r}: expected key=value with key one of {sorted(types)}")
+        kind = types[key]
+        if kind == "bool":
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"{key} takes true or false, got {raw!r}")
+            changes[key] = raw.lower() in ("true", "1")
+        else:
+            try:
+                changes[key] = {"int": int, "float": float}.get(kind, str)(raw)
+            except ValueError:
+                raise ValueError(f"{key} takes a {kind}, got {raw!r}") from None
+    return dataclasses.replace(config, **changes)
+
+
+def build_model(config: DiTTrainConfig, channels: int, num_classes: int) -> DiT:
+    """The DiT the config names, sized for the store's channels and classes."""
+    sizes = {k: getattr(config, k) for k in ("width", "depth", "heads") if getattr(config, k)}
+    return DiT(dit_config(config.model, in_channels=channels, num_classes=num_classes,
+                          prediction=config.prediction, class_dropout=config.class_dropout, **sizes))
+
+
+def save_dit(folder: Path, model: DiT, extra: dict) -> None:
+    """config.json (DiT config plus `extra`: normalisation, tokenizer, diffusion) and model.safetensors."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, str(folder / MODEL_WEIGHTS))
+    document = {"format": "vitok-dit", "dit": model.config.to_dict(), **extra}
+    (folder / MODEL_CONFIG).write_text(json.dumps(document, indent=2) + "\n")
+
+
+def load_dit(folder: str | Path, device: str | torch.device = "cpu") -> tuple[DiT, dict]:
+    """(EMA DiT in eval mode, its config.json document) from a folder written by save_dit."""
+    from safetensors.torch import load_file
+
+    from .dit import DiTConfig
+
+    folder = Path(folder)
+    if not (folder / MODEL_CONFIG).is_file() or not (folder / MODEL_WEIGHTS).is_file():
+        raise ValueError(f"{folder} holds no DiT ({MODEL_CONFIG} + {MODEL_WEIGHTS}); pass a run folder of "
+                         f"`vitok dit train` that has finished or written a checkpoint")
+    document = json.loads((folder / MODEL_CONFIG).read_text())
+    model = DiT(DiTConfig.from_dict(document["dit"]))
+    model.load_state_dict(load_file(str(folder / MODEL_WEIGHTS)))
+    return model.to(device).eval(), document
+
+
+def run_model_folder(run: str | Path) -> Path:
+    """The newest DiT of a run: its final model/, else the newest checkpoint's."""
+    run = Path(run)
+    if (run / "model" / MODEL_CONFIG).is_file():
+        return run / "model"
+    latest = latest_checkpoint(run / "checkpoints")
+    if latest is None:
+        raise ValueError(f"{run} has neither model/ nor checkpoints/; pass a run folder of `vitok dit train`")
+    return latest / "model"
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator of one step's draws."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+class DiTTrainer:
+    """The training loop's state; `run()` trains to config.steps, resuming from the newest checkpoint."""
+
+    def __init__(self, config: DiTTrainConfig, run_dir: Path, resume: bool = False) -> None:
+        from ..train.distributed import setup
+
+        config.validate()
+        self.config, self.run_dir = config, Path(run_dir)
+        self.dist = setup(config.device)
+        self.device = self.dist.device
+        self.amp = self.device.type == "cuda" and config.precision == "bf16"
+        self.store = LatentStore(config.latents)
+        if config.batch_size % self.dist.world:
+            raise ValueError(f"batch_size {config.batch_size} is not divisible by the {self.dist.world} processes")
+
+        torch.manual_seed(config.seed)
+        self.model = build_model(config, self.store.index["channels"], self.store.num_classes).to(self.device)
+        self.ema_model = build_model(config, self.store.index["channels"], self.store.num_classes).to(self.device)
+        self.ema_model.requires_grad_(False).eval()
+        self.ema = EMA(dict(self.ema_model.named_parameters()), dict(self.model.named_parameters()), config.ema_decay)
+        self.diffusion = GaussianDiffusion(config.schedule, config.timesteps, config.prediction)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                           betas=(0.9, 0.999))
+        self.step = 0
+        if resume:
+            self._restore()
+        self.net = self.model
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.amp else None)
+
+    # ---- checkpoints --------------------------------------------------------------------------
+
+    def export_info(self) -> dict:
+        """What sampling needs besides the weights: normalisation, tokenizer and diffusion settings."""
+        index = self.store.index
+        return {"latents": {k: index[k] for k in ("mean", "std", "grid", "classes", "num_classes", "tokenizer",
+                                                  "image_size")},
+                "diffusion": {"schedule": self.config.schedule, "timesteps": self.config.timesteps,
+                              "prediction": self.config.prediction}}
+
+    def _save(self) -> None:
+        state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "ema": self.ema.state_dict()}
+        save_checkpoint(self.run_dir / "checkpoints", self.step, state,
+                        export=lambda folder: save_dit(folder, self.ema_model, self.export_info()))
+        prune(self.run_dir / "checkpoints", self.config.keep_checkpoints)
+
+    def _restore(self) -> None:
+        latest = latest_checkpoint(self.run_dir / "checkpoints")
+        if latest is None:
+            return
+        state = load_checkpoint(latest, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema.load_state_dict(state["ema"])
+        self.step = int(state["step"])
+
+    # ---- one step -----------------------------------------------------------------------------
+
+    def lr_at(self, step: int) -> float:
+        c = self.config
+        return c.lr * min(1.0, (step + 1) / c.warmup_steps) if c.warmup_steps else c.lr
+
+    def train_step(self) -> dict:
+        """One optimiser step on this rank's slice of the step's global batch; returns the logged values."""
+        c, rank, world = self.config, self.dist.rank, self.dist.world
+        g = step_generator(c.seed, self.step)
+        indices = torch.randint(len(self.store), (c.batch_size,), generator=g)
+        x0, labels = self.store.batch(indices, g, c.posterior_sample)  # B×L×c, B
+        t = torch.randint(0, c.timesteps, (c.batch_size,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        labels = self.model.drop_labels(labels, generator=g)
+        x0, labels, t, noise = (v[rank::world].to(self.device) for v in (x0, labels, t, noise))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = self.net(self.diffusion.q_sample(x0, t, noise), t, labels, self.store.grid)
+        loss = self.diffusion.training_loss(out.float(), x0, t, noise).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip if c.grad_clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.ema.update(dict(self.model.named_parameters()))
+        self.step += 1
+        return {"loss": loss.detach(), "grad_norm": norm.detach()}
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> dict | None:
+        """Train to config.steps, logging, previewing and checkpointing; rank 0 returns the report."""
+        from ..train.distributed import all_reduce_mean, barrier
+
+        c, main = self.config, self.dist.main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(c), sort_keys=False))
+        logger = RunLogger(self.run_dir, main, tensorboard=False, start_step=self.step)
+        window, tick = [], time.perf_counter()
+        while self.step < c.steps:
+            values = self.train_step()
+            window.append(values)
+            if self.step % c.log_every == 0 or self.step == c.steps:
+                loss = all_reduce_mean(torch.stack([v["loss"] for v in window]).mean().float())
+                elapsed = time.perf_counter() - tick
+                logger.log({"step": self.step, "loss": float(loss), "lr": self.lr_at(self.step - 1),
+                            "grad_norm": float(window[-1]["grad_norm"]),
+                            "samples_per_second": len(window) * c.batch_size / max(elapsed, 1e-9)})
+                window, tick = [], time.perf_counter()
+            if self.step % c.checkpoint_every == 0 or self.step == c.steps:
+                if main:
+                    self._save()
+                barrier()
+            if main and c.sample_every and self.step % c.sample_every == 0 and self.step != c.steps:
+                self.preview()
+        if not main:
+            return None
+        self.preview()
+        save_dit(self.run_dir / "model", self.ema_model, self.export_info())
+        logger.close()
+        return self.report()
+
+    def preview(self) -> None:
+        """samples.png: EMA samples of classes 0, 1, ... decoded through the tokenizer (skipped without it)."""
+        from ..model import ViTok
+        from .sample import decode_latents, sample_latents, save_grid
+
+        tokenizer_folder = Path(self.store.index["tokenizer"])
+        if not tokenizer_folder.is_dir():
+            print(f"warning: tokenizer {tokenizer_folder} not found; samples.png not written")
+            return
+        tokenizer = ViTok.from_pretrained(tokenizer_folder, device=self.device)
+        labels = torch.arange(self.config.num_preview) % self.store.num_classes
+        z = sample_latents(self.ema_model, self.diffusion, self.store.grid, labels, self.config.preview_steps,
+                           self.config.preview_cfg, seed=self.config.seed, device=self.device)
+        images = decode_latents(tokenizer, z, self.export_info()["latents"])
+        save_grid(images, self.run_dir / "samples.png")
+
+    def report(self) -> dict:
+        """report.json and losses.png from metrics.jsonl."""
+        history = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line]
+        loss_plot(history, self.run_dir / "losses.png")
+        document = {
+            "run": str(self.run_dir), "model": self.config.model, "parameters": self.model.num_params(),
+            "steps": self.step, "global_batch": self.config.batch_size, "world_size": self.dist.world,
+            "device": str(self.device), "precision": "bf16" if self.amp else "fp32",
+            "final_loss": history[-1]["loss"] if history else None,
+            "latents": str(self.config.latents), "num_latents": len(self.store),
+            "tokenizer": self.store.index["tokenizer"], "model_folder": str(self.run_dir / "model"),
+        }
+        tmp = self.run_dir / ".report.json.tmp"
+        tmp.write_text(dumps(document, indent=2) + "\n")
+        os.replace(tmp, self.run_dir / "report.json")
+        return document
+
+
+def train_dit(config: DiTTrainConfig, out: str | Path | None = None, resume: str | Path | None = None) -> dict | None:
+    """Train (or, with resume=RUN, continue) a DiT run; rank 0 returns report.json's content."""
+    from ..train.distributed import teardown
+    from ..train.report import new_run_dir
+
+    run_dir = Path(resume or out or new_run_dir(f"dit-{config.model.replace('/', '_')}"))
+    try:
+        return DiTTrainer(config, run_dir, resume=resume is not None).run()
+    finally:
+        teardown()
+
+
+def load_run_config(run: str | Path, overrides: list[str]) -> DiTTrainConfig:
+    """A run's config.yaml with key=value overrides on top (for --resume)."""
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise ValueError(f"--resume {run}: no config.yaml there; pass a run folder written by `vitok dit train`")
+    return parse_overrides(DiTTrainConfig(**yaml.safe_load(path.read_text())), overrides)

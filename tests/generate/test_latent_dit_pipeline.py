@@ -1,0 +1,116 @@
+"""The latent store, DiT training with exact resume, sampling and gFID/gIS plumbing, on tiny CPU models."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from vitok.cli import main
+from vitok.data.images import bundled_photos, load_image
+from vitok.generate.latents import LatentStore, encode_folder
+from vitok.generate.train import DiTTrainConfig, train_dit
+from vitok.model import ViTok, ViTokConfig
+
+TINY_DIT = ["width=32", "depth=1", "heads=2", "batch_size=4", "log_every=1", "checkpoint_every=2",
+            "sample_every=0", "num_preview=2", "preview_steps=2", "device=cpu", "ema_decay=0.99"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A tiny tokenizer, a 2-class folder of photo crops and its latent store (3 shards of 2)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    torch.manual_seed(0)
+    ViTok(ViTokConfig(encoder_width=32, encoder_depth=1, encoder_heads=2, decoder_width=32, decoder_depth=1,
+                      decoder_heads=2, patch_size=8, channels=4, image_size=32)).save_pretrained(root / "tok")
+    photos = bundled_photos()
+    for i in range(6):
+        img = load_image(photos[i % len(photos)])
+        crop = img[8 * i:8 * i + 40, 8 * i:8 * i + 40]
+        folder = root / "data" / ("cat" if i % 2 else "ant")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(crop).save(folder / f"img{i}.png")
+    assert main(["latents", str(root / "tok"), "--data", str(root / "data"), "--out", str(root / "lat"),
+                 "--batch-size", "2", "--shard-size", "2"]) == 0
+    return root
+
+
+def test_store_round_trip_and_float64_stats(store):
+    index = json.loads((store / "lat" / "index.json").read_text())
+    assert index["classes"] == ["ant", "cat"] and index["count"] == 6 and index["num_shards"] == 3
+    assert index["grid"] == [4, 4] and index["channels"] == 4
+    shards = [load_file(store / "lat" / f"shard_{n:05d}.safetensors") for n in range(3)]
+    raw = torch.cat([s["latents"] for s in shards])
+    assert raw.dtype == torch.float16 and raw.shape == (6, 16, 4)
+    assert torch.cat([s["labels"] for s in shards]).tolist() == [0, 0, 0, 1, 1, 1]
+    flat = raw.numpy().astype(np.float64).reshape(-1, 4)
+    np.testing.assert_allclose(index["mean"], flat.mean(0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(index["std"], flat.std(0), rtol=1e-7)
+    # The stored latents are the posterior mode of the tokenizer, to float16 precision.
+    tok = ViTok.from_pretrained(store / "tok")
+    img = load_image(store / "data" / "ant" / "img0.png")
+    from vitok.data.datasets import prepare_image, to_model_range
+    mode = tok.encode(to_model_range(prepare_image(img, 32, False, "x")[None])).mode()
+    torch.testing.assert_close(raw[0].float(), mode[0], atol=2e-3, rtol=1e-3)
+    dataset = LatentStore(store / "lat")
+    z, y = dataset[4]
+    assert z.dtype == torch.float32 and z.shape == (16, 4) and y == 1
+    expected = (raw[4].double().numpy() - np.array(index["mean"])) / np.array(index["std"])
+    np.testing.assert_allclose(z.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_rerun_skips_finished_shards(store, tmp_path):
+    before = {p.name: p.stat().st_mtime_ns for p in (store / "lat").glob("shard_*.safetensors")}
+    (store / "lat" / "shard_00002.safetensors").unlink()
+    lines = []
+    encode_folder(store / "tok", store / "data", store / "lat", batch_size=2, shard_size=2, log=lines.append)
+    assert lines[:2] == ["shard_00000.safetensors: already written, skipped",
+                         "shard_00001.safetensors: already written, skipped"]
+    assert lines[2] == "shard_00002.safetensors: 2 latents"
+    after = {p.name: p.stat().st_mtime_ns for p in (store / "lat").glob("shard_*.safetensors")}
+    assert after["shard_00000.safetensors"] == before["shard_00000.safetensors"]
+    with pytest.raises(ValueError, match="other images"):
+        encode_folder(store / "tok", store / "data", store / "lat", batch_size=2, shard_size=3)
+
+
+def test_dit_training_resumes_bit_identically(store, tmp_path):
+    lat = str(store / "lat")
+    assert main(["dit", "train", "--latents", lat, "--out", str(tmp_path / "full"), "steps=4", *TINY_DIT]) == 0
+    assert main(["dit", "train", "--latents", lat, "--out", str(tmp_path / "half"), "steps=2", *TINY_DIT]) == 0
+    assert main(["dit", "train", "--resume", str(tmp_path / "half"), "steps=4"]) == 0
+    for name in ("config.yaml", "metrics.jsonl", "samples.png", "losses.png", "report.json", "model/config.json"):
+        assert (tmp_path / "full" / name).is_file(), name
+    full = torch.load(tmp_path / "full/checkpoints/step_00000004/state.pt", weights_only=True)
+    half = torch.load(tmp_path / "half/checkpoints/step_00000004/state.pt", weights_only=True)
+    for key in full["model"]:
+        assert torch.equal(full["model"][key], half["model"][key]), key
+        assert torch.equal(full["ema"]["shadow"][key], half["ema"]["shadow"][key]), key
+    logs = [(tmp_path / r / "metrics.jsonl").read_text().splitlines() for r in ("full", "half")]
+    assert [json.loads(x)["loss"] for x in logs[0]] == [json.loads(x)["loss"] for x in logs[1]]
+    report = json.loads((tmp_path / "full" / "report.json").read_text())
+    assert report["steps"] == 4 and report["num_latents"] == 6
+
+
+def test_sample_and_eval_without_weights(store, tmp_path):
+    config = DiTTrainConfig(latents=str(store / "lat"), width=32, depth=1, heads=2, steps=2, batch_size=4,
+                            log_every=1, checkpoint_every=2, sample_every=0, num_preview=2, preview_steps=2,
+                            device="cpu")
+    train_dit(config, out=tmp_path / "run")
+    out = tmp_path / "samples"
+    assert main(["dit", "sample", str(tmp_path / "run"), "--num", "3", "--steps", "3", "--batch-size", "2",
+                 "--out", str(out)]) == 0
+    files = sorted(out.glob("sample_*.png"))
+    assert [f.name for f in files] == ["sample_00000_class0.png", "sample_00001_class1.png", "sample_00002_class0.png"]
+    assert Image.open(files[0]).size == (32, 32) and (out / "grid.png").is_file()
+    assert main(["dit", "sample", str(tmp_path / "run"), "--num", "1", "--steps", "2", "--class-id", "1",
+                 "--out", str(out / "one")]) == 0
+    assert (out / "one" / "sample_00000_class1.png").is_file()
+    (tmp_path / "no_weights").mkdir()
+    assert main(["dit", "eval", str(tmp_path / "run"), "--reference", str(store / "data" / "ant"), "--num", "2",
+                 "--weights", str(tmp_path / "no_weights"), "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["metrics"] == {}
+    assert set(report["not_computed"]) == {"gfid", "gis"}
+    assert "inception" in report["not_computed"]["gfid"].lower()
