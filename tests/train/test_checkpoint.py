@@ -70,3 +70,13 @@ def test_no_pickled_objects_are_loaded(tmp_path):
     torch.save({"x": Evil()}, path / "state.pt")
     with pytest.raises(ValueError, match="cannot be read"):
         ckpt.load_checkpoint(path)
+
+
+def test_a_kill_between_the_two_renames_of_a_resave_loses_nothing(tmp_path):
+    ckpt.save_checkpoint(tmp_path, 5, {"v": 1})
+    # The state a SIGKILL leaves after the old folder was moved aside and before the new one arrived.
+    os.replace(tmp_path / "step_00000005", tmp_path / ".old-step_00000005-4242")
+    (tmp_path / ".tmp-step_00000005-4242").mkdir()
+    assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "step_00000005"
+    assert ckpt.load_checkpoint(tmp_path / "step_00000005")["v"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000005"]

@@ -64,9 +64,7 @@ def save_checkpoint(root: str | Path, step: int, state: dict, export=None) -> Pa
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = step_dir(root, step)
-    for debris in [*root.glob(".tmp-step_*"), *root.glob(".old-step_*")]:
-        # Left by a run killed while saving: never a complete checkpoint, only wasted space.
-        shutil.rmtree(debris, ignore_errors=True)
+    recover(root)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     tmp.mkdir()
     try:
@@ -100,8 +98,29 @@ def load_checkpoint(folder: str | Path, map_location: str | torch.device = "cpu"
                          f"by deleting this folder") from None
 
 
+def recover(root: str | Path) -> None:
+    """Tidy what a run killed while saving left behind.
+
+    A `.tmp-` folder was never complete: deleted. An `.old-` folder is a complete checkpoint
+    that was being replaced by a re-save of the same step: put back if the new one never
+    arrived, else deleted.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for path in root.glob(".tmp-step_*"):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in root.glob(".old-step_*"):
+        final = root / path.name[len(".old-"):].rsplit("-", 1)[0]
+        if not final.exists() and (path / "state.pt").is_file():
+            os.replace(path, final)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def latest_checkpoint(root: str | Path) -> Path | None:
-    """The newest complete checkpoint under root, or None."""
+    """The newest complete checkpoint under root (after tidying an interrupted save), or None."""
+    recover(root)
     found = list_checkpoints(root)
     return found[-1][1] if found else None
 
