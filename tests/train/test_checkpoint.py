@@ -77,6 +77,9 @@ def test_a_kill_between_the_two_renames_of_a_resave_loses_nothing(tmp_path):
     # The state a SIGKILL leaves after the old folder was moved aside and before the new one arrived.
     os.replace(tmp_path / "step_00000005", tmp_path / ".old-step_00000005-4242")
     (tmp_path / ".tmp-step_00000005-4242").mkdir()
+    assert ckpt.latest_checkpoint(tmp_path) is None  # reading never touches the folder
+    assert (tmp_path / ".tmp-step_00000005-4242").is_dir()
+    ckpt.recover(tmp_path)  # what a resume does first
     assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "step_00000005"
     assert ckpt.load_checkpoint(tmp_path / "step_00000005")["v"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000005"]

@@ -73,7 +73,9 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, photo_folder):
     deadline = time.time() + 240
     while ckpt.latest_checkpoint(tmp_path / "killed" / "checkpoints") is None or \
             ckpt.list_checkpoints(tmp_path / "killed" / "checkpoints")[-1][0] < 7:
-        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended before it could be killed:\n{proc.stdout.read()[-3000:]}")
+        assert time.time() < deadline, "no checkpoint past step 7 in time"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -99,7 +99,7 @@ def load_checkpoint(folder: str | Path, map_location: str | torch.device = "cpu"
 
 
 def recover(root: str | Path) -> None:
-    """Tidy what a run killed while saving left behind.
+    """Tidy what a run killed while saving left behind (only the run's writer may call this).
 
     A `.tmp-` folder was never complete: deleted. An `.old-` folder is a complete checkpoint
     that was being replaced by a re-save of the same step: put back if the new one never
@@ -119,8 +119,7 @@ def recover(root: str | Path) -> None:
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
-    """The newest complete checkpoint under root (after tidying an interrupted save), or None."""
-    recover(root)
+    """The newest complete checkpoint under root, or None. Read-only: safe while a run is writing."""
     found = list_checkpoints(root)
     return found[-1][1] if found else None
 

@@ -574,6 +574,8 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path
             run_dir = Path(resume)
             # Rank 0 chooses, so every rank loads the same checkpoint (the run folder must be on a
             # file system all nodes share).
+            if dist_info.main:
+                ckpt.recover(run_dir / "checkpoints")
             resume_from = distributed.broadcast_object(ckpt.latest_checkpoint(run_dir / "checkpoints"))
             if resume_from is None:
                 raise ValueError(f"--resume {run_dir}: no complete checkpoint under {run_dir / 'checkpoints'}; "
