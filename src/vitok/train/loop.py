@@ -25,6 +25,7 @@ from ..data.training import make_train_loader
 from ..losses import (Discriminator, LeCam, discriminator_loss, generator_loss, kl_loss, load_perceptual_loss,
                       r1_penalty, reconstruction_loss)
 from ..model import ViTok, config_from_name
+from ..model.pretrained import write_checkpoint
 from . import checkpoint as ckpt
 from . import parallel
 from .config import TrainConfig, check_data_paths, save_config, validate
@@ -453,8 +454,8 @@ class Trainer:
             "step": self.progress.step,
             "stage": self.stage,
             "parallel": "fsdp" if self.sharded else "replicated",
-            "model": parallel.model_state(self.model),
-            "opt_g": parallel.optimizer_state(self.model, self.opt_g),
+            "model": parallel.model_state(self.model, to_rank0_cpu=True),
+            "opt_g": parallel.optimizer_state(self.model, self.opt_g, to_rank0_cpu=True),
             "progress": {"bad_in_row": self.progress.bad_in_row, "bad_total": self.progress.bad_total,
                          "skipped_files": self.progress.skipped_files},
             "history": json.dumps(self.history),
@@ -474,9 +475,18 @@ class Trainer:
 
     def save(self) -> None:
         root = self.run_dir / "checkpoints"
-        state, export = self.state_dict(), self.eval_model()  # collectives when sharded: every rank
+        state = self.state_dict()  # collectives when sharded: every rank takes part
+        if self.sharded:  # the exported tokenizer, gathered to rank 0's CPU memory only
+            weights = parallel.model_state(self.ema_model if self.ema_model is not None else self.model,
+                                          to_rank0_cpu=True)
+            config = self.model_config.to_dict()
+
+            def export(folder: Path) -> None:
+                write_checkpoint(folder, config, weights)
+        else:
+            export = self.eval_model().save_pretrained
         if self.dist.main:
-            ckpt.save_checkpoint(root, self.progress.step, state, export=export.save_pretrained)
+            ckpt.save_checkpoint(root, self.progress.step, state, export=export)
             self.record_best()
             ckpt.prune(root, self.config.train.keep_last)
         barrier()

@@ -59,13 +59,14 @@ def _options(**kwargs):
     return StateDictOptions(full_state_dict=True, **kwargs)
 
 
-def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Full state dict on every rank (collective when sharded)."""
+def model_state(model: nn.Module, to_rank0_cpu: bool = False) -> dict[str, torch.Tensor]:
+    """Full state dict (collective when sharded): on every rank, or only on rank 0 in CPU memory
+    (what checkpoints need: no rank holds a second full copy on its GPU)."""
     if not is_sharded(model):
         return model.state_dict()
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    return get_model_state_dict(model, options=_options())
+    return get_model_state_dict(model, options=_options(cpu_offload=to_rank0_cpu))
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -77,13 +78,13 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     set_model_state_dict(model, state, options=_options())
 
 
-def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, to_rank0_cpu: bool = False) -> dict:
     """Full optimizer state (keyed by parameter names when sharded); collective when sharded."""
     if not is_sharded(model):
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    return get_optimizer_state_dict(model, optimizer, options=_options())
+    return get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=to_rank0_cpu))
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
