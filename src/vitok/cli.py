@@ -123,8 +123,8 @@ def cmd_weights(args: argparse.Namespace) -> int:
     folder = weights_dir(args.weights)
     print(f"weights folder: {folder} (set with --weights or $VITOK_WEIGHTS)")
     if not folder.is_dir():
-        print(f"  this folder does not exist: create it and put the files below in it, or point --weights "
-              f"or $VITOK_WEIGHTS at the folder that holds them")
+        print("  this folder does not exist: create it and put the files below in it, or point --weights "
+              "or $VITOK_WEIGHTS at the folder that holds them")
     for row in rows:
         print(f"\n{row['filename']}  [{row['state']}]\n  for: {row['purpose']}\n  from: {row['source']}")
         if row["state"] != "verified":

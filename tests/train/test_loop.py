@@ -16,7 +16,7 @@ from vitok.model import ViTok
 from vitok.train import TrainingDiverged, load_config, train
 from vitok.train import checkpoint as ckpt
 
-from train_helpers import TINY, free_port
+from train_helpers import TINY, free_port, photo_folder  # noqa: F401 (a fixture)
 
 
 def _run_cli(args, env=None, wait=True):

@@ -1,6 +1,11 @@
-"""Shared settings for the training tests."""
+"""Shared settings and fixtures for the training tests."""
 
+import shutil
 import socket
+
+import pytest
+
+from vitok.data.images import bundled_photos
 
 # A tokenizer small enough that a handful of steps take about a second on two CPU cores.
 TINY = [
@@ -17,3 +22,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    """The bundled photos plus one zero-byte and one truncated file that training must skip."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in bundled_photos():
+        shutil.copy(path, folder / path.name)
+    (folder / "empty.jpg").write_bytes(b"")
+    data = bundled_photos()[0].read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    return folder

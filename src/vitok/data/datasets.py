@@ -61,6 +61,17 @@ class ImageFolder(Dataset):
             return {"skipped": str(path), "reason": str(err)}
 
 
+def check_shards(shards: list[str | Path]) -> list[Path]:
+    """The shard paths, after checking there are some and that each exists."""
+    paths = [Path(s) for s in shards]
+    if not paths:
+        raise ValueError("no tar shards given")
+    missing = [str(s) for s in paths if not s.is_file()]
+    if missing:
+        raise ValueError(f"tar shards not found: {missing[:5]}")
+    return paths
+
+
 def _reader() -> tuple[int, int]:
     """(this loader worker's id, number of workers); (0, 1) outside a DataLoader worker."""
     info = get_worker_info()
@@ -85,12 +96,7 @@ class TarShards(IterableDataset):
 
     def __init__(self, shards: list[str | Path], size: int, upsample: bool = False, rank: int = 0,
                  world: int = 1, limit: int | None = None) -> None:
-        self.shards = [Path(s) for s in shards]
-        if not self.shards:
-            raise ValueError("no tar shards given")
-        missing = [str(s) for s in self.shards if not s.is_file()]
-        if missing:
-            raise ValueError(f"tar shards not found: {missing[:5]}")
+        self.shards = check_shards(shards)
         self.size, self.upsample, self.rank, self.world, self.limit = size, upsample, rank, world, limit
 
     def __iter__(self):

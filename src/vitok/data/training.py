@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
-from .datasets import IMAGE_SUFFIXES, TarShards, collate, list_images
+from .datasets import IMAGE_SUFFIXES, TarShards, check_shards, collate, list_images
 from .images import decode_image, load_image
 from .transforms import TrainAugment, sample_rng, split_holdout, stable_seed
 from .video import list_videos, read_clip
@@ -221,12 +221,7 @@ class TrainShards(IterableDataset):
     def __init__(self, shards: list[str | Path], size: int, batch_size: int, *, crop: str = "random",
                  flip: bool = True, scale: Scale = (0.5, 1.0), ratio: Ratio = (3 / 4, 4 / 3), seed: int = 0,
                  rank: int = 0, world: int = 1, start_step: int = 0) -> None:
-        self.shards = [Path(s) for s in shards]
-        if not self.shards:
-            raise ValueError("no tar shards given")
-        missing = [str(s) for s in self.shards if not s.is_file()]
-        if missing:
-            raise ValueError(f"tar shards not found: {missing[:5]}")
+        self.shards = check_shards(shards)
         _check_layout(batch_size, rank, world, start_step)
         self.augment = TrainAugment(size, crop, flip, tuple(scale), tuple(ratio))
         self.batch_size, self.seed, self.rank, self.world, self.start_step = batch_size, seed, rank, world, start_step

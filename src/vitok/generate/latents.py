@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ from torch.utils.data import Dataset
 
 from ..data.datasets import list_images, prepare_image, to_model_range
 from ..data.images import load_image
+from ..model.pretrained import atomic_write
 
 INDEX_FILE = "index.json"
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -58,19 +58,6 @@ def _fingerprint(items: list[tuple[Path, int]], root: Path, size: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _shard_metadata(path: Path) -> dict[str, str]:
     with safe_open(str(path), framework="pt") as f:
         return f.metadata() or {}
@@ -94,7 +81,6 @@ def encode_folder(checkpoint: str | Path, data: str | Path, out: str | Path, ima
     root, out = Path(data), Path(out)
     classes, items = labelled_images(root)
     out.mkdir(parents=True, exist_ok=True)
-    grid = None
     skipped: list[dict] = []
     shards = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
     for number, shard_items in enumerate(shards):
@@ -129,7 +115,8 @@ def encode_folder(checkpoint: str | Path, data: str | Path, out: str | Path, ima
                    "labels": torch.tensor(labels, dtype=torch.int64)}
         if store_std:
             tensors["std"] = torch.cat(stds).to(STORAGE_DTYPES[dtype])
-        _atomic_save(tensors, path, {"fingerprint": fingerprint, "skipped": json.dumps(shard_skipped)})
+        meta = {"fingerprint": fingerprint, "skipped": json.dumps(shard_skipped)}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
         skipped += shard_skipped
         log(f"{path.name}: {len(labels)} latents")
     index = write_index(out, classes, model, Path(checkpoint), size, dtype, len(shards), skipped)

@@ -17,7 +17,7 @@ FORMAT = "vitok"
 FORMAT_VERSION = 1
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: readers never see half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -37,10 +37,10 @@ def write_checkpoint(path: str | Path, config: dict, state: dict[str, torch.Tens
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
-    _atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta))
     document = {"format": FORMAT, "format_version": FORMAT_VERSION, "architecture": "ViTok", "config": config}
     text = json.dumps(document, indent=2) + "\n"
-    _atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -44,7 +44,7 @@ from typing import Sequence
 import yaml
 
 from ..model import SIZES, config_from_name, parse_name
-from ..train.config import TrainConfig, load_config, parse_override
+from ..train.config import TrainConfig, load_config, parse_override, resolve_shipped
 
 SPEC_KEYS = ("name", "base_config", "overrides", "study", "grid", "out")
 STUDIES = ("e_sweep", "encoder", "decoder", "grid")
@@ -130,14 +130,7 @@ def shipped_specs() -> list[str]:
 
 def resolve_spec_path(path: str | Path) -> Path:
     """A YAML path, or the name of a shipped spec ("e_sweep", "tiny", ...)."""
-    candidate = Path(path)
-    if candidate.is_file():
-        return candidate
-    shipped = SHIPPED_SPECS / f"{path}.yaml"
-    if shipped.is_file():
-        return shipped
-    raise ValueError(f"sweep spec {path} does not exist; shipped specs: {', '.join(shipped_specs())} "
-                     f"(pass a name or a path)")
+    return resolve_shipped(path, SHIPPED_SPECS, "sweep spec", "specs")
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None) -> SweepSpec:

@@ -250,16 +250,21 @@ def shipped_configs() -> list[str]:
     return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
 
 
-def resolve_config_path(path: str | Path) -> Path:
-    """A YAML path, or the name of a shipped config ("demo", "sb16_256", ...)."""
+def resolve_shipped(path: str | Path, folder: Path, what: str, plural: str) -> Path:
+    """A YAML path, or the name of a YAML file that ships in `folder` ("demo", "e_sweep", ...)."""
     candidate = Path(path)
     if candidate.is_file():
         return candidate
-    shipped = SHIPPED / f"{path}.yaml"
+    shipped = folder / f"{path}.yaml"
     if shipped.is_file():
         return shipped
-    raise ValueError(f"config file {path} does not exist; shipped configs: {', '.join(shipped_configs())} "
-                     f"(pass a name or a path)")
+    names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+    raise ValueError(f"{what} {path} does not exist; shipped {plural}: {names} (pass a name or a path)")
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A YAML path, or the name of a shipped config ("demo", "sb16_256", ...)."""
+    return resolve_shipped(path, SHIPPED, "config file", "configs")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
