@@ -227,3 +227,28 @@ def test_cli_reports_divergence_and_missing_data_cleanly(tmp_path, capsys):
     assert main(["train", "--config", "sb16_256", "--out", str(tmp_path / "x")]) == 2
     assert "data.source /path/to/images-or-shards does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_lpips_term_trains_when_its_weights_load(tmp_path, photo_folder, monkeypatch):
+    # Random VGG/LPIPS weights stand in for the published files: this checks the plumbing of an
+    # active LPIPS term (gradients, logging, report), not its values.
+    import vitok.train.loop as loop
+    from vitok.losses import PerceptualLoss
+    from vitok.metrics.lpips import build_lpips
+
+    monkeypatch.setattr(loop, "load_perceptual_loss", lambda folder: (PerceptualLoss(build_lpips(None, None)), None))
+    args = TINY + [f"data.source={photo_folder}", "train.stage1_steps=2", "train.stage2_steps=1",
+                   "train.checkpoint_every=3", "loss.lpips_weight=0.5", "train.tensorboard=true"]
+    doc = train(load_config(None, args), out=tmp_path / "run")
+    assert doc["loss_terms"]["lpips"] == "active: eta 0.5"
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+    assert all("lpips" in l and l["lpips"] > 0 for l in lines)
+    # The LPIPS network is frozen and stays out of the checkpoint.
+    state = _final_state(tmp_path / "run")
+    assert not any("lpips" in k or "vgg" in k for k in state["model"])
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert "pip install tensorboard" in (tmp_path / "run" / "train.log").read_text()
+    else:
+        assert (tmp_path / "run" / "tensorboard").is_dir()
