@@ -320,3 +320,37 @@ def test_video_loader_skips_short_videos_and_holds_out_clips_from_the_start(vide
     assert sorted(keys) == ["v0.mp4", "v0.mp4", "v1.mp4", "v1.mp4"]
     assert [Path(s["file"]).name for s in skipped] == ["short.mp4"] * 2
     assert "3 frames" in skipped[0]["reason"] and "need at least 7" in skipped[0]["reason"]
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * np.log10(255.0**2 / mse) if mse else np.inf
+
+
+@pytest.mark.parametrize("orientation, suffix", [(1, ".jpg"), (6, ".jpg"), (8, ".jpg"), (1, ".png")])
+def test_reduced_decode_matches_full_decode(tmp_path, orientation, suffix):
+    from PIL import Image
+
+    from vitok.data.transforms import random_resized_crop
+
+    big = Image.fromarray(load_image(bundled_photos()[0])).resize((1600, 1200), Image.Resampling.BICUBIC)
+    path = tmp_path / f"big{suffix}"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    big.save(path, quality=95, exif=exif) if suffix == ".jpg" else big.save(path)
+    data = TrainImages([path], 64, scale=(0.5, 1.0), flip=False, seed=1)
+    full = load_image(path)  # EXIF applied: 1200x1600 for the quarter turns
+    assert full.shape[:2] == ((1600, 1200) if orientation in (6, 8) else (1200, 1600))
+    for epoch in range(4):
+        fast = data[(0, epoch)]["pixels"].permute(1, 2, 0).numpy()
+        # The reference: the same rng stream through the full-size decode.
+        from vitok.data.transforms import sample_rng
+        want = random_resized_crop(full, 64, (0.5, 1.0), (3 / 4, 4 / 3), rng=sample_rng(1, epoch, 0))
+        assert fast.shape == want.shape == (64, 64, 3)
+        if suffix == ".png":
+            np.testing.assert_array_equal(fast, want)  # only JPEG decodes reduced
+        else:
+            # DCT-domain downscaling and box edges rounded to the reduced grid differ from a
+            # bicubic resize of the full decode by a fraction of an output pixel; a wrong box
+            # (e.g. axes swapped under EXIF rotation) would score around 15 dB.
+            assert _psnr(fast, want) > 27, (epoch, _psnr(fast, want))

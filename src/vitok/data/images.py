@@ -38,26 +38,54 @@ def bundled_photos() -> list[Path]:
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Load an image file as an H×W×3 uint8 RGB array, honouring EXIF orientation."""
+    return decode_image(read_image_bytes(path), str(path))
+
+
+def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an image file, with the errors load_image gives."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
         raise ValueError(f"{path}: cannot read file ({e})") from e
-    return decode_image(data, str(path))
 
 
-def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Decode the bytes of an image file (named `name` in errors) as an H×W×3 uint8 RGB array."""
+def oriented_size(data: bytes, name: str) -> tuple[int, int]:
+    """(H, W) of an encoded image as decode_image will return it (EXIF rotation applied), from the header."""
     if len(data) == 0:
         raise ValueError(f"{name}: file is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            # EXIF orientations 5-8 include a quarter turn, which swaps height and width.
+            turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except _DECODE_ERRORS as e:
+        raise ValueError(f"{name}: not a readable image ({type(e).__name__}: {e})") from e
+    return (w, h) if turned else (h, w)
+
+
+def decode_image(data: bytes, name: str, reduce: int = 1) -> np.ndarray:
+    """Decode the bytes of an image file (named `name` in errors) as an H×W×3 uint8 RGB array.
+
+    reduce (1, 2, 4 or 8): for JPEG, decode at 1/reduce of the size in the DCT domain (Pillow's
+    draft mode), several times faster when a training crop is resized far down anyway; sides
+    are rounded up. Other formats ignore it and decode at full size.
+    """
+    if len(data) == 0:
+        raise ValueError(f"{name}: file is empty (0 bytes)")
+    if reduce not in (1, 2, 4, 8):
+        raise ValueError(f"reduce must be 1, 2, 4 or 8, got {reduce}")
     # A process-wide True here would make truncated files decode silently with grey padding,
     # so force strict decoding for this call and restore whatever the caller had set.
     previous = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if reduce > 1 and img.format == "JPEG":
+                w, h = img.size
+                img.draft(img.mode, (-(-w // reduce), -(-h // reduce)))
             # open() is lazy and only parses the header; load() decodes the pixels, which is
             # where truncation and corrupt data surface.
             img.load()

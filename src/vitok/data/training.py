@@ -39,8 +39,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from .datasets import IMAGE_SUFFIXES, TarShards, check_shards, collate, list_images
-from .images import decode_image, load_image
-from .transforms import TrainAugment, sample_rng, split_holdout, stable_seed
+from .images import decode_image, load_image, oriented_size, read_image_bytes
+from .transforms import (TrainAugment, random_crop_box, random_flip, resize_square, sample_rng, split_holdout,
+                         stable_seed)
 from .video import list_videos, read_clip
 
 __all__ = ["TrainImages", "TrainSampler", "TrainShards", "TrainVideos", "check_usable", "make_train_loader"]
@@ -142,7 +143,24 @@ class TrainImages(_TrainFiles):
         super().__init__(files, TrainAugment(size, crop, flip, tuple(scale), tuple(ratio)), seed)
 
     def _read(self, path: Path, rng: np.random.Generator) -> np.ndarray:
-        return self.augment(load_image(path), rng)
+        a = self.augment
+        if a.crop != "random":
+            return a(load_image(path), rng)
+        # The box is drawn on the full-size image (from its header), exactly as random_resized_crop
+        # would; a JPEG is then decoded at the largest 1/2^k that still leaves the box at least
+        # `size` pixels on its shorter side: a 4000x3000 photo cropped to 256 decodes about 8x faster.
+        data = read_image_bytes(path)
+        height, width = oriented_size(data, str(path))
+        top, left, h, w = random_crop_box(height, width, a.scale, a.ratio, rng)
+        reduce = 1
+        while reduce < 8 and min(h, w) >= 2 * reduce * a.size:
+            reduce *= 2
+        img = decode_image(data, str(path), reduce)
+        sy, sx = img.shape[0] / height, img.shape[1] / width
+        box = img[round(top * sy):max(round((top + h) * sy), round(top * sy) + 1),
+                  round(left * sx):max(round((left + w) * sx), round(left * sx) + 1)]
+        out = resize_square(box, a.size)
+        return random_flip(out, rng) if a.flip else out
 
 
 class TrainVideos(_TrainFiles):

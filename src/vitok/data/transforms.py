@@ -89,7 +89,7 @@ def random_crop_box(height: int, width: int, scale: tuple[float, float], ratio: 
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _resize_square(img: np.ndarray, size: int) -> np.ndarray:
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     """H×W×3 uint8 -> size×size×3 with the same Pillow filter as `resize_center_crop`."""
     resized = Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(resized)
@@ -108,7 +108,7 @@ def random_resized_crop(img: np.ndarray, size: int, scale: tuple[float, float] =
     """H×W×3 uint8 -> size×size×3 uint8: a `random_crop_box` region resized (up or down) to size."""
     _check_image(img, 3)
     top, left, h, w = random_crop_box(img.shape[0], img.shape[1], scale, ratio, rng)
-    return _resize_square(img[top:top + h, left:left + w], size)
+    return resize_square(img[top:top + h, left:left + w], size)
 
 
 def random_resized_crop_clip(frames: np.ndarray, size: int, scale: tuple[float, float] = (0.5, 1.0),
@@ -117,7 +117,7 @@ def random_resized_crop_clip(frames: np.ndarray, size: int, scale: tuple[float, 
     """T×H×W×3 uint8 -> T×size×size×3 uint8, one crop box for every frame."""
     _check_image(frames, 4)
     top, left, h, w = random_crop_box(frames.shape[1], frames.shape[2], scale, ratio, rng)
-    return np.stack([_resize_square(f[top:top + h, left:left + w], size) for f in frames])
+    return np.stack([resize_square(f[top:top + h, left:left + w], size) for f in frames])
 
 
 def center_crop(img: np.ndarray, size: int) -> np.ndarray:
