@@ -17,25 +17,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from vitok.info import describe
 from vitok.model import ViTok
 
+from timing import bench
+
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-def bench(fn, warmup: int = 3, iters: int = 10) -> float:
-    """Median seconds per call, timed with CUDA events."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return sorted(times)[len(times) // 2]
 
 
 def matmul_peak() -> float:

@@ -15,22 +15,7 @@ import argparse
 import json
 import sys
 
-
-def bench(fn, warmup: int = 3, iters: int = 10) -> float:
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return sorted(times)[len(times) // 2]
+from timing import bench
 
 
 def measure(label: str, batch: int, compile_mode: str | None) -> dict:
