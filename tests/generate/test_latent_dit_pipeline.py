@@ -114,3 +114,34 @@ def test_sample_and_eval_without_weights(store, tmp_path):
     assert report["metrics"] == {}
     assert set(report["not_computed"]) == {"gfid", "gis"}
     assert "inception" in report["not_computed"]["gfid"].lower()
+
+
+def test_two_processes_match_one(store, tmp_path):
+    """DDP over gloo: 2 processes with half the batch each end where 1 process with the whole batch does."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    def launch(world: int, out):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        procs = []
+        for rank in range(world):
+            env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                   "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                   "OMP_NUM_THREADS": "1"}
+            procs.append(subprocess.Popen([sys.executable, "-m", "vitok", "dit", "train", "--latents",
+                                           str(store / "lat"), "--out", str(out), "steps=3", *TINY_DIT], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        for proc in procs:
+            output, _ = proc.communicate(timeout=300)
+            assert proc.returncode == 0, output
+
+    launch(1, tmp_path / "one")
+    launch(2, tmp_path / "two")
+    one = torch.load(tmp_path / "one/checkpoints/step_00000003/state.pt", weights_only=True)
+    two = torch.load(tmp_path / "two/checkpoints/step_00000003/state.pt", weights_only=True)
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
