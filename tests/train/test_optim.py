@@ -22,7 +22,17 @@ def test_no_decay_on_norms_and_biases():
     assert {p.dim() for p in decay["params"]} == {2, 4}
     assert {p.dim() for p in no_decay["params"]} == {1} and no_decay["weight_decay"] == 0.0
     opt = build_adamw(list(model.named_parameters()), 1e-3, (0.9, 0.95), 1e-4, fused=True)
-    assert opt.defaults["betas"] == (0.9, 0.95) and not opt.defaults["fused"]  # CPU: no fused kernel
+    assert opt.defaults["betas"] == (0.9, 0.95) and opt.defaults["fused"]
+    # A device-side found_inf flag makes the fused kernel skip the update (no host sync needed).
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.found_inf = torch.tensor(1.0)
+    opt.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    opt.found_inf = torch.tensor(0.0)
+    opt.step()
+    assert not any(torch.equal(a, p) for a, p in zip(before, model.parameters()))
 
 
 def test_ema_matches_a_float64_recurrence():
@@ -37,6 +47,11 @@ def test_ema_matches_a_float64_recurrence():
         ref = d * ref + (1 - d) * source["w"].double()
         ema.update(source)
     assert torch.allclose(target["w"].double(), ref, atol=1e-6)
+    # keep=0 leaves the shadow alone; keep=1 is the ordinary update.
+    frozen = target["w"].clone()
+    ema.update(source, keep=torch.tensor(0.0))
+    assert torch.equal(target["w"], frozen)
+    ema.num_updates -= 1  # keep the reference recurrence's count
     state = ema.state_dict()
     other = EMA({"w": torch.zeros(5)}, source, decay=0.5)
     other.load_state_dict(state)

@@ -252,24 +252,42 @@ class Trainer:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
-    def apply_step(self, terms: dict[str, torch.Tensor], weight: float = 1.0) -> bool:
-        """Step the optimizers if every gradient is finite; otherwise skip and count. One host sync."""
+    def apply_step(self, terms: dict[str, torch.Tensor], weight: float = 1.0) -> torch.Tensor:
+        """Step the optimizers unless a gradient is non-finite; returns the skip flag (0-dim, 0 or 1).
+
+        Gradients are already averaged over ranks, so every rank reaches the same flag. With the
+        fused AdamW kernel the flag never leaves the device (found_inf skips the update inside
+        the kernel, and the EMA and LeCam moves are multiplied by 1 - flag), so the host can
+        queue the next step at once; the loop reads the flag only at log time.
+        """
         norms = [terms["grad_norm"]] + ([terms["disc_grad_norm"]] if "disc_grad_norm" in terms else [])
         norms = [parallel.full_tensor(n).float() for n in norms]  # a sharded model's norm is a DTensor
         terms["grad_norm"] = norms[0]
-        finite = bool(torch.isfinite(torch.stack(norms)).all())
-        # Gradients are already averaged over ranks, so every rank takes the same decision.
-        if finite:
-            self.opt_g.step()
-            if self.stage == 2:
-                self.opt_d.step()
-                self.ema.update(self.decoder_params(self.model))
-                if self.lecam is not None and weight > 0:
-                    self.lecam.update(self._lecam_means[0], self._lecam_means[1])
+        bad = (~torch.isfinite(torch.stack(norms)).all()).float()
+        optimizers = [self.opt_g] + ([self.opt_d] if self.stage == 2 else [])
+        if all(opt.defaults.get("fused") for opt in optimizers):
+            for opt in optimizers:
+                opt.found_inf = bad
+                opt.step()
+            keep = 1.0 - bad
+        elif bool(bad == 0):  # unfused optimizers: decide on the host
+            for opt in optimizers:
+                opt.step()
+            keep = None
+        else:
+            keep = torch.zeros((), device=bad.device)
+        if self.stage == 2:
+            self.ema.update(self.decoder_params(self.model), keep)
+            if self.lecam is not None and weight > 0:
+                ok = torch.ones((), device=bad.device) if keep is None else keep
+                for ema, mean in ((self.lecam.ema_real, self._lecam_means[0]), (self.lecam.ema_fake,
+                                                                                self._lecam_means[1])):
+                    moved = torch.lerp(ema, mean.to(ema.dtype), 1.0 - self.lecam.decay)
+                    ema.copy_(torch.where(ok > 0, moved, ema))
         self.opt_g.zero_grad(set_to_none=True)
         if self.opt_d is not None:
             self.opt_d.zero_grad(set_to_none=True)
-        return finite
+        return bad
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -298,8 +316,10 @@ class Trainer:
         bar = report.progress_bar(c.total_steps, self.progress.step, enabled=self.dist.main and t.progress)
         # Loss sums of the current log window; restored on resume so a window cut by a kill is
         # logged as if the run had never stopped.
-        sums: dict[str, tuple] = {k: (torch.tensor(total, device=self.device), n)
+        sums: dict[str, tuple] = {k: (torch.tensor(total, device=self.device), torch.tensor(n, device=self.device))
                                   for k, (total, n) in self.window_sums.items()}
+        self.bad_in_row = torch.tensor(float(self.progress.bad_in_row), device=self.device)
+        self.bad_total = torch.tensor(float(self.progress.bad_total), device=self.device)
         self.live_sums = sums
         window_start, window_images = time.perf_counter(), 0
         last_good: torch.Tensor | None = None
@@ -331,29 +351,22 @@ class Trainer:
             rates = self.set_learning_rates(step)
             self.model.train()
             terms = self.train_step(x, step, weight)
-            ok = self.apply_step(terms, weight)
+            bad = self.apply_step(terms, weight)
             self.progress.step += 1
-            if ok:
-                self.progress.bad_in_row = 0
-                if weight > 0:  # a stand-in batch's losses are not the data's
-                    for k, v in terms.items():
-                        total, n = sums.get(k, (0.0, 0))
-                        sums[k] = (total + v.detach().float(), n + 1)
-                    window_images += x.shape[0] * self.dist.world
-            else:
-                self.progress.bad_in_row += 1
-                self.progress.bad_total += 1
-                logger.warn(f"step {step + 1}: non-finite loss or gradient, step skipped "
-                            f"({self.progress.bad_in_row} in a row)")
-                if self.progress.bad_in_row >= t.max_bad_steps:
-                    last = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
-                    raise TrainingDiverged(
-                        f"{self.progress.bad_in_row} non-finite steps in a row at step {step + 1}; stopping. "
-                        f"The last good checkpoint is {last or 'none (no checkpoint was written yet)'}; "
-                        f"lower optim.lr, raise optim.warmup_steps or use train.precision=fp32, then resume")
+            # Device-side bookkeeping: nothing here waits for the GPU.
+            self.bad_in_row = (self.bad_in_row + 1) * bad
+            self.bad_total = self.bad_total + bad
+            if weight > 0:  # a stand-in batch's losses are not the data's
+                good = 1.0 - bad
+                for k, v in terms.items():
+                    total, n = sums.get(k, (0.0, 0.0))
+                    value = torch.where(good > 0, v.detach().float(), torch.zeros((), device=self.device))
+                    sums[k] = (total + value, n + good)
+                window_images += x.shape[0] * self.dist.world
             bar.update(1)
             done = self.progress.step
             if done % t.log_every == 0 or done == c.total_steps:
+                self.check_bad_steps(done, logger)
                 self.merge_skips(new_skips, logger)
                 new_skips = []
                 elapsed = time.perf_counter() - window_start
@@ -383,6 +396,25 @@ class Trainer:
         logger.close()
         return final
 
+    def sync_bad_counts(self) -> None:
+        """Copy the device-side skip counters into the checkpointed progress (a host read)."""
+        self.progress.bad_in_row = int(self.bad_in_row)
+        self.progress.bad_total = int(self.bad_total)
+
+    def check_bad_steps(self, done: int, logger) -> None:
+        """At log time: name skipped steps, and stop after train.max_bad_steps in a row."""
+        before = self.progress.bad_total
+        self.sync_bad_counts()
+        if self.progress.bad_total > before:
+            logger.warn(f"{self.progress.bad_total - before} step(s) up to step {done} had a non-finite loss or "
+                        f"gradient and were skipped ({self.progress.bad_in_row} in a row now)")
+        if self.progress.bad_in_row >= self.config.train.max_bad_steps:
+            last = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+            raise TrainingDiverged(
+                f"{self.progress.bad_in_row} non-finite steps in a row at step {done}; stopping. "
+                f"The last good checkpoint is {last or 'none (no checkpoint was written yet)'}; "
+                f"lower optim.lr, raise optim.warmup_steps or use train.precision=fp32, then resume")
+
     def merge_skips(self, new_skips: list[dict], logger) -> None:
         """Every rank's newly skipped files, named once in the log and kept for the checkpoint and report."""
         if self.dist.world > 1:
@@ -398,9 +430,11 @@ class Trainer:
         """Each loss term averaged over the steps that computed it and over ranks (one small all-reduce)."""
         values = {}
         if sums:
-            stacked = torch.stack([total for total, _ in sums.values()])
+            stacked = torch.stack([torch.stack([torch.as_tensor(total, device=self.device).float(),
+                                                torch.as_tensor(n, device=self.device).float()])
+                                   for total, n in sums.values()])
             all_reduce_mean(stacked)
-            values = {k: v / n for (k, (_, n)), v in zip(sums.items(), stacked.tolist())}
+            values = {k: total / n for k, (total, n) in zip(sums, stacked.tolist()) if n > 0}
         return {"step": step, "stage": self.stage, **values, **rates, "images_per_second": images_per_second,
                 "bad_steps": self.progress.bad_total}
 
@@ -450,6 +484,7 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: weights, optimizers, EMA, counters, RNG states."""
+        self.sync_bad_counts()
         state = {
             "step": self.progress.step,
             "stage": self.stage,
@@ -459,7 +494,7 @@ class Trainer:
             "progress": {"bad_in_row": self.progress.bad_in_row, "bad_total": self.progress.bad_total,
                          "skipped_files": self.progress.skipped_files},
             "history": json.dumps(self.history),
-            "window": json.dumps({k: [float(total), n] for k, (total, n) in self.live_sums.items()}),
+            "window": json.dumps({k: [float(total), float(n)] for k, (total, n) in self.live_sums.items()}),
             # The learning-rate schedules and the data position are pure functions of `step`.
             "rng": {"torch": torch.get_rng_state(), "numpy": json.dumps(_numpy_state()),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},

@@ -17,10 +17,13 @@ def param_groups(params: list[tuple[str, nn.Parameter]], weight_decay: float) ->
 
 def build_adamw(params: list[tuple[str, nn.Parameter]], lr: float, betas: tuple[float, float],
                 weight_decay: float, fused: bool) -> torch.optim.AdamW:
-    """AdamW over named parameters; the fused kernel when every parameter is on a GPU."""
+    """AdamW over named parameters, with the fused kernel (GPU and CPU) unless fused is False.
+
+    The fused kernel also takes a device-side `found_inf` flag and skips the update when it is
+    set, which lets the training loop skip a non-finite step without waiting for the GPU.
+    """
     groups = param_groups(params, weight_decay)
-    on_gpu = all(p.is_cuda for g in groups for p in g["params"])
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=bool(fused and on_gpu))
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=bool(fused))
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
@@ -59,11 +62,19 @@ class EMA:
         return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
 
     @torch.no_grad()
-    def update(self, source: dict[str, torch.Tensor]) -> None:
-        """shadow <- shadow + (1 - d) * (source - shadow)."""
+    def update(self, source: dict[str, torch.Tensor], keep: torch.Tensor | None = None) -> None:
+        """shadow <- shadow + (1 - d) * (source - shadow); with keep (a 0-dim 0/1 tensor on the
+        device), the move is multiplied by it, so a skipped step leaves the shadow as it was
+        without the host reading the flag."""
         weight = 1.0 - self.current_decay()
         names = list(self.shadow)
-        torch._foreach_lerp_([self.shadow[n] for n in names], [source[n].detach() for n in names], weight)
+        shadow, values = [self.shadow[n] for n in names], [source[n].detach() for n in names]
+        if keep is None:
+            torch._foreach_lerp_(shadow, values, weight)
+        else:
+            step = torch._foreach_sub(values, shadow)
+            torch._foreach_mul_(step, keep * weight)
+            torch._foreach_add_(shadow, step)
         self.num_updates += 1
 
     def state_dict(self) -> dict:
