@@ -107,7 +107,8 @@ class Trainer:
         self.ddp_model = None
         self.history: list[dict] = []
         self.stopped_early: str | None = None
-        self.window_sums: dict[str, tuple[float, int]] = {}
+        # Loss sums of the current log window (total, count) on the device; checkpointed, so a
+        # window cut by a kill is logged as if the run had never stopped.
         self.live_sums: dict[str, tuple] = {}
 
         source = config.data.source or bundled_source()
@@ -314,13 +315,9 @@ class Trainer:
         if logger_note:
             logger.warn(logger_note)
         bar = report.progress_bar(c.total_steps, self.progress.step, enabled=self.dist.main and t.progress)
-        # Loss sums of the current log window; restored on resume so a window cut by a kill is
-        # logged as if the run had never stopped.
-        sums: dict[str, tuple] = {k: (torch.tensor(total, device=self.device), torch.tensor(n, device=self.device))
-                                  for k, (total, n) in self.window_sums.items()}
+        sums = self.live_sums
         self.bad_in_row = torch.tensor(float(self.progress.bad_in_row), device=self.device)
         self.bad_total = torch.tensor(float(self.progress.bad_total), device=self.device)
-        self.live_sums = sums
         window_start, window_images = time.perf_counter(), 0
         last_good: torch.Tensor | None = None
         new_skips: list[dict] = []  # this rank's unreadable files since the last log step
@@ -392,7 +389,7 @@ class Trainer:
                         self.save()
                     break
         bar.close()
-        final = self.finish(logger, data_info)
+        final = self.finish(data_info)
         logger.close()
         return final
 
@@ -455,7 +452,7 @@ class Trainer:
         plain.amp_dtype = self.model.amp_dtype
         return plain.eval()
 
-    def evaluate(self, quick: bool) -> dict:
+    def evaluate(self, quick: bool, model: ViTok | None = None) -> dict:
         """Held-out metrics: PSNR/SSIM (and LPIPS when available) during training; everything at the end."""
         from ..eval.evaluate import evaluate, make_loader
         from ..eval.networks import load_networks
@@ -473,9 +470,9 @@ class Trainer:
         limit = self.config.data.eval_limit
         if limit and hasattr(dataset, "__len__") and len(dataset) > limit:
             dataset = torch.utils.data.Subset(dataset, range(limit))
-        result = evaluate(self.eval_model(), make_loader(dataset, self.per_rank_batch, 0, self.device),
-                          self._networks[1], self.device, progress=False)
-        self.last_eval = result
+        model = model if model is not None else self.eval_model()
+        result = evaluate(model, make_loader(dataset, self.per_rank_batch, 0, self.device), self._networks[1],
+                          self.device, progress=False)
         if "psnr" in result.metrics:
             # Credited to a checkpoint only if one is written at this very step.
             self._pending_best = (self.progress.step, result.metrics["psnr"])
@@ -564,31 +561,32 @@ class Trainer:
         self.progress.bad_in_row, self.progress.bad_total = p["bad_in_row"], p["bad_total"]
         self.progress.skipped_files = dict(p["skipped_files"])
         self.history = json.loads(state["history"])
-        self.window_sums = {k: (total, n) for k, (total, n) in json.loads(state.get("window", "{}")).items()}
+        self.live_sums = {k: (torch.tensor(total, device=self.device), torch.tensor(n, device=self.device))
+                          for k, (total, n) in json.loads(state.get("window", "{}")).items()}
         torch.set_rng_state(state["rng"]["torch"])
         _set_numpy_state(json.loads(state["rng"]["numpy"]))
         if torch.cuda.is_available() and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
-    def write_reconstructions(self) -> None:
+    def write_reconstructions(self, model: ViTok | None = None) -> None:
         from . import report
 
         if self.heldout is None:
             return
-        model = self.eval_model()  # every rank: a collective when sharded
+        model = model if model is not None else self.eval_model()  # every rank: a collective when sharded
         if self.dist.main:
             report.reconstruction_grid(model, self.heldout, self.device, self.run_dir / "reconstructions.png")
 
-    def finish(self, logger, data_info: dict) -> dict:
+    def finish(self, data_info: dict) -> dict:
         """Final held-out evaluation, the exported tokenizer, report.json/md and the plots."""
         from . import report
 
-        final_eval = self.evaluate(quick=False)
+        model = self.eval_model()  # gathered once (when sharded) for the evaluation, grid and export
+        final_eval = self.evaluate(quick=False, model=model)
         if self.dist.main:
             self.record_best()  # the final checkpoint was written at this step
             ckpt.prune(self.run_dir / "checkpoints", self.config.train.keep_last)
-        model = self.eval_model()
-        self.write_reconstructions()
+        self.write_reconstructions(model)
         if self.dist.main:
             model.save_pretrained(self.run_dir / "model")
             report.loss_plot(self.history, self.run_dir / "losses.png")
