@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..model.blocks import Attention, RMSNorm, SwiGLU, rope_angles, rope_tables, swiglu_hidden
+from ..model.blocks import Block, RMSNorm, rope_angles, rope_tables
+from ..model.variants import dataclass_from_dict
 from .diffusion import PREDICTIONS, guide
 
 # (width, depth, heads) of DiT-S/B/L/XL, as in Peebles & Xie (2023), table 1.
@@ -96,11 +97,7 @@ class DiTConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "DiTConfig":
         """Inverse of to_dict; unknown keys are an error naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown DiT config keys {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "DiT config")
 
 
 def dit_config(name: str, **overrides) -> DiTConfig:
@@ -170,16 +167,12 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
-class DiTBlock(nn.Module):
-    """Pre-norm Transformer block whose norms are modulated by the conditioning (adaLN-zero)."""
+class DiTBlock(Block):
+    """The tokenizer's pre-norm Transformer block, its norms modulated by the conditioning (adaLN-zero)."""
 
     def __init__(self, dim: int, heads: int, qk_norm: bool = False, eps: float = 1e-6) -> None:
-        super().__init__()
         # RMSNorm's own gain is redundant with adaLN's scale; kept to reuse the tokenizer's block.
-        self.norm1 = RMSNorm(dim, eps)
-        self.attn = Attention(dim, heads, qk_norm, eps)
-        self.norm2 = RMSNorm(dim, eps)
-        self.mlp = SwiGLU(dim, swiglu_hidden(dim))
+        super().__init__(dim, heads, qk_norm, eps)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -104,11 +104,16 @@ class ViTokConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "ViTokConfig":
         """Inverse of to_dict; unknown keys are an error naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ViTok config keys {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "ViTok config")
+
+
+def dataclass_from_dict(cls, data: dict, what: str):
+    """cls(**data) for a config dataclass, with unknown keys an error naming them and the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} keys {unknown}; known keys are {sorted(known)}")
+    return cls(**data)
 
 
 def _nearest_multiples(n: int, k: int) -> str:
