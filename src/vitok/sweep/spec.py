@@ -41,10 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import yaml
 
 from ..model import SIZES, config_from_name, parse_name
-from ..train.config import TrainConfig, load_config, parse_override, resolve_shipped
+from ..train.config import TrainConfig, load_config, parse_override, read_yaml, resolve_shipped
 
 SPEC_KEYS = ("name", "base_config", "overrides", "study", "grid", "out")
 STUDIES = ("e_sweep", "encoder", "decoder", "grid")
@@ -136,11 +135,7 @@ def resolve_spec_path(path: str | Path) -> Path:
 def load_spec(path: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None) -> SweepSpec:
     """Read and validate a spec file (or shipped spec); `overrides` and `out` win over the file's."""
     path = resolve_spec_path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"sweep spec {path} is not valid YAML: {err}") from None
-    return parse_spec(data, str(path), overrides, out)
+    return parse_spec(read_yaml(path, "sweep spec"), str(path), overrides, out)
 
 
 def parse_spec(data: object, origin: str = "sweep spec", overrides: Sequence[str] = (),

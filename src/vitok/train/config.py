@@ -262,6 +262,14 @@ def resolve_shipped(path: str | Path, folder: Path, what: str, plural: str) -> P
     raise ValueError(f"{what} {path} does not exist; shipped {plural}: {names} (pass a name or a path)")
 
 
+def read_yaml(path: Path, what: str):
+    """The parsed content of a YAML file, with a ValueError naming the file when it does not parse."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{what} {path} is not valid YAML: {err}") from None
+
+
 def resolve_config_path(path: str | Path) -> Path:
     """A YAML path, or the name of a shipped config ("demo", "sb16_256", ...)."""
     return resolve_shipped(path, SHIPPED, "config file", "configs")
@@ -272,12 +280,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     config = TrainConfig()
     if path is not None:
         path = resolve_config_path(path)
-        if not path.is_file():
-            raise ValueError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"config file {path} is not valid YAML: {err}") from None
+        data = read_yaml(path, "config file") or {}
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
         apply(config, data, str(path))
