@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-
 from ..model import SIZES, config_from_name, parse_name
 from ..train.config import TrainConfig, load_config, parse_override, read_yaml, resolve_shipped
 
