@@ -189,24 +189,39 @@ def open_dataset(source: str | Path, size: int, frames: int = 1, stride: int = 1
 
     `frames` > 1 asks for video clips, which only a folder of video files provides.
     """
-    source_str = str(source)
     root = Path(source)
-    is_shards = any(ch in source_str for ch in "*?[") or source_str.endswith(".tar")
-    if frames > 1 and (is_shards or (root.is_dir() and list(root.glob("*.tar")) and not _has_videos(root))):
+    if frames > 1 and (_names_shards(source) or (root.is_dir() and list(root.glob("*.tar"))
+                                                 and not _has_videos(root))):
         raise ValueError(f"video evaluation needs a folder of video files (mp4, webm, avi, mkv, mov), but "
                          f"{source} holds .tar shards, which are read as images only: pass a video folder")
-    if is_shards:
-        import glob
-
-        shards = sorted(glob.glob(source_str))
-        if not shards:
-            raise ValueError(f"no tar shards match {source_str}")
-        return TarShards(shards, size, upsample, rank, world, limit)
     if root.is_dir() and frames > 1:
         return VideoFolder(root, size, frames, stride, limit)
+    shards = shard_paths(source)
+    if shards is not None:
+        return TarShards(shards, size, upsample, rank, world, limit)
     if root.is_dir():
-        tars = sorted(root.glob("*.tar"))
-        if tars and not list_images(root):
-            return TarShards(tars, size, upsample, rank, world, limit)
         return ImageFolder(root, size, upsample, limit)
     raise ValueError(f"data source {source} is neither a folder nor .tar shards")
+
+
+def _names_shards(source: str | Path) -> bool:
+    """Whether `source` is written as shards: a glob pattern or a .tar path."""
+    text = str(source)
+    return any(ch in text for ch in "*?[") or text.endswith(".tar")
+
+
+def shard_paths(source: str | Path) -> list[Path] | None:
+    """The sorted .tar shards `source` names (a .tar path, a glob, or a folder of only .tar files), else None."""
+    if _names_shards(source):
+        import glob
+
+        shards = sorted(Path(p) for p in glob.glob(str(source)) if Path(p).is_file())
+        if not shards:
+            raise ValueError(f"no tar shards match {source}")
+        return shards
+    root = Path(source)
+    if root.is_dir():
+        tars = sorted(p for p in root.glob("*.tar") if p.is_file())
+        if tars and not list_images(root):
+            return tars
+    return None

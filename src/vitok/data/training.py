@@ -26,7 +26,6 @@ sample still occupies its slot, so batch boundaries never depend on which files 
 
 from __future__ import annotations
 
-import glob
 import random
 import tarfile
 from functools import partial
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
-from .datasets import IMAGE_SUFFIXES, TarShards, check_shards, collate, list_images
+from .datasets import IMAGE_SUFFIXES, TarShards, check_shards, collate, list_images, shard_paths
 from .images import decode_image, load_image, oriented_size, read_image_bytes
 from .transforms import (TrainAugment, random_crop_box, random_flip, resize_square, sample_rng, split_holdout,
                          stable_seed)
@@ -306,22 +305,6 @@ def check_usable(samples: Iterable[dict], tries: int, source: str) -> None:
                      f"them before training:\n  " + "\n  ".join(failures))
 
 
-def _shard_paths(source: str | Path) -> list[Path] | None:
-    """The sorted .tar shards `source` names (a .tar path, a glob, or a folder of only .tar files), else None."""
-    text = str(source)
-    if any(ch in text for ch in "*?[") or text.endswith(".tar"):
-        shards = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
-        if not shards:
-            raise ValueError(f"no tar shards match {text}")
-        return shards
-    root = Path(source)
-    if root.is_dir():
-        tars = sorted(p for p in root.glob("*.tar") if p.is_file())
-        if tars and not list_images(root):
-            return tars
-    return None
-
-
 def make_train_loader(source: str | Path, *, size: int, batch_size: int, frames: int = 1, stride: int = 1,
                       workers: int = 0, seed: int = 0, start_step: int = 0, rank: int = 0, world: int = 1,
                       crop: str = "random", flip: bool = True, scale: Scale = (0.5, 1.0),
@@ -349,7 +332,7 @@ def make_train_loader(source: str | Path, *, size: int, batch_size: int, frames:
                    generator=torch.Generator().manual_seed(stable_seed(seed, "loader")))
     info = {"global_batch": batch_size * world}
 
-    shards = _shard_paths(source)
+    shards = shard_paths(source)
     if shards is not None:
         if frames > 1:
             raise ValueError(f"{source}: tar shards hold images; train on video from a folder of video files")
