@@ -8,7 +8,11 @@ Run folder (the tokenizer runs' conventions)::
     samples.png      a grid of decoded samples from the EMA model, refreshed every sample_every steps
     losses.png       the loss curve
     model/           the final EMA DiT (config.json + model.safetensors), what `vitok dit sample` loads
-    report.json      a summary of the run
+    report.json      a summary of the run (report.md: the same for people)
+    train.log        warnings, e.g. a stop at time_limit_minutes
+
+A run stopped by time_limit_minutes checkpoints and writes its report with "stopped_early": true;
+`--resume` continues it to config.steps.
 
 Every random draw of step s (which latents, timesteps, noise, dropped labels) comes from a
 generator seeded with (seed, s), drawn for the global batch and then cut by rank, so a resumed
@@ -66,6 +70,7 @@ class DiTTrainConfig:
     num_preview: int = 8  # samples in samples.png
     preview_steps: int = 50
     preview_cfg: float = 1.5
+    time_limit_minutes: float = 0.0  # stop cleanly (checkpoint, report) after this long; 0 = no limit
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "bf16"  # bf16 autocast on GPU (CPU always runs fp32) | fp32
@@ -77,6 +82,8 @@ class DiTTrainConfig:
         for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "timesteps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if not self.time_limit_minutes >= 0:  # also rejects NaN
+            raise ValueError(f"time_limit_minutes must be >= 0 (0 = no limit), got {self.time_limit_minutes}")
         if self.precision not in ("bf16", "fp32"):
             raise ValueError(f"precision must be bf16 or fp32, got {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -178,6 +185,8 @@ class DiTTrainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                            betas=(0.9, 0.999))
         self.step = 0
+        self.stopped_early = False  # set by run() when time_limit_minutes ends it before config.steps
+        self.wall_seconds: float | None = None  # run()'s training loop, this invocation only
         if resume:
             self._restore()
         self.net = self.model
@@ -254,7 +263,8 @@ class DiTTrainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(c), sort_keys=False))
         logger = RunLogger(self.run_dir, main, tensorboard=False, start_step=self.step)
-        window, tick = [], time.perf_counter()
+        started = time.perf_counter()
+        window, tick = [], started
         while self.step < c.steps:
             values = self.train_step()
             window.append(values)
@@ -269,14 +279,32 @@ class DiTTrainer:
                 if main:
                     self._save()
                 barrier()
+            # Only at log steps, so the clock (and, over ranks, the broadcast) costs nothing per step.
+            if (c.time_limit_minutes and self.step % c.log_every == 0 and self.step != c.steps
+                    and self._out_of_time(started)):
+                self.stopped_early = True
+                logger.warn(f"stopping at step {self.step} of {c.steps}: time_limit_minutes={c.time_limit_minutes} "
+                            f"reached; continue with `vitok dit train --resume {self.run_dir}`")
+                if self.step % c.checkpoint_every:  # else the checkpoint above already holds this step
+                    if main:
+                        self._save()
+                    barrier()
+                break
             if main and c.sample_every and self.step % c.sample_every == 0 and self.step != c.steps:
                 self.preview()
+        self.wall_seconds = time.perf_counter() - started
         if not main:
             return None
         self.preview()
         save_dit(self.run_dir / "model", self.ema_model, self.export_info())
         logger.close()
         return self.report()
+
+    def _out_of_time(self, started: float) -> bool:
+        """Whether time_limit_minutes has passed; rank 0's clock decides for every rank, so all stop at one step."""
+        from ..train.distributed import broadcast_object
+
+        return bool(broadcast_object(time.perf_counter() - started > 60 * self.config.time_limit_minutes))
 
     def preview(self) -> None:
         """samples.png: EMA samples of classes 0, 1, ... decoded through the tokenizer (skipped without it)."""
@@ -295,21 +323,68 @@ class DiTTrainer:
         save_grid(images, self.run_dir / "samples.png")
 
     def report(self) -> dict:
-        """report.json and losses.png from metrics.jsonl."""
+        """report.json, report.md and losses.png from metrics.jsonl."""
         history = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line]
         loss_plot(history, self.run_dir / "losses.png")
+        rates = [r["samples_per_second"] for r in history if r.get("samples_per_second")]
         document = {
             "run": str(self.run_dir), "model": self.config.model, "parameters": self.model.num_params(),
-            "steps": self.step, "global_batch": self.config.batch_size, "world_size": self.dist.world,
+            "steps": self.step, "planned_steps": self.config.steps, "stopped_early": self.stopped_early,
+            "time_limit_minutes": self.config.time_limit_minutes, "wall_seconds": self.wall_seconds,
+            "global_batch": self.config.batch_size, "world_size": self.dist.world,
             "device": str(self.device), "precision": "bf16" if self.amp else "fp32",
             "final_loss": history[-1]["loss"] if history else None,
+            "first_loss": history[0]["loss"] if history else None,
+            "first_logged_step": history[0]["step"] if history else None,
+            "samples_per_second": sum(rates) / len(rates) if rates else None,
             "latents": str(self.config.latents), "num_latents": len(self.store),
+            "num_classes": self.store.num_classes,
             "tokenizer": self.store.index["tokenizer"], "model_folder": str(self.run_dir / "model"),
         }
-        tmp = self.run_dir / ".report.json.tmp"
-        tmp.write_text(dumps(document, indent=2) + "\n")
-        os.replace(tmp, self.run_dir / "report.json")
+        write_atomic(self.run_dir / "report.json", dumps(document, indent=2) + "\n")
+        write_atomic(self.run_dir / "report.md", report_markdown(document, self.store.index["classes"], self.run_dir))
         return document
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file, so a kill mid-write never leaves a half-written file behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def report_markdown(doc: dict, classes: list[str], run_dir: Path) -> str:
+    """report.md: report.json for people, with the loss curve and samples embedded when they exist."""
+    def loss(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.5g}"
+
+    shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+    if doc["stopped_early"]:
+        steps = (f"{doc['steps']} of {doc['planned_steps']} planned: stopped early by time_limit_minutes="
+                 f"{doc['time_limit_minutes']}; continue with `vitok dit train --resume {doc['run']}`")
+    else:
+        steps = f"{doc['steps']} of {doc['planned_steps']} planned"
+    limit = f"{doc['time_limit_minutes']} min" if doc["time_limit_minutes"] else "none"
+    wall = "n/a" if doc["wall_seconds"] is None else f"{doc['wall_seconds']:.3g} s (this invocation's loop)"
+    rate = "n/a" if doc["samples_per_second"] is None else f"{doc['samples_per_second']:.1f} samples/s"
+    lines = [
+        f"# DiT training report: {doc['model']}", "",
+        f"- run folder: `{doc['run']}`; final EMA model: `{doc['model_folder']}`",
+        f"- parameters: {doc['parameters'] / 1e6:.2f}M ({doc['parameters']:,})",
+        f"- steps: {steps}",
+        f"- global batch {doc['global_batch']}, {doc['world_size']} process(es) on {doc['device']}, "
+        f"{doc['precision']}",
+        f"- final loss: {loss(doc['final_loss'])}; at the first logged step ({doc['first_logged_step']}): "
+        f"{loss(doc['first_loss'])}",
+        f"- throughput: {rate} (mean over the logged windows)",
+        f"- wall time: {wall}; time limit: {limit}",
+        f"- latents: `{doc['latents']}`, {doc['num_latents']} latents, {doc['num_classes']} classes ({shown})",
+        f"- tokenizer: `{doc['tokenizer']}`",
+    ]
+    for name in ("losses", "samples"):
+        if (run_dir / f"{name}.png").is_file():
+            lines += ["", f"![{name}]({name}.png)"]
+    return "\n".join(lines) + "\n"
 
 
 def train_dit(config: DiTTrainConfig, out: str | Path | None = None, resume: str | Path | None = None) -> dict | None:
