@@ -145,3 +145,79 @@ def test_two_processes_match_one(store, tmp_path):
     two = torch.load(tmp_path / "two/checkpoints/step_00000003/state.pt", weights_only=True)
     for key, value in one["model"].items():
         torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_time_limit_stops_early_and_resume_finishes(store, tmp_path):
+    run = tmp_path / "run"
+    assert main(["dit", "train", "--latents", str(store / "lat"), "--out", str(run), "steps=4",
+                 "time_limit_minutes=1e-6", *TINY_DIT]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["stopped_early"] is True and report["time_limit_minutes"] == 1e-6
+    assert report["steps"] < 4 and report["planned_steps"] == 4 and report["wall_seconds"] > 0
+    # checkpoint_every=2 and the limit passes at the first log step: the stop writes its own checkpoint.
+    assert (run / "checkpoints" / f"step_{report['steps']:08d}" / "state.pt").is_file()
+    assert (run / "model" / "config.json").is_file()
+    assert f"stopping at step {report['steps']}" in (run / "train.log").read_text()
+    assert "stopped early" in (run / "report.md").read_text()
+    assert main(["dit", "train", "--resume", str(run), "time_limit_minutes=0"]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["steps"] == 4 and report["stopped_early"] is False and report["time_limit_minutes"] == 0
+    assert (run / "checkpoints" / "step_00000004" / "state.pt").is_file()
+
+
+def test_report_md_summarises_the_run(store, tmp_path):
+    run = tmp_path / "run"
+    assert main(["dit", "train", "--latents", str(store / "lat"), "--out", str(run), "steps=2", *TINY_DIT]) == 0
+    report = json.loads((run / "report.json").read_text())
+    text = (run / "report.md").read_text()
+    assert f"final loss: {report['final_loss']:.5g}" in text
+    assert "![losses](losses.png)" in text and "![samples](samples.png)" in text
+    assert "2 of 2 planned" in text and "6 latents, 2 classes (ant, cat)" in text
+    assert report["stopped_early"] is False and report["wall_seconds"] > 0
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_negative_time_limit_is_rejected():
+    with pytest.raises(ValueError, match="time_limit_minutes must be >= 0"):
+        DiTTrainConfig(latents="lat", time_limit_minutes=-1.0).validate()
+
+
+def test_class_check_script_runs_on_a_tiny_run(store, tmp_path):
+    """benchmarks/dit_class_check.py (the GPU check's latent-space measures) end to end on CPU."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "dit_class_check.py"
+    spec = importlib.util.spec_from_file_location("vitok_dit_class_check", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run = tmp_path / "run"
+    assert main(["dit", "train", "--latents", str(store / "lat"), "--out", str(run), "steps=2", *TINY_DIT]) == 0
+    result = module.main([str(run), "--per-class", "3", "--cfg", "1", "2", "--steps", "2", "--device", "cpu",
+                          "--out", str(tmp_path / "check.json")])
+    assert json.loads((tmp_path / "check.json").read_text()) == json.loads(json.dumps(result))
+    assert result["chance"] == 0.5 and set(result["by_cfg"]) == {"1.0", "2.0"}
+    for entry in result["by_cfg"].values():
+        assert 0 <= entry["accuracy"] <= 1 and len(entry["per_class"]) == 2 and entry["nn_ratio_median"] > 0
+
+
+def test_class_check_classifier_separates_separable_data():
+    """The linear probe reaches 100 % on linearly separable classes and the nearest-neighbour helper is exact."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "dit_class_check.py"
+    spec = importlib.util.spec_from_file_location("vitok_dit_class_check", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 5, generator=g)
+    score = x[:, 0] + 0.5 * x[:, 1]
+    x, score = x[score.abs() > 0.2], score[score.abs() > 0.2]  # a margin, so the fit must be exact
+    y = (score > 0).long()
+    head = module.fit_classifier(x, y, 2)
+    acc, per_class = module.accuracy(head, x, y)
+    assert acc == 1.0 and per_class == [1.0, 1.0]
+    ref = torch.randn(50, 5, generator=g)
+    brute = torch.tensor([min(float((a - b).norm()) for b in ref) for a in x[:20]])
+    torch.testing.assert_close(module.nearest(x[:20], ref, chunk=7), brute)
