@@ -274,7 +274,7 @@ class TrainingStep:
     """
 
     def __init__(self, kind: str, tok: Tokenizer, x: torch.Tensor, spec: Spec,
-                 amp_dtype: torch.dtype | None, optimize: bool = True) -> None:
+                 amp_dtype: torch.dtype | None, optimize: bool = True, channels_last: bool = False) -> None:
         config = TrainConfig()
         self.loss, optim = config.loss, config.optim
         self.kind, self.tok, self.x, self.amp_dtype = kind, tok, x, amp_dtype
@@ -293,6 +293,9 @@ class TrainingStep:
                 channels = (8, 16) if spec.tiny else (self.loss.disc_channels, self.loss.disc_max_channels)
                 self.disc = Discriminator(spec.size, channels=channels[0], max_channels=channels[1],
                                           video=self.loss.disc_video if video else None, frames=spec.frames)
+                self.disc.channels_last = channels_last
+            if self.perceptual is not None:
+                self.perceptual.lpips.channels_last = channels_last
         named = [(n, p) for n, p in tok.module.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
         self.opt_g = self.opt_d = self.ema = None
@@ -574,7 +577,7 @@ def measure_inference(tok: Tokenizer, spec: Spec, counts: dict, ctx: "Context", 
 def measure_step(kind: str, tok: Tokenizer, spec: Spec, counts: dict, ctx: "Context", batch: int) -> dict:
     """One training-step kind; stage 2 is timed with and without R1 and amortised over r1_every steps."""
     x = random_pixels(spec, batch, ctx.device)
-    step = TrainingStep(kind, tok, x, spec, ctx.amp_dtype)
+    step = TrainingStep(kind, tok, x, spec, ctx.amp_dtype, channels_last=ctx.channels_last)
     model_flops = 3 * counts["flops_total"]  # the MFU convention: model FLOPs only, 3x forward
     timing = ctx.timer.run(step)
     if kind == "stage2":
@@ -600,6 +603,7 @@ class Context:
     parts: tuple[str, ...]
     strict: bool
     errors: list
+    channels_last: bool = False
 
     def attempt(self, where: str, fn: Callable[..., dict], *args) -> dict:
         """fn(*args), or {"error": ...} logged and printed, unless strict (smoke), where errors raise."""
@@ -798,6 +802,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-batch", action="append", default=[], help="ROW=N training batch")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default=None,
                    help="precision the models run in (default bf16; smoke fp32, bf16 there checks the bf16 paths)")
+    p.add_argument("--conv-layout", choices=("channels_last", "contiguous"), default="contiguous",
+                   help="memory layout of the LPIPS and discriminator inputs on the GPU (the library's default: "
+                        "contiguous, measured faster than channels_last; see NOTES.md)")
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode for compile_blocks, e.g. max-autotune-no-cudagraphs")
     p.add_argument("--warmup", type=int, default=None,
@@ -864,7 +871,8 @@ def main(argv: list[str] | None = None) -> int:
         result["ceilings"] = measure_ceilings(amp_dtype or torch.float32, timer)
     c = result["ceilings"]
     print(json.dumps({"device": result["meta"]["device"], **c}), flush=True)
-    ctx = Context(device, amp_dtype, timer, c["matmul_tflops"], args.parts, strict=args.smoke, errors=result["errors"])
+    ctx = Context(device, amp_dtype, timer, c["matmul_tflops"], args.parts, strict=args.smoke, errors=result["errors"],
+                  channels_last=args.conv_layout == "channels_last")
 
     for spec in specs:
         print(f"{spec.key}: counting", flush=True)

@@ -138,6 +138,7 @@ class LPIPS(nn.Module):
         # float64 so that ``.double()`` reproduces the constants exactly; cast on use.
         self.register_buffer("shift", torch.tensor(_SHIFT, dtype=torch.float64).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(_SCALE, dtype=torch.float64).view(1, 3, 1, 1), persistent=False)
+        self.channels_last = False  # True: CUDA inputs go NHWC (measured no faster on an H100)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -172,7 +173,10 @@ class LPIPS(nn.Module):
             x = x.to(weight.dtype)
         # One memory layout for both inputs: convolutions propagate channels_last,
         # and the spatial mean's summation order depends on it.
-        x = x.contiguous()
+        # channels_last on the GPU was measured no faster here (benchmarks/NOTES.md, "conv layout"),
+        # so it is opt-in; both inputs get the same layout either way.
+        fmt = torch.channels_last if self.channels_last and x.is_cuda else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt)
         return (x - self.shift.to(x.dtype)) / self.scale.to(x.dtype)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
