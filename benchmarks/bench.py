@@ -70,6 +70,7 @@ from vitok.losses import (Discriminator, PerceptualLoss, discriminator_loss, gen
 from vitok.metrics.lpips import build_lpips  # noqa: E402
 from vitok.model import DiagonalGaussian, ViTok  # noqa: E402
 from vitok.train.config import TrainConfig  # noqa: E402
+from vitok.train.loop import leading_count  # noqa: E402
 from vitok.train.optim import EMA, build_adamw  # noqa: E402
 
 PARTS = ("infer", "train", "stages", "baselines")
@@ -274,8 +275,10 @@ class TrainingStep:
     """
 
     def __init__(self, kind: str, tok: Tokenizer, x: torch.Tensor, spec: Spec,
-                 amp_dtype: torch.dtype | None, optimize: bool = True, channels_last: bool = False) -> None:
+                 amp_dtype: torch.dtype | None, optimize: bool = True, channels_last: bool = False,
+                 lpips_fraction: float = 1.0, disc_fraction: float = 1.0) -> None:
         config = TrainConfig()
+        config.loss.lpips_fraction, config.loss.disc_fraction = lpips_fraction, disc_fraction
         self.loss, optim = config.loss, config.optim
         self.kind, self.tok, self.x, self.amp_dtype = kind, tok, x, amp_dtype
         self.clip = optim.grad_clip or float("inf")
@@ -320,20 +323,22 @@ class TrainingStep:
         if self.kind != "stage2":
             loss = loss + lo.kl_weight * kl_loss(posterior)
         if self.perceptual is not None:
+            k = leading_count(x.shape[0], lo.lpips_fraction)
             with self._autocast():
-                loss = loss + lo.lpips_weight * self.perceptual(x_hat, x)
+                loss = loss + lo.lpips_weight * self.perceptual(x_hat[:k], x[:k])
         if self.disc is not None:
             self.disc.requires_grad_(False)
+            k = leading_count(x.shape[0], lo.disc_fraction)
             with self._autocast():
-                loss = loss + lo.gan_weight * generator_loss(self.disc(x_hat).float(), lo.gan_loss)
+                loss = loss + lo.gan_weight * generator_loss(self.disc(x_hat[:k]).float(), lo.gan_loss)
         loss.backward()
         if self.disc is None:
             return
         self.disc.requires_grad_(True)
-        real = x.detach().requires_grad_(r1)
+        real = x[:k].detach().requires_grad_(r1)
         with self._autocast():
             real_logits = self.disc(real).float()
-            fake_logits = self.disc(x_hat.detach()).float()
+            fake_logits = self.disc(x_hat[:k].detach()).float()
         d_loss = discriminator_loss(real_logits, fake_logits, lo.gan_loss)
         if r1:
             # Lazy R1: every r1_every steps, weighted up by r1_every (StyleGAN2).
@@ -577,7 +582,8 @@ def measure_inference(tok: Tokenizer, spec: Spec, counts: dict, ctx: "Context", 
 def measure_step(kind: str, tok: Tokenizer, spec: Spec, counts: dict, ctx: "Context", batch: int) -> dict:
     """One training-step kind; stage 2 is timed with and without R1 and amortised over r1_every steps."""
     x = random_pixels(spec, batch, ctx.device)
-    step = TrainingStep(kind, tok, x, spec, ctx.amp_dtype, channels_last=ctx.channels_last)
+    step = TrainingStep(kind, tok, x, spec, ctx.amp_dtype, channels_last=ctx.channels_last,
+                        lpips_fraction=ctx.lpips_fraction, disc_fraction=ctx.disc_fraction)
     model_flops = 3 * counts["flops_total"]  # the MFU convention: model FLOPs only, 3x forward
     timing = ctx.timer.run(step)
     if kind == "stage2":
@@ -604,6 +610,8 @@ class Context:
     strict: bool
     errors: list
     channels_last: bool = False
+    lpips_fraction: float = 1.0
+    disc_fraction: float = 1.0
 
     def attempt(self, where: str, fn: Callable[..., dict], *args) -> dict:
         """fn(*args), or {"error": ...} logged and printed, unless strict (smoke), where errors raise."""
@@ -805,6 +813,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--conv-layout", choices=("channels_last", "contiguous"), default="contiguous",
                    help="memory layout of the LPIPS and discriminator inputs on the GPU (the library's default: "
                         "contiguous, measured faster than channels_last; see NOTES.md)")
+    p.add_argument("--lpips-fraction", type=float, default=1.0,
+                   help="loss.lpips_fraction for the training steps (share of the batch LPIPS scores)")
+    p.add_argument("--disc-fraction", type=float, default=1.0,
+                   help="loss.disc_fraction for the stage-2 step (share of the batch the discriminator sees)")
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode for compile_blocks, e.g. max-autotune-no-cudagraphs")
     p.add_argument("--warmup", type=int, default=None,
@@ -825,6 +837,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, name, smoke if args.smoke else full)
     if args.warmup < 1 or args.repeats < 1 or args.target_s < 0:
         raise SystemExit("--warmup and --repeats must be >= 1 and --target-s >= 0")
+    if not (0 < args.lpips_fraction <= 1 and 0 < args.disc_fraction <= 1):
+        raise SystemExit("--lpips-fraction and --disc-fraction must be in (0, 1]")
     return args
 
 
@@ -872,7 +886,8 @@ def main(argv: list[str] | None = None) -> int:
     c = result["ceilings"]
     print(json.dumps({"device": result["meta"]["device"], **c}), flush=True)
     ctx = Context(device, amp_dtype, timer, c["matmul_tflops"], args.parts, strict=args.smoke, errors=result["errors"],
-                  channels_last=args.conv_layout == "channels_last")
+                  channels_last=args.conv_layout == "channels_last", lpips_fraction=args.lpips_fraction,
+                  disc_fraction=args.disc_fraction)
 
     for spec in specs:
         print(f"{spec.key}: counting", flush=True)

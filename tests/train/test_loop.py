@@ -229,6 +229,46 @@ def test_cli_reports_divergence_and_missing_data_cleanly(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_leading_count():
+    from vitok.train.loop import leading_count
+
+    assert [leading_count(128, f) for f in (1.0, 0.5, 0.25, 0.01)] == [128, 64, 32, 2]
+    assert leading_count(4, 0.3) == 2 and leading_count(3, 1e-6) == 1 and leading_count(8, 0.125) == 1
+
+
+def test_lpips_and_discriminator_fractions_score_the_leading_samples(tmp_path, photo_folder, monkeypatch):
+    # loss.lpips_fraction / loss.disc_fraction: LPIPS and every discriminator pass (generator, real,
+    # fake, R1) see ceil(f·B) samples of the 4-sample batch, and the run trains as usual.
+    import vitok.train.loop as loop
+    from vitok.losses import Discriminator, PerceptualLoss
+    from vitok.metrics.lpips import build_lpips
+
+    seen = {"lpips": [], "disc": []}
+
+    class Recording(PerceptualLoss):
+        def forward(self, x_hat, x):
+            seen["lpips"].append(x.shape[0])
+            return super().forward(x_hat, x)
+
+    plain_forward = Discriminator.forward
+
+    def recording_forward(self, x):
+        seen["disc"].append(x.shape[0])
+        return plain_forward(self, x)
+
+    monkeypatch.setattr(loop, "load_perceptual_loss", lambda folder: (Recording(build_lpips(None, None)), None))
+    monkeypatch.setattr(Discriminator, "forward", recording_forward)
+    args = TINY + [f"data.source={photo_folder}", "train.stage1_steps=1", "train.stage2_steps=2",
+                   "train.checkpoint_every=3", "loss.lpips_weight=0.5", "loss.lpips_fraction=0.5",
+                   "loss.disc_fraction=0.25"]
+    doc = train(load_config(None, args), out=tmp_path / "run")
+    assert doc["loss_terms"]["lpips"] == "active: eta 0.5"
+    assert seen["lpips"] == [2, 2, 2]  # 3 steps, half of 4
+    assert seen["disc"] and set(seen["disc"]) == {1}  # a quarter of 4; generator, real and fake passes
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+    assert all(torch.isfinite(torch.tensor(l["loss"])) for l in lines)
+
+
 def test_lpips_term_trains_when_its_weights_load(tmp_path, photo_folder, monkeypatch):
     # Random VGG/LPIPS weights stand in for the published files: this checks the plumbing of an
     # active LPIPS term (gradients, logging, report), not its values.

@@ -61,6 +61,12 @@ class LossSection:
     kl_weight: float = 1e-3  # beta; KL averaged per latent element as in the authors' code
     lpips_weight: float = 1.0  # eta; needs the VGG16 and LPIPS head files (see `vitok weights`)
     lpips_max_frames: int = 4  # video: LPIPS on this many evenly spaced frames per clip
+    # Speed knobs, off (1.0) in the paper's recipe: score LPIPS, and run the discriminator's
+    # generator and discriminator passes (R1 included), on only the first ceil(f·B) samples of each
+    # process's batch. Batches come shuffled, so that is a random subset and the loss an unbiased
+    # estimate of the full-batch mean; the cost of those networks falls by f (benchmarks/NOTES.md).
+    lpips_fraction: float = 1.0
+    disc_fraction: float = 1.0
     require_lpips: bool = False  # stop before training when the LPIPS files are missing
     gan_weight: float = 1.0  # lambda, stage 2 only
     gan_warmup_steps: int = 2000  # lambda ramps linearly from 0 over the first stage-2 steps
@@ -343,6 +349,10 @@ def validate(config: TrainConfig, world: int = 1) -> None:
         raise ValueError("train.stage1_steps and train.stage2_steps are both 0; nothing to train")
     if not 0.0 < d.min_scale <= 1.0:
         raise ValueError(f"data.min_scale must be in (0, 1], got {d.min_scale}")
+    for key in ("lpips_fraction", "disc_fraction"):
+        if not 0.0 < getattr(config.loss, key) <= 1.0:
+            raise ValueError(f"loss.{key} must be in (0, 1] (the share of each batch that the network "
+                             f"scores; 1 = all), got {getattr(config.loss, key)}")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ValueError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if o.lr <= 0 or o.disc_lr <= 0 or o.stage2_lr_scale <= 0:

@@ -58,6 +58,11 @@ def bundled_source() -> str:
     return str(bundled_photos()[0].parent)
 
 
+def leading_count(batch: int, fraction: float) -> int:
+    """How many leading samples of a batch of `batch` a network scores at `fraction` (at least one)."""
+    return max(1, math.ceil(fraction * batch - 1e-9))
+
+
 class Trainer:
     """Owns the model, losses, optimizers and data of one run; `run()` trains to the end."""
 
@@ -201,13 +206,15 @@ class Trainer:
             terms["kl"] = kl_loss(posterior)
             loss = loss + c.kl_weight * terms["kl"]
         if self.perceptual is not None:
+            k = leading_count(x.shape[0], c.lpips_fraction)
             with self.autocast():
-                terms["lpips"] = self.perceptual(x_hat, x)
+                terms["lpips"] = self.perceptual(x_hat[:k], x[:k])
             loss = loss + c.lpips_weight * terms["lpips"]
         if self.stage == 2:
             self.disc.requires_grad_(False)
+            k = leading_count(x.shape[0], c.disc_fraction)
             with self.autocast():
-                terms["gan_g"] = generator_loss(self.disc(x_hat).float(), c.gan_loss)
+                terms["gan_g"] = generator_loss(self.disc(x_hat[:k]).float(), c.gan_loss)
             # A converged stage-1 decoder meets a fresh discriminator: ramping lambda in keeps the
             # first, uninformed GAN gradients from overwhelming the reconstruction terms.
             ramp = min(1.0, (step - self.config.train.stage1_steps + 1) / max(1, c.gan_warmup_steps))
@@ -226,6 +233,8 @@ class Trainer:
         c = self.config.loss
         self.disc.requires_grad_(True)
         lazy_r1 = c.r1_weight > 0 and step % c.r1_every == 0
+        k = leading_count(x.shape[0], c.disc_fraction)
+        x, fake = x[:k], fake[:k]
         real = x.detach().requires_grad_(lazy_r1)
         with self.autocast():
             real_logits = self.disc(real).float()
