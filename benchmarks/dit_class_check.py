@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"cfg {cfg:g}: class accuracy {acc:.3f}; nearest-train distance / held-out real: median "
               f"{float(ratio.median()):.2f}, 10th percentile {float(ratio.quantile(0.1)):.2f}; "
               f"sample std {float(z.std()):.2f} (real 1.00)")
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        if args.out:  # after every scale, so a run cut by a time limit keeps what it measured
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
