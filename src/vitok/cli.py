@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -193,10 +194,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_latents(args: argparse.Namespace) -> int:
     """Encode a labelled image folder into a latent store for DiT training."""
     from .generate.latents import encode_folder
+    from .train.distributed import teardown
 
-    index = encode_folder(args.checkpoint, args.data, args.out, image_size=args.image_size,
-                          batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype,
-                          store_std=args.store_std, upsample=args.upsample, device=args.device)
+    try:
+        index = encode_folder(args.checkpoint, args.data, args.out, image_size=args.image_size,
+                              batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype,
+                              store_std=args.store_std, upsample=args.upsample, device=args.device)
+    finally:
+        teardown()
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     print(f"{index['count']} latents of {index['tokens']}x{index['channels']} in {index['num_shards']} shard(s), "
           f"{index['num_classes']} classes; index: {Path(args.out) / 'index.json'}")
     if index["skipped_files"]:
@@ -312,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     lt = sub.add_parser("latents", help="encode a labelled image folder (class = sub-folder) into a latent store",
                         description="Posterior-mode latents of every image, in safetensors shards plus index.json "
-                                    "(classes, tokenizer, per-channel mean/std). Rerunning skips finished shards.")
+                                    "(classes, tokenizer, per-channel mean/std). Rerunning skips finished shards. "
+                                    "Multi-GPU: torchrun --nproc_per_node=N -m vitok latents ... --device cuda "
+                                    "(shards are spread over the processes).")
     lt.add_argument("checkpoint", help="tokenizer folder written by ViTok.save_pretrained")
     lt.add_argument("--data", required=True, help="folder with one sub-folder of images per class")
     lt.add_argument("--out", required=True, help="latent store folder")
@@ -322,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"], help="storage dtype")
     lt.add_argument("--store-std", action="store_true", help="also store the posterior std (for sampled latents)")
     lt.add_argument("--upsample", action="store_true", help="allow images smaller than the size (upsampled)")
-    lt.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    lt.add_argument("--device", default="cpu", help="torch device (default cpu; under torchrun, cuda means "
+                                                    "each process's own GPU)")
     lt.set_defaults(func=cmd_latents)
 
     dit = sub.add_parser("dit", help="train, sample or evaluate a class-conditional latent DiT")

@@ -116,35 +116,66 @@ def test_sample_and_eval_without_weights(store, tmp_path):
     assert "inception" in report["not_computed"]["gfid"].lower()
 
 
-def test_two_processes_match_one(store, tmp_path):
-    """DDP over gloo: 2 processes with half the batch each end where 1 process with the whole batch does."""
+def run_ranks(args: list[str], world: int) -> list[str]:
+    """`python -m vitok ARGS` as `world` gloo processes (torchrun's environment); returns their outputs."""
     import os
     import socket
     import subprocess
     import sys
 
-    def launch(world: int, out):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        procs = []
-        for rank in range(world):
-            env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                   "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                   "OMP_NUM_THREADS": "1"}
-            procs.append(subprocess.Popen([sys.executable, "-m", "vitok", "dit", "train", "--latents",
-                                           str(store / "lat"), "--out", str(out), "steps=3", *TINY_DIT], env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        for proc in procs:
-            output, _ = proc.communicate(timeout=300)
-            assert proc.returncode == 0, output
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+               "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "vitok", *args], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    for proc in procs:
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output
+        outputs.append(output)
+    return outputs
 
-    launch(1, tmp_path / "one")
-    launch(2, tmp_path / "two")
+
+def test_two_processes_match_one(store, tmp_path):
+    """DDP over gloo: 2 processes with half the batch each end where 1 process with the whole batch does."""
+    for world, out in ((1, tmp_path / "one"), (2, tmp_path / "two")):
+        run_ranks(["dit", "train", "--latents", str(store / "lat"), "--out", str(out), "steps=3", *TINY_DIT], world)
     one = torch.load(tmp_path / "one/checkpoints/step_00000003/state.pt", weights_only=True)
     two = torch.load(tmp_path / "two/checkpoints/step_00000003/state.pt", weights_only=True)
     for key, value in one["model"].items():
         torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_latents_from_two_processes_equal_one(store, tmp_path):
+    """torchrun-style `vitok latents`: shards spread over 2 processes, the store identical to one process's,
+    files skipped on either rank all listed in index.json."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(store / "data", data)
+    (data / "cat" / "broken.png").write_bytes(b"not an image")  # sorts first in its shard
+    args = [str(store / "tok"), "--data", str(data), "--batch-size", "2", "--shard-size", "2"]
+    run_ranks(["latents", *args, "--out", str(tmp_path / "one")], 1)
+    outputs = run_ranks(["latents", *args, "--out", str(tmp_path / "two")], 2)
+    assert "[rank 1] shard_00001.safetensors" in outputs[1] and "index:" in outputs[0] and "index:" not in outputs[1]
+    index_one = json.loads((tmp_path / "one" / "index.json").read_text())
+    index_two = json.loads((tmp_path / "two" / "index.json").read_text())
+    assert index_one["count"] == 6 and index_one["num_shards"] == 4
+    assert [entry["file"] for entry in index_one["skipped_files"]] == [str(data / "cat" / "broken.png")]
+    files = [[entry["file"] for entry in index.pop("skipped_files")] for index in (index_one, index_two)]
+    assert files[0] == files[1] and index_two == index_one  # the reasons name a Python object's address
+    for n in range(4):
+        a = load_file(tmp_path / "one" / f"shard_{n:05d}.safetensors")
+        b = load_file(tmp_path / "two" / f"shard_{n:05d}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # A rerun with another process count resumes: every shard is found and kept.
+    again = run_ranks(["latents", *args, "--out", str(tmp_path / "one")], 2)
+    assert sum(line.count("already written") for line in again) == 4
 
 
 def test_time_limit_stops_early_and_resume_finishes(store, tmp_path):

@@ -9,6 +9,7 @@ Layout of a store folder::
 Classes are the sub-folders of the data folder; their sorted names give the ids 0, 1, ... .
 Each shard is written through a temporary file and renamed, so a killed run leaves whole
 shards only; a rerun skips the shards already on disk (checking they hold the same files).
+Under torchrun the shards are spread over the processes (shard n on rank n mod world).
 index.json is written last: a store without it is unfinished. The per-channel mean and std
 are computed in float64 over the stored (rounded) latents, the values a model trains on.
 """
@@ -67,60 +68,90 @@ def _shard_metadata(path: Path) -> dict[str, str]:
 def encode_folder(checkpoint: str | Path, data: str | Path, out: str | Path, image_size: int | None = None,
                   batch_size: int = 32, shard_size: int = 1024, dtype: str = "float16", store_std: bool = False,
                   upsample: bool = False, device: str = "cpu", log=print) -> dict:
-    """Encode every image of `data` (posterior mode) into shards under `out`; returns the index."""
+    """Encode every image of `data` (posterior mode) into shards under `out`; returns the index.
+
+    Under torchrun, shard n is encoded by rank n mod world (each on its own GPU with --device
+    cuda); shards do not depend on which process wrote them, so a store is the same for any
+    number of processes and a rerun with another number resumes it. Rank 0 writes index.json
+    once every shard is on disk; every rank returns the index.
+    """
     from ..model import ViTok
+    from ..train.distributed import all_gather_objects, barrier, broadcast_object, setup
 
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"unknown latent storage dtype {dtype!r}; choose one of {sorted(STORAGE_DTYPES)}")
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be positive, got {shard_size} and {batch_size}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = 0
+    if world > 1:  # one process per GPU (or CPU processes with gloo): the local rank picks the GPU
+        dist = setup("cuda" if str(device).startswith("cuda") else "cpu")
+        rank, device = dist.rank, dist.device
     model = ViTok.from_pretrained(checkpoint, device=device)
     if model.config.is_video:
         raise ValueError(f"{checkpoint} is a video tokenizer; latent stores are built from image tokenizers")
     size = image_size or model.config.image_size
     root, out = Path(data), Path(out)
     classes, items = labelled_images(root)
-    out.mkdir(parents=True, exist_ok=True)
-    skipped: list[dict] = []
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    barrier()
+    prefix = f"[rank {rank}] " if world > 1 else ""
     shards = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
-    for number, shard_items in enumerate(shards):
-        path, fingerprint = out / shard_name(number), _fingerprint(shard_items, root, size)
-        if path.is_file():
-            meta = _shard_metadata(path)
-            if meta.get("fingerprint") != fingerprint:
-                raise ValueError(f"{path} was written from other images or another size; delete {out} "
-                                 f"or pass another --out")
-            skipped += json.loads(meta.get("skipped", "[]"))
-            log(f"{path.name}: already written, skipped")
+    error = None
+    try:
+        for number in range(rank, len(shards), world):
+            _encode_shard(model, shards[number], number, root, out, size, batch_size, dtype, store_std, upsample,
+                          device, lambda line: log(prefix + line))
+    except ValueError as err:  # reported by every rank below, so none waits forever at the barrier
+        error = str(err)
+    errors = [e for e in all_gather_objects(error) if e]
+    if errors:
+        raise ValueError(errors[0])
+    index = None
+    if rank == 0:
+        skipped = [entry for n in range(len(shards))
+                   for entry in json.loads(_shard_metadata(out / shard_name(n)).get("skipped", "[]"))]
+        index = write_index(out, classes, model, Path(checkpoint), size, dtype, len(shards), skipped)
+    barrier()
+    return broadcast_object(index)
+
+
+def _encode_shard(model, shard_items: list[tuple[Path, int]], number: int, root: Path, out: Path, size: int,
+                  batch_size: int, dtype: str, store_std: bool, upsample: bool, device, log) -> None:
+    """Write shard `number` (skipped when a shard of the same inputs is already on disk)."""
+    path, fingerprint = out / shard_name(number), _fingerprint(shard_items, root, size)
+    if path.is_file():
+        if _shard_metadata(path).get("fingerprint") != fingerprint:
+            raise ValueError(f"{path} was written from other images or another size; delete {out} "
+                             f"or pass another --out")
+        log(f"{path.name}: already written, skipped")
+        return
+    latents, stds, labels, skipped = [], [], [], []
+    for start in range(0, len(shard_items), batch_size):
+        pixels, batch_labels = [], []
+        for file, label in shard_items[start:start + batch_size]:
+            try:
+                pixels.append(prepare_image(load_image(file), size, upsample, str(file)))
+                batch_labels.append(label)
+            except (ValueError, OSError) as err:
+                skipped.append({"file": str(file), "reason": str(err)})
+        if not pixels:
             continue
-        latents, stds, labels, shard_skipped = [], [], [], []
-        for start in range(0, len(shard_items), batch_size):
-            pixels, batch_labels = [], []
-            for file, label in shard_items[start:start + batch_size]:
-                try:
-                    pixels.append(prepare_image(load_image(file), size, upsample, str(file)))
-                    batch_labels.append(label)
-                except (ValueError, OSError) as err:
-                    shard_skipped.append({"file": str(file), "reason": str(err)})
-            if not pixels:
-                continue
-            posterior = model.encode(to_model_range(torch.stack(pixels).to(device)))
-            latents.append(posterior.mode().float().cpu())  # B×L×c
-            if store_std:
-                stds.append(posterior.std.float().cpu())
-            labels += batch_labels
-        if not latents:
-            raise ValueError(f"no image of shard {number} could be used: {shard_skipped[:3]}")
-        tensors = {"latents": torch.cat(latents).to(STORAGE_DTYPES[dtype]),
-                   "labels": torch.tensor(labels, dtype=torch.int64)}
+        posterior = model.encode(to_model_range(torch.stack(pixels).to(device)))
+        latents.append(posterior.mode().float().cpu())  # B×L×c
         if store_std:
-            tensors["std"] = torch.cat(stds).to(STORAGE_DTYPES[dtype])
-        meta = {"fingerprint": fingerprint, "skipped": json.dumps(shard_skipped)}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
-        skipped += shard_skipped
-        log(f"{path.name}: {len(labels)} latents")
-    index = write_index(out, classes, model, Path(checkpoint), size, dtype, len(shards), skipped)
-    return index
+            stds.append(posterior.std.float().cpu())
+        labels += batch_labels
+    if not latents:
+        raise ValueError(f"no image of shard {number} could be used: {skipped[:3]}")
+    tensors = {"latents": torch.cat(latents).to(STORAGE_DTYPES[dtype]),
+               "labels": torch.tensor(labels, dtype=torch.int64)}
+    if store_std:
+        tensors["std"] = torch.cat(stds).to(STORAGE_DTYPES[dtype])
+    meta = {"fingerprint": fingerprint, "skipped": json.dumps(skipped)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    log(f"{path.name}: {len(labels)} latents")
 
 
 def write_index(out: Path, classes: list[str], model, checkpoint: Path, size: int, dtype: str,
