@@ -199,7 +199,8 @@ def cmd_latents(args: argparse.Namespace) -> int:
     try:
         index = encode_folder(args.checkpoint, args.data, args.out, image_size=args.image_size,
                               batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype,
-                              store_std=args.store_std, upsample=args.upsample, device=args.device)
+                              store_std=args.store_std, upsample=args.upsample, device=args.device,
+                              frame_stride=args.frame_stride)
     finally:
         teardown()
     if os.environ.get("RANK", "0") != "0":
@@ -231,13 +232,14 @@ def cmd_dit(args: argparse.Namespace) -> int:
                                   args.class_id, args.seed, args.device)
         out = Path(args.out) if args.out else Path(args.run) / "generated"
         write_samples(images, labels, out)
-        print(f"{len(images)} samples in {out} (grid: {out / 'grid.png'})")
+        kind = "clips (mp4)" if images.dim() == 5 else "samples"
+        print(f"{len(images)} {kind} in {out} (grid: {out / 'grid.png'})")
         return 0
     from .generate.evaluate import evaluate_run
 
     document = evaluate_run(args.run, args.reference, args.num, weights=args.weights, cfg=args.cfg, steps=args.steps,
                             method=args.sampler, eta=args.eta, batch_size=args.batch_size, seed=args.seed,
-                            device=args.device, out=args.out)
+                            device=args.device, out=args.out, frame_stride=args.frame_stride)
     for name, value in document["metrics"].items():
         print(f"  {name:6} {value:.4f}")
     for name, reason in document["not_computed"].items():
@@ -317,13 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", default=None, help="sweep folder (default: the spec's out, else sweeps/<name>)")
     sw.set_defaults(func=cmd_sweep)
 
-    lt = sub.add_parser("latents", help="encode a labelled image folder (class = sub-folder) into a latent store",
+    lt = sub.add_parser("latents", help="encode a labelled image or video folder (class = sub-folder) into a "
+                                        "latent store",
                         description="Posterior-mode latents of every image, in safetensors shards plus index.json "
                                     "(classes, tokenizer, per-channel mean/std). Rerunning skips finished shards. "
                                     "Multi-GPU: torchrun --nproc_per_node=N -m vitok latents ... --device cuda "
                                     "(shards are spread over the processes).")
     lt.add_argument("checkpoint", help="tokenizer folder written by ViTok.save_pretrained")
-    lt.add_argument("--data", required=True, help="folder with one sub-folder of images per class")
+    lt.add_argument("--data", required=True, help="folder with one sub-folder of images (videos for a video "
+                                                   "tokenizer) per class")
     lt.add_argument("--out", required=True, help="latent store folder")
     lt.add_argument("--image-size", type=int, default=None, help="resize + centre-crop size (default: the model's)")
     lt.add_argument("--batch-size", type=int, default=32)
@@ -331,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"], help="storage dtype")
     lt.add_argument("--store-std", action="store_true", help="also store the posterior std (for sampled latents)")
     lt.add_argument("--upsample", action="store_true", help="allow images smaller than the size (upsampled)")
+    lt.add_argument("--frame-stride", type=int, default=1,
+                    help="video tokenizers: take every n-th frame for the clip (default 1)")
     lt.add_argument("--device", default="cpu", help="torch device (default cpu; under torchrun, cuda means "
                                                     "each process's own GPU)")
     lt.set_defaults(func=cmd_latents)
@@ -346,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     dtr.add_argument("--out", default=None, help="run folder (default runs/dit-<model>-<timestamp>)")
     dtr.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     dsa = dit_sub.add_parser("sample", help="sample images from a run's EMA DiT")
-    dev_ = dit_sub.add_parser("eval", help="gFID/gIS of a run's samples against a reference image folder")
+    dev_ = dit_sub.add_parser("eval", help="gFID/gIS (images) or gFVD (video) of a run's samples against a "
+                                           "reference folder")
     for p in (dsa, dev_):
         p.add_argument("run", help="run folder written by `vitok dit train`")
         p.add_argument("--num", type=int, default=64, help="number of samples")
@@ -359,7 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="cpu", help="torch device (default cpu)")
         p.add_argument("--out", default=None, help="output folder (default RUN/generated or RUN/gen-eval)")
     dsa.add_argument("--class-id", type=int, default=None, help="sample only this class (default: cycle classes)")
-    dev_.add_argument("--reference", required=True, help="image folder of reference (real) images")
+    dev_.add_argument("--reference", required=True, help="folder of reference (real) images, or videos for a "
+                                                         "video run")
+    dev_.add_argument("--frame-stride", type=int, default=1,
+                      help="video runs: reference clips take every n-th frame (default 1)")
     dev_.add_argument("--weights", default=None, help="folder of feature-network weights (default $VITOK_WEIGHTS)")
     dit.set_defaults(func=cmd_dit)
 

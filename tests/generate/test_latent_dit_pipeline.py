@@ -252,3 +252,75 @@ def test_class_check_classifier_separates_separable_data():
     ref = torch.randn(50, 5, generator=g)
     brute = torch.tensor([min(float((a - b).norm()) for b in ref) for a in x[:20]])
     torch.testing.assert_close(module.nearest(x[:20], ref, chunk=7), brute)
+
+
+class _FakeI3D(torch.nn.Module):
+    """Stands in for I3D in plumbing tests: B×3×T×H×W in [-1, 1] -> B×6 features (random conv, mean-pooled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv3d(3, 6, 3)
+
+    def forward(self, x):
+        return self.conv(x).mean(dim=(2, 3, 4))
+
+
+def test_video_latents_dit_samples_and_gfvd_plumbing(tmp_path, monkeypatch):
+    """A video tokenizer end to end: clip latents on the (t, h, w) grid, a DiT over them, mp4 samples with a
+    frame-strip grid, and gFVD computed with a stand-in I3D (reported as plumbing only) or not without weights."""
+    pytest.importorskip("av")
+    import vitok.eval.networks as networks_module
+    from vitok.data.video import read_clip, write_video
+    from vitok.eval.networks import FeatureNetworks
+    from vitok.metrics.i3d import I3D_MIN_FRAMES
+
+    frames = I3D_MIN_FRAMES + 2  # 12 frames, q = 4: a 3×4×4 latent grid
+    torch.manual_seed(0)
+    ViTok(ViTokConfig(encoder_width=32, encoder_depth=1, encoder_heads=2, decoder_width=32, decoder_depth=1,
+                      decoder_heads=2, patch_size=8, temporal_patch=4, frames=frames, channels=4,
+                      image_size=32)).save_pretrained(tmp_path / "tok")
+    photos = bundled_photos()
+    for i in range(4):
+        img = load_image(photos[i])[:96, :96]
+        clip = np.stack([img[k:k + 40, 2 * k:2 * k + 40] for k in range(frames + 4)])  # a pan, 40x40
+        write_video(tmp_path / "videos" / ("pan" if i % 2 else "still") / f"clip{i}.mp4", clip)
+    (tmp_path / "videos" / "pan" / "broken.mp4").write_bytes(b"not a video")
+    assert main(["latents", str(tmp_path / "tok"), "--data", str(tmp_path / "videos"), "--out",
+                 str(tmp_path / "lat"), "--batch-size", "2", "--frame-stride", "1"]) == 0
+    index = json.loads((tmp_path / "lat" / "index.json").read_text())
+    assert index["grid"] == [3, 4, 4] and index["tokens"] == 48 and index["frames"] == frames
+    assert index["count"] == 4 and [s["file"] for s in index["skipped_files"]] == [
+        str(tmp_path / "videos" / "pan" / "broken.mp4")]
+    # The stored latent is the posterior mode of the clip read as the store reads it.
+    tok = ViTok.from_pretrained(tmp_path / "tok")
+    clip = torch.from_numpy(read_clip(tmp_path / "videos" / "pan" / "clip1.mp4", frames, size=32))  # first stored
+    mode = tok.encode(clip.permute(3, 0, 1, 2)[None].float() / 127.5 - 1).mode()
+    stored = load_file(tmp_path / "lat" / "shard_00000.safetensors")["latents"][0].float()
+    torch.testing.assert_close(stored, mode[0], atol=2e-3, rtol=1e-3)
+
+    run = tmp_path / "run"
+    assert main(["dit", "train", "--latents", str(tmp_path / "lat"), "--out", str(run), "steps=2",
+                 *TINY_DIT]) == 0
+    assert Image.open(run / "samples.png").size == (8 * 32, 2 * 32)  # 2 previews, 8-frame strips
+    out = tmp_path / "samples"
+    assert main(["dit", "sample", str(run), "--num", "2", "--steps", "2", "--out", str(out)]) == 0
+    clips = sorted(out.glob("sample_*.mp4"))
+    assert [c.name for c in clips] == ["sample_00000_class0.mp4", "sample_00001_class1.mp4"]
+    assert read_clip(clips[0], frames, size=32).shape == (frames, 32, 32, 3)
+
+    (tmp_path / "no_weights").mkdir()
+    assert main(["dit", "eval", str(run), "--reference", str(tmp_path / "videos" / "still"), "--num", "2",
+                 "--steps", "2", "--weights", str(tmp_path / "no_weights"), "--out", str(tmp_path / "ev0")]) == 0
+    report = json.loads((tmp_path / "ev0" / "report.json").read_text())
+    assert report["metrics"] == {} and set(report["not_computed"]) == {"gfvd"}
+    assert "i3d" in report["not_computed"]["gfvd"].lower()
+
+    monkeypatch.setattr(networks_module, "load_networks", lambda folder, video, wanted: FeatureNetworks(
+        i3d=_FakeI3D(), published_weights=False))
+    assert main(["dit", "eval", str(run), "--reference", str(tmp_path / "videos"), "--num", "3", "--steps", "2",
+                 "--out", str(tmp_path / "ev1")]) == 0
+    report = json.loads((tmp_path / "ev1" / "report.json").read_text())
+    assert report["metrics"] == {} and report["num_reference"] == 4
+    assert report["plumbing_only_random_weights"]["gfvd"] > 0
+    assert "not comparable" in report["notes"]["gfvd"]

@@ -1,4 +1,5 @@
-"""gFID and gIS of a DiT run's samples against a reference image folder, with the tokenizer metrics' Inception."""
+"""gFID/gIS (images) or gFVD (video) of a DiT run's samples against a reference folder, with the
+evaluation's feature networks (Inception-v3, I3D) and their weight rules."""
 
 from __future__ import annotations
 
@@ -9,50 +10,100 @@ from pathlib import Path
 import torch
 
 
+def _run_latents_info(run: str | Path) -> dict:
+    """The latents section of a run's exported config.json (grid, frames, image size, ...)."""
+    from .train import MODEL_CONFIG, run_model_folder
+
+    return json.loads((run_model_folder(run) / MODEL_CONFIG).read_text())["latents"]
+
+
+@torch.no_grad()
+def _features(net, pixels: torch.Tensor, batch_size: int, device: str) -> tuple[list[torch.Tensor], list]:
+    """(pool features, Inception logits or []) of uint8 images or clips, batch by batch."""
+    from ..data.datasets import to_model_range
+
+    feats, logits = [], []
+    for start in range(0, len(pixels), batch_size):
+        out = net(to_model_range(pixels[start:start + batch_size].to(device)))
+        if isinstance(out, tuple):  # Inception returns (pool features, logits)
+            out, batch_logits = out
+            logits.append(batch_logits.float().cpu())
+        feats.append(out)
+    return feats, logits
+
+
 @torch.no_grad()
 def evaluate_run(run: str | Path, reference: str | Path, num: int, weights: str | None = None, cfg: float = 1.5,
                  steps: int = 250, method: str = "ddim", eta: float = 0.0, batch_size: int = 32, seed: int = 0,
-                 device: str = "cpu", out: str | Path | None = None) -> dict:
-    """Sample `num` images, compare their Inception features with the reference folder's; writes report.json."""
-    from ..data.datasets import ImageFolder, collate, to_model_range
+                 device: str = "cpu", out: str | Path | None = None, frame_stride: int = 1) -> dict:
+    """Sample `num` images (clips for a video run) and compare their features with the reference folder's:
+    gFID and gIS with Inception-v3 for images, gFVD with I3D for video; writes report.json.
+
+    The reference folder holds images, or for a video run video files, read as the tokenizer's
+    clips (its frames, every `frame_stride`-th, from the middle of each video).
+    """
+    from ..data.datasets import ImageFolder, VideoFolder, collate, to_model_range
     from ..eval.networks import load_networks
     from ..metrics.frechet import FeatureStats, frechet_distance, inception_score
+    from ..metrics.i3d import I3D_MIN_FRAMES
     from .sample import generate
 
     out = Path(out) if out else Path(run) / "gen-eval"
+    frames = _run_latents_info(run).get("frames", 1)
+    video = frames > 1
     document = {"run": str(run), "reference": str(reference), "num_samples": num, "cfg": cfg, "steps": steps,
-                "sampler": method, "metrics": {}, "not_computed": {}}
-    networks = load_networks(weights, video=False, wanted={"rfid", "ris"})
-    if networks.inception is None:
-        # Without the published Inception weights nothing may be reported under gFID/gIS.
-        for name, key in (("gfid", "rfid"), ("gis", "ris")):
-            document["not_computed"][name] = networks.missing.get(key, "Inception network unavailable")
+                "sampler": method, "metrics": {}, "not_computed": {}, "notes": {}}
+    if video:
+        networks = load_networks(weights, video=True, wanted={"rfvd"})
+        net, names = networks.i3d, ("gfvd",)
+        missing = {"gfvd": networks.missing.get("rfvd", "I3D network unavailable")}
+        if frames < I3D_MIN_FRAMES:
+            net, missing = None, {"gfvd": f"I3D needs clips of at least {I3D_MIN_FRAMES} frames; this run "
+                                          f"generates {frames}"}
+        elif frames != 16:
+            document["notes"]["gfvd"] = (f"computed on {frames}-frame clips: not comparable with published "
+                                         f"FVD numbers, which use 16 frames")
     else:
-        inception = networks.inception.to(device)
-        images, _ = generate(run, num, cfg, steps, method, eta, batch_size, seed=seed, device=device)
-        fake_stats, logits = FeatureStats(device=device), []
-        for start in range(0, len(images), batch_size):
-            feats, batch_logits = inception(to_model_range(images[start:start + batch_size].to(device)))
-            fake_stats.update(feats)
-            logits.append(batch_logits.float().cpu())
-        size = images.shape[-1]
-        dataset = ImageFolder(reference, size, upsample=True)
+        networks = load_networks(weights, video=False, wanted={"rfid", "ris"})
+        net, names = networks.inception, ("gfid", "gis")
+        missing = {"gfid": networks.missing.get("rfid", "Inception network unavailable"),
+                   "gis": networks.missing.get("ris", "Inception network unavailable")}
+    if net is None:
+        # Without the published weights nothing may be reported under these names.
+        document["not_computed"].update({name: missing[name] for name in names})
+    else:
+        net = net.to(device)
+        samples, _ = generate(run, num, cfg, steps, method, eta, batch_size, seed=seed, device=device)
+        fake_stats = FeatureStats(device=device)
+        feats, logits = _features(net, samples, batch_size, device)
+        for f in feats:
+            fake_stats.update(f)
+        size = samples.shape[-1]
+        dataset = (VideoFolder(reference, size, frames, frame_stride) if video
+                   else ImageFolder(reference, size, upsample=True))
         real_stats = FeatureStats(device=device)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
         for batch in loader:
             if batch["pixels"] is not None:
-                real_stats.update(inception(to_model_range(batch["pixels"].to(device)))[0])
+                real = net(to_model_range(batch["pixels"].to(device)))
+                real_stats.update(real[0] if isinstance(real, tuple) else real)
         document["num_reference"] = real_stats.n
+        fd_name = names[0]
         if real_stats.n < 2 or fake_stats.n < 2:
-            document["not_computed"]["gfid"] = (f"needs at least 2 images on each side, got {real_stats.n} "
-                                                f"reference and {fake_stats.n} generated")
+            document["not_computed"][fd_name] = (f"needs at least 2 samples on each side, got {real_stats.n} "
+                                                 f"reference and {fake_stats.n} generated")
         else:
-            document["metrics"]["gfid"] = float(frechet_distance(real_stats.mean(), real_stats.cov(),
-                                                                 fake_stats.mean(), fake_stats.cov()))
-        splits = min(10, num)
-        document["metrics"]["gis"] = float(inception_score(torch.cat(logits), splits=splits, seed=2020)[0])
+            document["metrics"][fd_name] = float(frechet_distance(real_stats.mean(), real_stats.cov(),
+                                                                  fake_stats.mean(), fake_stats.cov()))
+        if logits:
+            splits = min(10, num)
+            document["metrics"]["gis"] = float(inception_score(torch.cat(logits), splits=splits, seed=2020)[0])
         for name in [k for k, v in document["metrics"].items() if not math.isfinite(v)]:
             document["not_computed"][name] = f"came out as {document['metrics'].pop(name)} (non-finite)"
+        if not networks.published_weights:  # test networks: their numbers must not carry a metric's name
+            document["plumbing_only_random_weights"], document["metrics"] = document["metrics"], {}
+    if not document["notes"]:
+        del document["notes"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(document, indent=2) + "\n")
     document["report"] = str(out / "report.json")

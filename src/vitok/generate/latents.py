@@ -1,4 +1,4 @@
-"""Encode a labelled image folder once through a frozen tokenizer into a compact latent store.
+"""Encode a labelled image (or video) folder once through a frozen tokenizer into a compact latent store.
 
 Layout of a store folder::
 
@@ -7,6 +7,8 @@ Layout of a store folder::
     index.json                class names, tokenizer folder and config, grid, count, per-channel mean/std
 
 Classes are the sub-folders of the data folder; their sorted names give the ids 0, 1, ... .
+With a video tokenizer the files are videos, one clip each, and L = (T/q)(H/p)(W/p) tokens on the
+grid (t, h, w) that index.json records.
 Each shard is written through a temporary file and renamed, so a killed run leaves whole
 shards only; a rerun skips the shards already on disk (checking they hold the same files).
 Under torchrun the shards are spread over the processes (shard n on rank n mod world).
@@ -34,18 +36,25 @@ INDEX_FILE = "index.json"
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def labelled_images(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """(sorted class names, [(image path, class id)]) for a folder whose sub-folders are the classes."""
+def labelled_images(root: str | Path, video: bool = False) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(sorted class names, [(file, class id)]) for a folder whose sub-folders are the classes.
+
+    The files are images, or with video=True video files (mp4, webm, avi, mkv, mov).
+    """
+    from ..data.video import list_videos
+
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"data folder {root} does not exist or is not a folder")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise ValueError(f"data folder {root} has no class sub-folders; put each class's images in "
-                         f"{root}/<class name>/")
-    items = [(path, label) for label, name in enumerate(classes) for path in list_images(root / name)]
+        raise ValueError(f"data folder {root} has no class sub-folders; put each class's "
+                         f"{'videos' if video else 'images'} in {root}/<class name>/")
+    listing = list_videos if video else list_images
+    items = [(path, label) for label, name in enumerate(classes) for path in listing(root / name)]
     if not items:
-        raise ValueError(f"the class sub-folders of {root} ({', '.join(classes[:5])}, ...) hold no images")
+        raise ValueError(f"the class sub-folders of {root} ({', '.join(classes[:5])}, ...) hold no "
+                         f"{'video files (mp4, webm, avi, mkv, mov)' if video else 'images'}")
     return classes, items
 
 
@@ -53,9 +62,11 @@ def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
 
 
-def _fingerprint(items: list[tuple[Path, int]], root: Path, size: int) -> str:
-    """Hash of a shard's files, labels and image size: a rerun with other inputs must not reuse it."""
+def _fingerprint(items: list[tuple[Path, int]], root: Path, size: int, clip: tuple[int, int] = (1, 1)) -> str:
+    """Hash of a shard's files, labels, image size and clip (frames, stride): other inputs must not reuse it."""
     text = "\n".join(f"{p.relative_to(root)}\t{y}" for p, y in items) + f"\n{size}"
+    if clip != (1, 1):  # images keep the fingerprints of stores written before video support
+        text += f"\n{clip[0]}x{clip[1]}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -67,8 +78,11 @@ def _shard_metadata(path: Path) -> dict[str, str]:
 @torch.no_grad()
 def encode_folder(checkpoint: str | Path, data: str | Path, out: str | Path, image_size: int | None = None,
                   batch_size: int = 32, shard_size: int = 1024, dtype: str = "float16", store_std: bool = False,
-                  upsample: bool = False, device: str = "cpu", log=print) -> dict:
+                  upsample: bool = False, device: str = "cpu", frame_stride: int = 1, log=print) -> dict:
     """Encode every image of `data` (posterior mode) into shards under `out`; returns the index.
+
+    A video tokenizer encodes videos instead: one clip per file, the model's number of frames
+    taken every `frame_stride` frames from the middle of the video, resized and centre-cropped.
 
     Under torchrun, shard n is encoded by rank n mod world (each on its own GPU with --device
     cuda); shards do not depend on which process wrote them, so a store is the same for any
@@ -87,12 +101,14 @@ def encode_folder(checkpoint: str | Path, data: str | Path, out: str | Path, ima
     if world > 1:  # one process per GPU (or CPU processes with gloo): the local rank picks the GPU
         dist = setup("cuda" if str(device).startswith("cuda") else "cpu")
         rank, device = dist.rank, dist.device
+    if frame_stride < 1:
+        raise ValueError(f"frame_stride must be at least 1, got {frame_stride}")
     model = ViTok.from_pretrained(checkpoint, device=device)
-    if model.config.is_video:
-        raise ValueError(f"{checkpoint} is a video tokenizer; latent stores are built from image tokenizers")
+    video = model.config.is_video
+    clip = (model.config.frames, frame_stride) if video else (1, 1)
     size = image_size or model.config.image_size
     root, out = Path(data), Path(out)
-    classes, items = labelled_images(root)
+    classes, items = labelled_images(root, video)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     barrier()
@@ -101,8 +117,8 @@ def encode_folder(checkpoint: str | Path, data: str | Path, out: str | Path, ima
     error = None
     try:
         for number in range(rank, len(shards), world):
-            _encode_shard(model, shards[number], number, root, out, size, batch_size, dtype, store_std, upsample,
-                          device, lambda line: log(prefix + line))
+            _encode_shard(model, shards[number], number, root, out, size, clip, batch_size, dtype, store_std,
+                          upsample, device, lambda line: log(prefix + line))
     except ValueError as err:  # reported by every rank below, so none waits forever at the barrier
         error = str(err)
     errors = [e for e in all_gather_objects(error) if e]
@@ -112,15 +128,26 @@ def encode_folder(checkpoint: str | Path, data: str | Path, out: str | Path, ima
     if rank == 0:
         skipped = [entry for n in range(len(shards))
                    for entry in json.loads(_shard_metadata(out / shard_name(n)).get("skipped", "[]"))]
-        index = write_index(out, classes, model, Path(checkpoint), size, dtype, len(shards), skipped)
+        index = write_index(out, classes, model, Path(checkpoint), size, dtype, len(shards), skipped, clip)
     barrier()
     return broadcast_object(index)
 
 
+def _load(file: Path, size: int, clip: tuple[int, int], upsample: bool) -> torch.Tensor:
+    """One image as 3×H×W, or one clip of clip[0] frames every clip[1] as 3×T×H×W, uint8."""
+    if clip == (1, 1):
+        return prepare_image(load_image(file), size, upsample, str(file))
+    from ..data.video import read_clip
+
+    frames = read_clip(file, clip[0], stride=clip[1], size=size)  # T×H×W×3, centred in the video
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).contiguous()
+
+
 def _encode_shard(model, shard_items: list[tuple[Path, int]], number: int, root: Path, out: Path, size: int,
-                  batch_size: int, dtype: str, store_std: bool, upsample: bool, device, log) -> None:
+                  clip: tuple[int, int], batch_size: int, dtype: str, store_std: bool, upsample: bool, device,
+                  log) -> None:
     """Write shard `number` (skipped when a shard of the same inputs is already on disk)."""
-    path, fingerprint = out / shard_name(number), _fingerprint(shard_items, root, size)
+    path, fingerprint = out / shard_name(number), _fingerprint(shard_items, root, size, clip)
     if path.is_file():
         if _shard_metadata(path).get("fingerprint") != fingerprint:
             raise ValueError(f"{path} was written from other images or another size; delete {out} "
@@ -132,7 +159,7 @@ def _encode_shard(model, shard_items: list[tuple[Path, int]], number: int, root:
         pixels, batch_labels = [], []
         for file, label in shard_items[start:start + batch_size]:
             try:
-                pixels.append(prepare_image(load_image(file), size, upsample, str(file)))
+                pixels.append(_load(file, size, clip, upsample))
                 batch_labels.append(label)
             except (ValueError, OSError) as err:
                 skipped.append({"file": str(file), "reason": str(err)})
@@ -155,27 +182,31 @@ def _encode_shard(model, shard_items: list[tuple[Path, int]], number: int, root:
 
 
 def write_index(out: Path, classes: list[str], model, checkpoint: Path, size: int, dtype: str,
-                num_shards: int, skipped: list[dict]) -> dict:
+                num_shards: int, skipped: list[dict], clip: tuple[int, int] = (1, 1)) -> dict:
     """Per-channel float64 statistics over every stored latent, written as index.json (atomically)."""
-    count, total, total_sq, grid, channels = 0, None, None, None, None
+    count, total, total_sq, tokens, channels = 0, None, None, None, None
     for number in range(num_shards):
         latents = load_file(out / shard_name(number))["latents"].double()  # N×L×c
-        grid = grid or latents.shape[1]
+        tokens = tokens or latents.shape[1]
         flat = latents.reshape(-1, latents.shape[-1])
         count += latents.shape[0]
         total = flat.sum(0) if total is None else total + flat.sum(0)
         total_sq = flat.pow(2).sum(0) if total_sq is None else total_sq + flat.pow(2).sum(0)
         channels = latents.shape[-1]
-    elements = count * grid
+    elements = count * tokens
     mean = total / elements
     # Population variance; the shifted form is accurate enough for latents of order 1.
     std = (total_sq / elements - mean.pow(2)).clamp(min=0).sqrt()
     patch = model.config.patch_size
+    grid = [size // patch, size // patch]
+    if model.config.is_video:
+        grid = [clip[0] // model.config.temporal_patch, *grid]
     index = {
         "format": "vitok-latents", "version": 1,
         "classes": classes, "num_classes": len(classes), "count": count,
         "num_shards": num_shards, "dtype": dtype,
-        "grid": [size // patch, size // patch], "tokens": grid, "channels": channels, "image_size": size,
+        "grid": grid, "tokens": tokens, "channels": channels, "image_size": size,
+        "frames": clip[0], "frame_stride": clip[1],
         "mean": mean.tolist(), "std": std.tolist(),
         "tokenizer": str(checkpoint.resolve()), "tokenizer_config": model.config.to_dict(),
         "skipped_files": skipped,

@@ -30,15 +30,27 @@ def sample_latents(model: DiT, diffusion: GaussianDiffusion, grid: tuple[int, ..
 
 @torch.no_grad()
 def decode_latents(tokenizer, z: torch.Tensor, latents_info: dict) -> torch.Tensor:
-    """Normalised latents B×L×c -> uint8 images B×3×H×W through the tokenizer."""
+    """Normalised latents B×L×c -> uint8 images B×3×H×W (video: B×3×T×H×W) through the tokenizer."""
     raw = denormalise(z, latents_info["mean"], latents_info["std"])
     size = latents_info["image_size"]
-    pixels = tokenizer.decode(raw, size=(size, size)).clamp(-1, 1)
+    frames = latents_info.get("frames", 1)
+    shape = (frames, size, size) if tokenizer.config.is_video else (size, size)
+    pixels = tokenizer.decode(raw, size=shape).clamp(-1, 1)
     return ((pixels + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
+def frame_strips(videos: torch.Tensor, max_frames: int = 8) -> torch.Tensor:
+    """B×3×T×H×W -> B×3×H×(k·W): up to `max_frames` evenly spaced frames of each clip side by side."""
+    frames = videos.shape[2]
+    index = torch.linspace(0, frames - 1, min(frames, max_frames)).round().long()
+    picked = videos.index_select(2, index)  # B×3×k×H×W
+    return picked.permute(0, 1, 3, 2, 4).flatten(3)  # B×3×H×(k·W)
+
+
 def save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
-    """A PNG tiling B×3×H×W uint8 images, `columns` per row."""
+    """A PNG tiling B×3×H×W uint8 images, `columns` per row; clips (B×3×T×H×W) become one frame strip per row."""
+    if images.dim() == 5:
+        images, columns = frame_strips(images), 1
     B, _, H, W = images.shape
     columns = min(columns, B)
     rows = -(-B // columns)
@@ -54,7 +66,8 @@ def save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
 def generate(run: str | Path, num: int, cfg: float = 1.5, steps: int = 250, method: str = "ddim",
              eta: float = 0.0, batch_size: int = 32, class_id: int | None = None, seed: int = 0,
              device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 images N×3×H×W, labels N) from a run's EMA DiT; labels cycle over classes unless class_id."""
+    """(uint8 images N×3×H×W or clips N×3×T×H×W, labels N) from a run's EMA DiT; labels cycle over classes
+    unless class_id."""
     from ..model import ViTok
     from .train import load_dit, run_model_folder
 
@@ -76,14 +89,20 @@ def generate(run: str | Path, num: int, cfg: float = 1.5, steps: int = 250, meth
     return torch.cat(images), labels
 
 
-def write_samples(images: torch.Tensor, labels: torch.Tensor, out: str | Path) -> list[Path]:
-    """sample_NNNNN_classK.png per image and grid.png; returns the image paths."""
+def write_samples(images: torch.Tensor, labels: torch.Tensor, out: str | Path, fps: int = 8) -> list[Path]:
+    """sample_NNNNN_classK.png per image (.mp4 per clip, at `fps`) and grid.png; returns the sample paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (img, y) in enumerate(zip(images, labels.tolist())):
-        path = out / f"sample_{i:05d}_class{y}.png"
-        Image.fromarray(img.permute(1, 2, 0).numpy()).save(path)
+        if img.dim() == 4:  # 3×T×H×W clip
+            from ..data.video import write_video
+
+            path = out / f"sample_{i:05d}_class{y}.mp4"
+            write_video(path, img.permute(1, 2, 3, 0).numpy(), fps=fps)
+        else:
+            path = out / f"sample_{i:05d}_class{y}.png"
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(path)
         paths.append(path)
     save_grid(images[:64], out / "grid.png")
     return paths

@@ -200,8 +200,9 @@ class DiTTrainer:
     def export_info(self) -> dict:
         """What sampling needs besides the weights: normalisation, tokenizer and diffusion settings."""
         index = self.store.index
-        return {"latents": {k: index[k] for k in ("mean", "std", "grid", "classes", "num_classes", "tokenizer",
-                                                  "image_size")},
+        latents = {k: index[k] for k in ("mean", "std", "grid", "classes", "num_classes", "tokenizer", "image_size")}
+        latents["frames"] = index.get("frames", 1)  # stores written before video support hold images
+        return {"latents": latents,
                 "diffusion": {"schedule": self.config.schedule, "timesteps": self.config.timesteps,
                               "prediction": self.config.prediction}}
 
