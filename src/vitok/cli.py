@@ -327,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(shards are spread over the processes).")
     lt.add_argument("checkpoint", help="tokenizer folder written by ViTok.save_pretrained")
     lt.add_argument("--data", required=True, help="folder with one sub-folder of images (videos for a video "
-                                                   "tokenizer) per class")
+                                                   "tokenizer) per class, or .tar shards (a .tar, a quoted glob "
+                                                   "or a folder of them) whose samples carry a KEY.cls label")
     lt.add_argument("--out", required=True, help="latent store folder")
     lt.add_argument("--image-size", type=int, default=None, help="resize + centre-crop size (default: the model's)")
     lt.add_argument("--batch-size", type=int, default=32)

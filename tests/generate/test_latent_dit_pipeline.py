@@ -324,3 +324,68 @@ def test_video_latents_dit_samples_and_gfvd_plumbing(tmp_path, monkeypatch):
     assert report["metrics"] == {} and report["num_reference"] == 4
     assert report["plumbing_only_random_weights"]["gfvd"] > 0
     assert "not comparable" in report["notes"]["gfvd"]
+
+
+def _add(tar, name: str, data: bytes) -> None:
+    import io
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_latents_from_labelled_tar_shards(store, tmp_path):
+    """WebDataset-style shards: KEY.png + KEY.cls samples, classes from integer ids or names, each latent the
+    posterior mode of its image; unusable images skipped and named, unlabelled images an error."""
+    import tarfile
+
+    images = sorted((store / "data").rglob("*.png"))  # 6 crops, 40x40
+    blobs = [p.read_bytes() for p in images]
+    (tmp_path / "shards").mkdir()
+    with tarfile.open(tmp_path / "shards" / "a.tar", "w") as tar:
+        for i in range(3):
+            _add(tar, f"s{i}.png", blobs[i])
+            _add(tar, f"s{i}.cls", f"{i % 2 * 2}\n".encode())  # ids 0 and 2: class "1" has no sample
+        _add(tar, "lonely.cls", b"1")  # a label without an image is ignored
+    with tarfile.open(tmp_path / "shards" / "b.tar", "w") as tar:
+        for i in range(3, 6):
+            _add(tar, f"dir/s{i}.png", blobs[i])
+            _add(tar, f"dir/s{i}.cls", b"0")
+        _add(tar, "dir/bad.png", b"not a png")
+        _add(tar, "dir/bad.cls", b"2")
+    out = tmp_path / "lat"
+    assert main(["latents", str(store / "tok"), "--data", str(tmp_path / "shards" / "*.tar"), "--out", str(out),
+                 "--batch-size", "4"]) == 0
+    index = json.loads((out / "index.json").read_text())
+    assert index["classes"] == ["0", "1", "2"] and index["count"] == 6
+    assert [s["file"] for s in index["skipped_files"]] == [f"{tmp_path / 'shards' / 'b.tar'}/dir/bad.png"]
+    shard = load_file(out / "shard_00000.safetensors")
+    assert shard["labels"].tolist() == [0, 2, 0, 0, 0, 0]
+    tok = ViTok.from_pretrained(store / "tok")
+    from vitok.data.datasets import prepare_image, to_model_range
+    pixels = torch.stack([prepare_image(load_image(p), 32, False, "x") for p in images])
+    mode = tok.encode(to_model_range(pixels)).mode()
+    torch.testing.assert_close(shard["latents"].float(), mode, atol=2e-3, rtol=1e-3)
+
+    # Class names instead of ids: sorted names give the ids.
+    with tarfile.open(tmp_path / "named.tar", "w") as tar:
+        for i, name in enumerate(["zebra", "ant", "zebra"]):
+            _add(tar, f"n{i}.png", blobs[i])
+            _add(tar, f"n{i}.cls", name.encode())
+    assert main(["latents", str(store / "tok"), "--data", str(tmp_path / "named.tar"), "--out",
+                 str(tmp_path / "named")]) == 0
+    named = json.loads((tmp_path / "named" / "index.json").read_text())
+    assert named["classes"] == ["ant", "zebra"]
+    assert load_file(tmp_path / "named" / "shard_00000.safetensors")["labels"].tolist() == [1, 0, 1]
+
+    with tarfile.open(tmp_path / "unlabelled.tar", "w") as tar:
+        _add(tar, "x.png", blobs[0])
+    with pytest.raises(ValueError, match=r"sample 'x' .* has no x.cls member"):
+        encode_folder(store / "tok", tmp_path / "unlabelled.tar", tmp_path / "u")
+    with tarfile.open(tmp_path / "packed.tar.gz", "w:gz") as tar:
+        _add(tar, "x.png", blobs[0])
+    (tmp_path / "gz").mkdir()
+    (tmp_path / "packed.tar.gz").rename(tmp_path / "gz" / "packed.tar")
+    with pytest.raises(ValueError, match="unpack compressed shards first"):
+        encode_folder(store / "tok", tmp_path / "gz" / "packed.tar", tmp_path / "g")

@@ -7,6 +7,8 @@ Layout of a store folder::
     index.json                class names, tokenizer folder and config, grid, count, per-channel mean/std
 
 Classes are the sub-folders of the data folder; their sorted names give the ids 0, 1, ... .
+The data may also be WebDataset-style .tar shards whose samples carry their class in a
+"KEY.cls" member (an integer id or a name; see labelled_shard_items).
 With a video tokenizer the files are videos, one clip each, and L = (T/q)(H/p)(W/p) tokens on the
 grid (t, h, w) that index.json records.
 Each shard is written through a temporary file and renamed, so a killed run leaves whole
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from ..data.datasets import list_images, prepare_image, to_model_range
-from ..data.images import load_image
+from ..data.images import decode_image, load_image
 from ..model.pretrained import atomic_write
 
 INDEX_FILE = "index.json"
@@ -58,13 +61,97 @@ def labelled_images(root: str | Path, video: bool = False) -> tuple[list[str], l
     return classes, items
 
 
+@dataclass(frozen=True)
+class TarMember:
+    """An image inside an uncompressed .tar shard, read by offset (no tar index is rebuilt per image)."""
+
+    shard: Path
+    name: str
+    offset: int
+    size: int
+
+    def __str__(self) -> str:
+        return f"{self.shard}/{self.name}"
+
+    def read(self) -> bytes:
+        with open(self.shard, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.size)
+
+
+def labelled_shard_items(shards: list[Path]) -> tuple[list[str], list[tuple[TarMember, int]]]:
+    """(class names, [(image member, class id)]) of WebDataset-style shards whose samples carry a label.
+
+    A sample is the members sharing a key (the member name up to the first "." of its file name):
+    one image and a "KEY.cls" text member holding the class, an integer id (names "0", "1", ...
+    up to the largest id) or a class name (sorted names give the ids). A sample without a label
+    is an error naming it; one without an image is ignored.
+    """
+    import tarfile
+
+    from ..data.datasets import IMAGE_SUFFIXES
+
+    samples: list[tuple[TarMember, str]] = []
+    for shard in shards:
+        images, labels = {}, {}
+        try:
+            with tarfile.open(shard, "r:") as tar:  # uncompressed: members are read by offset below
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    folder, _, base = member.name.rpartition("/")
+                    stem, _, extension = base.partition(".")
+                    key = f"{folder}/{stem}" if folder else stem
+                    if extension.lower() == "cls":
+                        labels[key] = tar.extractfile(member).read().decode().strip()
+                    elif "." + extension.rsplit(".", 1)[-1].lower() in IMAGE_SUFFIXES:
+                        images[key] = TarMember(shard, member.name, member.offset_data, member.size)
+        except tarfile.ReadError as err:
+            raise ValueError(f"{shard} cannot be read as an uncompressed .tar shard ({err}); latent stores read "
+                             f"plain .tar files, so unpack compressed shards first") from err
+        unlabelled = sorted(set(images) - set(labels))
+        if unlabelled:
+            raise ValueError(f"{shard}: sample {unlabelled[0]!r} (and {len(unlabelled) - 1} more) has no "
+                             f"{unlabelled[0]}.cls member; every image needs its class in a .cls text member")
+        samples += [(images[key], labels[key]) for key in images]
+    if not samples:
+        raise ValueError(f"the shards ({shards[0]}, ...) hold no images with a .cls label")
+    raw = [label for _, label in samples]
+    if all(label.lstrip("-").isdigit() for label in raw):
+        ids = [int(label) for label in raw]
+        if min(ids) < 0:
+            raise ValueError(f"class ids in .cls members must be >= 0, found {min(ids)}")
+        classes = [str(i) for i in range(max(ids) + 1)]
+        return classes, [(member, i) for (member, _), i in zip(samples, ids)]
+    classes = sorted(set(raw))
+    lookup = {name: i for i, name in enumerate(classes)}
+    return classes, [(member, lookup[label]) for member, label in samples]
+
+
+def labelled_items(data: str | Path, video: bool) -> tuple[list[str], list[tuple[Path | TarMember, int]], Path]:
+    """(classes, items, root) for a class-folder tree, or for labelled .tar shards (a .tar, glob or folder of them)."""
+    from ..data.datasets import shard_paths
+
+    shards = None if video else shard_paths(data)
+    if shards is not None:
+        return (*labelled_shard_items(shards), Path(os.path.commonpath([shard.parent for shard in shards])))
+    return (*labelled_images(data, video), Path(data))
+
+
 def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
 
 
-def _fingerprint(items: list[tuple[Path, int]], root: Path, size: int, clip: tuple[int, int] = (1, 1)) -> str:
+def _relative(item: Path | TarMember, root: Path) -> str:
+    if isinstance(item, TarMember):
+        return f"{item.shard.relative_to(root)}/{item.name}"
+    return str(item.relative_to(root))
+
+
+def _fingerprint(items: list[tuple[Path | TarMember, int]], root: Path, size: int,
+                 clip: tuple[int, int] = (1, 1)) -> str:
     """Hash of a shard's files, labels, image size and clip (frames, stride): other inputs must not reuse it."""
-    text = "\n".join(f"{p.relative_to(root)}\t{y}" for p, y in items) + f"\n{size}"
+    text = "\n".join(f"{_relative(p, root)}\t{y}" for p, y in items) + f"\n{size}"
     if clip != (1, 1):  # images keep the fingerprints of stores written before video support
         text += f"\n{clip[0]}x{clip[1]}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -107,8 +194,8 @@ def encode_folder(checkpoint: str | Path, data: str | Path, out: str | Path, ima
     video = model.config.is_video
     clip = (model.config.frames, frame_stride) if video else (1, 1)
     size = image_size or model.config.image_size
-    root, out = Path(data), Path(out)
-    classes, items = labelled_images(root, video)
+    out = Path(out)
+    classes, items, root = labelled_items(data, video)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     barrier()
@@ -133,8 +220,10 @@ def encode_folder(checkpoint: str | Path, data: str | Path, out: str | Path, ima
     return broadcast_object(index)
 
 
-def _load(file: Path, size: int, clip: tuple[int, int], upsample: bool) -> torch.Tensor:
+def _load(file: Path | TarMember, size: int, clip: tuple[int, int], upsample: bool) -> torch.Tensor:
     """One image as 3×H×W, or one clip of clip[0] frames every clip[1] as 3×T×H×W, uint8."""
+    if isinstance(file, TarMember):
+        return prepare_image(decode_image(file.read(), str(file)), size, upsample, str(file))
     if clip == (1, 1):
         return prepare_image(load_image(file), size, upsample, str(file))
     from ..data.video import read_clip
