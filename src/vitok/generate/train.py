@@ -33,7 +33,7 @@ import yaml
 
 from ..train.checkpoint import latest_checkpoint, load_checkpoint, prune, save_checkpoint
 from ..train.optim import EMA
-from ..train.report import RunLogger, dumps, loss_plot
+from ..train.report import RunLogger, dumps, loss_plot, progress_bar
 from .diffusion import GaussianDiffusion
 from .dit import DiT, dit_config
 from .latents import LatentStore
@@ -74,6 +74,7 @@ class DiTTrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "bf16"  # bf16 autocast on GPU (CPU always runs fp32) | fp32
+    progress: bool = True  # a tqdm bar on rank 0 (loss and samples/s at each log step)
 
     def validate(self) -> None:
         """Reject values that cannot work, naming the fix."""
@@ -264,17 +265,21 @@ class DiTTrainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(c), sort_keys=False))
         logger = RunLogger(self.run_dir, main, tensorboard=False, start_step=self.step)
+        bar = progress_bar(c.steps, self.step, enabled=main and c.progress)
         started = time.perf_counter()
         window, tick = [], started
         while self.step < c.steps:
             values = self.train_step()
             window.append(values)
+            bar.update(1)
             if self.step % c.log_every == 0 or self.step == c.steps:
                 loss = all_reduce_mean(torch.stack([v["loss"] for v in window]).mean().float())
                 elapsed = time.perf_counter() - tick
-                logger.log({"step": self.step, "loss": float(loss), "lr": self.lr_at(self.step - 1),
-                            "grad_norm": float(window[-1]["grad_norm"]),
-                            "samples_per_second": len(window) * c.batch_size / max(elapsed, 1e-9)})
+                record = {"step": self.step, "loss": float(loss), "lr": self.lr_at(self.step - 1),
+                          "grad_norm": float(window[-1]["grad_norm"]),
+                          "samples_per_second": len(window) * c.batch_size / max(elapsed, 1e-9)}
+                logger.log(record)
+                bar.set_postfix(loss=f"{record['loss']:.4g}", samples_s=f"{record['samples_per_second']:.0f}")
                 window, tick = [], time.perf_counter()
             if self.step % c.checkpoint_every == 0 or self.step == c.steps:
                 if main:
@@ -293,6 +298,7 @@ class DiTTrainer:
                 break
             if main and c.sample_every and self.step % c.sample_every == 0 and self.step != c.steps:
                 self.preview()
+        bar.close()
         self.wall_seconds = time.perf_counter() - started
         if not main:
             return None
