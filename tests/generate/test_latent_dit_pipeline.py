@@ -348,6 +348,7 @@ def test_latents_from_labelled_tar_shards(store, tmp_path):
             _add(tar, f"s{i}.png", blobs[i])
             _add(tar, f"s{i}.cls", f"{i % 2 * 2}\n".encode())  # ids 0 and 2: class "1" has no sample
         _add(tar, "lonely.cls", b"1")  # a label without an image is ignored
+        _add(tar, "s0.seg.png", blobs[5])  # another field of sample s0 (a mask), not a second image
     with tarfile.open(tmp_path / "shards" / "b.tar", "w") as tar:
         for i in range(3, 6):
             _add(tar, f"dir/s{i}.png", blobs[i])

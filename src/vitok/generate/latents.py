@@ -104,7 +104,7 @@ def labelled_shard_items(shards: list[Path]) -> tuple[list[str], list[tuple[TarM
                     key = f"{folder}/{stem}" if folder else stem
                     if extension.lower() == "cls":
                         labels[key] = tar.extractfile(member).read().decode().strip()
-                    elif "." + extension.rsplit(".", 1)[-1].lower() in IMAGE_SUFFIXES:
+                    elif "." + extension.lower() in IMAGE_SUFFIXES:  # "KEY.seg.png" is no sample image
                         images[key] = TarMember(shard, member.name, member.offset_data, member.size)
         except tarfile.ReadError as err:
             raise ValueError(f"{shard} cannot be read as an uncompressed .tar shard ({err}); latent stores read "
