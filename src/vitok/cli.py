@@ -192,7 +192,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_latents(args: argparse.Namespace) -> int:
-    """Encode a labelled image folder into a latent store for DiT training."""
+    """Encode a labelled image or video folder, or labelled .tar shards, into a latent store for DiT training."""
     from .generate.latents import encode_folder
     from .train.distributed import teardown
 
