@@ -196,13 +196,14 @@ def cmd_latents(args: argparse.Namespace) -> int:
     from .generate.latents import encode_folder
     from .train.distributed import teardown
 
+    index = None
     try:
         index = encode_folder(args.checkpoint, args.data, args.out, image_size=args.image_size,
                               batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype,
                               store_std=args.store_std, upsample=args.upsample, device=args.device,
                               frame_stride=args.frame_stride)
     finally:
-        teardown()
+        teardown(synchronise=index is not None)
     if os.environ.get("RANK", "0") != "0":
         return 0
     print(f"{index['count']} latents of {index['tokens']}x{index['channels']} in {index['num_shards']} shard(s), "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..metrics.image import to_uint8
 
@@ -52,6 +52,13 @@ def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
         raise ValueError(f"{path}: cannot read file ({e})") from e
 
 
+def _describe(error: Exception) -> str:
+    """A decode error as "Type: message", without the in-memory buffer's address Pillow puts in some."""
+    if isinstance(error, UnidentifiedImageError):
+        return "UnidentifiedImageError: cannot identify the image format"
+    return f"{type(error).__name__}: {error}"
+
+
 def oriented_size(data: bytes, name: str) -> tuple[int, int]:
     """(H, W) of an encoded image as decode_image will return it (EXIF rotation applied), from the header."""
     if len(data) == 0:
@@ -62,7 +69,7 @@ def oriented_size(data: bytes, name: str) -> tuple[int, int]:
             # EXIF orientations 5-8 include a quarter turn, which swaps height and width.
             turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
     except _DECODE_ERRORS as e:
-        raise ValueError(f"{name}: not a readable image ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{name}: not a readable image ({_describe(e)})") from e
     return (w, h) if turned else (h, w)
 
 
@@ -92,7 +99,7 @@ def decode_image(data: bytes, name: str, reduce: int = 1) -> np.ndarray:
             img = ImageOps.exif_transpose(img)
             return _to_rgb_array(img)
     except _DECODE_ERRORS as e:
-        raise ValueError(f"{name}: not a readable image ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{name}: not a readable image ({_describe(e)})") from e
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
 

@@ -400,10 +400,13 @@ def train_dit(config: DiTTrainConfig, out: str | Path | None = None, resume: str
     from ..train.report import new_run_dir
 
     run_dir = Path(resume or out or new_run_dir(f"dit-{config.model.replace('/', '_')}"))
+    finished = False
     try:
-        return DiTTrainer(config, run_dir, resume=resume is not None).run()
+        document = DiTTrainer(config, run_dir, resume=resume is not None).run()
+        finished = True
+        return document
     finally:
-        teardown()
+        teardown(synchronise=finished)
 
 
 def load_run_config(run: str | Path, overrides: list[str]) -> DiTTrainConfig:

@@ -41,8 +41,12 @@ def setup(device: str = "auto") -> Dist:
     return Dist(rank=rank, world=world, local_rank=local_rank, device=dev)
 
 
-def teardown() -> None:
+def teardown(synchronise: bool = False) -> None:
+    """Leave the process group. synchronise=True (after a run that ended normally) first waits for
+    every rank, so none tears down its connections while another still has collectives in flight."""
     if dist.is_initialized():
+        if synchronise:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -620,6 +620,7 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path
     from .report import new_run_dir
 
     dist_info = distributed.setup(config.train.device)
+    finished = False
     try:
         resume_from = None
         if resume is not None:
@@ -644,6 +645,8 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path
             save_config(config, run_dir / "config.yaml")
         barrier()
         trainer = Trainer(config, run_dir, dist_info)
-        return trainer.run(resume_from)
+        document = trainer.run(resume_from)
+        finished = True
+        return document
     finally:
-        distributed.teardown()
+        distributed.teardown(synchronise=finished)
