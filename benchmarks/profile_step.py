@@ -1,0 +1,163 @@
+"""Where the time of one ViTok training step (or encode+decode) goes: a kernel profile by category.
+
+The compiled S-B/16 step reaches 40.7 % MFU and max-autotune gains nothing (benchmarks/NOTES.md), so
+the gap to the floor lies between the matmuls. This script runs torch.profiler over a few steps and
+sums device time per kernel into categories (matmul/conv, attention, inductor's fused kernels,
+normalisation, copies and casts, elementwise, optimizer, other), with the top kernels and how busy
+the device was. One call:
+
+    python benchmarks/profile_step.py --variant S-B/16 --size 256 --batch 128 --compile --out prof.json
+    python benchmarks/profile_step.py ... --mode infer         # encode + decode instead of a train step
+
+`--smoke` runs a tiny model on the CPU (CPU time instead of device time), as the test suite does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from vitok.losses import kl_loss, reconstruction_loss  # noqa: E402
+from vitok.model import ViTok, ViTokConfig  # noqa: E402
+from vitok.train.optim import build_adamw  # noqa: E402
+
+# First match wins; names are lower-cased kernel or op names. Inductor's fused kernels get their own
+# bucket (they mix norms, casts and elementwise work); its matmul templates ("triton_tem") count as matmul.
+CATEGORIES = (
+    ("attention", ("flash", "attention", "fmha", "sdpa", "cudnn_mha")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("matmul/conv", ("gemm", "matmul", "aten::mm", "aten::addmm", "aten::bmm", "cutlass", "sm90_xmma", "nvjet",
+                     "aten::linear", "triton_tem", "convolution", "conv2d", "conv3d")),
+    ("compiled (triton)", ("triton",)),
+    ("normalisation", ("rms_norm", "layer_norm", "group_norm", "batch_norm")),
+    ("copy/cast", ("copy", "cast", "memcpy", "memset", "contiguous", "catarray", "aten::cat")),
+    ("elementwise", ("elementwise", "vectorized", "reduce", "silu", "mul", "add", "exp", "pow", "rsqrt")),
+)
+
+
+def category(name: str) -> str:
+    lowered = name.lower()
+    for label, needles in CATEGORIES:
+        if any(needle in lowered for needle in needles):
+            return label
+    return "other"
+
+
+def build(args: argparse.Namespace, device: torch.device) -> tuple[ViTok, torch.Tensor]:
+    if args.smoke:
+        model = ViTok(ViTokConfig(encoder_width=32, encoder_depth=1, encoder_heads=2, decoder_width=32,
+                                  decoder_depth=1, decoder_heads=2, patch_size=8, channels=4, image_size=32))
+        x = torch.rand(2, 3, 32, 32) * 2 - 1
+    else:
+        model = ViTok.from_name(args.variant, channels=args.channels, image_size=args.size)
+        x = torch.rand(args.batch, 3, args.size, args.size) * 2 - 1
+    model = model.to(device)
+    if device.type == "cuda":
+        model.amp_dtype = torch.bfloat16
+    if args.compile:
+        model.compile_blocks()
+    return model, x.to(device)
+
+
+def step_fn(args: argparse.Namespace, model: ViTok, x: torch.Tensor):
+    """The measured unit: one MSE + KL training step with fused AdamW, or one encode + decode."""
+    if args.mode == "infer":
+        model.eval()
+
+        @torch.no_grad()
+        def infer() -> None:
+            model(x, sample=False, check=False)
+        return infer
+    model.train()
+    optimizer = build_adamw(list(model.named_parameters()), 1e-4, (0.9, 0.95), 1e-4, fused=True)
+
+    def train() -> None:
+        x_hat, posterior = model(x, check=False)
+        loss = reconstruction_loss(x_hat, x, "mse") + 1e-3 * kl_loss(posterior)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return train
+
+
+def summarise(prof, steps: int, wall: float, device: torch.device, top: int) -> dict:
+    """Per-category and top-kernel device time (CPU time on the CPU) per step, and device busy share."""
+    on_gpu = device.type == "cuda"
+    totals: dict[str, float] = defaultdict(float)
+    kernels = []
+    for event in prof.key_averages():
+        # Device time sits on the kernels (self time); on the CPU the leaf ops' self time is the work.
+        us = event.self_device_time_total if on_gpu else event.self_cpu_time_total
+        if us <= 0:
+            continue
+        totals[category(event.key)] += us
+        kernels.append((us, event.key, event.count))
+    busy = sum(totals.values()) / 1e6 / steps
+    kernels.sort(reverse=True)
+    return {
+        "device": torch.cuda.get_device_name(device) if on_gpu else "cpu",
+        "time_kind": "device (kernel) time" if on_gpu else "CPU self time",
+        "steps": steps, "wall_s_per_step": wall / steps, "busy_s_per_step": busy,
+        "busy_share": busy / (wall / steps) if wall > 0 else None,
+        "categories_s_per_step": {k: v / 1e6 / steps for k, v in sorted(totals.items(), key=lambda kv: -kv[1])},
+        "top_kernels": [{"name": name[:160], "s_per_step": us / 1e6 / steps, "calls_per_step": count / steps,
+                         "category": category(name)} for us, name, count in kernels[:top]],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="S-B/16")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--mode", choices=("train", "infer"), default="train")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each block (compile_blocks)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, autotuning)")
+    parser.add_argument("--steps", type=int, default=5, help="profiled steps")
+    parser.add_argument("--top", type=int, default=25, help="kernels listed")
+    parser.add_argument("--trace", default="", help="also write a Chrome trace here")
+    parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU")
+    parser.add_argument("--out", default="", help="write the summary as JSON here")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        raise SystemExit("--steps must be >= 1 and --warmup >= 0")
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    model, x = build(args, device)
+    fn = step_fn(args, model, x)
+    for _ in range(args.warmup):
+        fn()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            fn()
+        sync()
+        wall = time.perf_counter() - start
+    if args.trace:
+        prof.export_chrome_trace(args.trace)
+    result = {"args": vars(args), **summarise(prof, args.steps, wall, device, args.top)}
+    print(f"{result['device']}: {result['wall_s_per_step'] * 1e3:.2f} ms per step (profiled), "
+          f"{result['time_kind']} {result['busy_s_per_step'] * 1e3:.2f} ms")
+    for name, seconds in result["categories_s_per_step"].items():
+        print(f"  {name:18} {seconds * 1e3:8.3f} ms")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
