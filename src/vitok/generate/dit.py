@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..model.blocks import Block, RMSNorm, rope_angles, rope_tables
+from ..model.blocks import Block, RMSNorm, RopeCache
 from ..model.variants import dataclass_from_dict
 from .diffusion import PREDICTIONS, guide
 
@@ -211,7 +211,7 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList([DiTBlock(c.width, c.heads, c.qk_norm, c.norm_eps) for _ in range(c.depth)])
         self.final = FinalLayer(c.width, c.group * c.group * c.out_channels, c.norm_eps)
         self.grad_checkpointing = False
-        self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rope_cache = RopeCache(c.rope_theta)
         self.reset_parameters()
 
     @classmethod
@@ -317,10 +317,4 @@ class DiT(nn.Module):
         return grid
 
     def _rope(self, grid: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (grid, str(device))
-        tables = self._rope_cache.get(key)
-        if tables is None:
-            head_dim = self.config.width // self.config.heads
-            tables = rope_tables(rope_angles(grid, head_dim, self.config.rope_theta, device=device))
-            self._rope_cache[key] = tables
-        return tables
+        return self._rope_cache(grid, self.config.width // self.config.heads, device)

@@ -78,6 +78,28 @@ def rope_tables(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return angles.cos(), angles.sin()
 
 
+class RopeCache:
+    """(cos, sin) tables per (grid, head width, device), each computed once: a model sees few grids.
+
+    A plain attribute, not a module or buffer: tables follow from the config alone, so they are never
+    saved, and a lookup keyed by device never hands back tables from another device.
+    """
+
+    def __init__(self, theta: float) -> None:
+        self.theta = theta
+        self.tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, grid: tuple[int, ...], head_dim: int,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (tuple(grid), head_dim, str(device))
+        if key not in self.tables:
+            self.tables[key] = rope_tables(rope_angles(grid, head_dim, self.theta, device=device))
+        return self.tables[key]
+
+    def clear(self) -> None:
+        self.tables.clear()
+
+
 def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Rotate x (B×H×L×d) by rope = (cos, sin), L×P each with P = d // 2: pair j is (x[j], x[j + P]).
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .blocks import Transformer, rope_angles, rope_tables
+from .blocks import RopeCache, Transformer
 from .checks import check_latents, check_pixels, grid_for
 from .distributions import DiagonalGaussian
 from .pretrained import read_checkpoint, write_checkpoint
@@ -35,7 +35,7 @@ class ViTok(nn.Module):
         self.unembed = nn.ConvTranspose3d(c.decoder_width, 3, kernel_size=tubelet, stride=tubelet)
         # Autocast dtype for the Transformer work (e.g. torch.bfloat16); None runs in the weights' dtype.
         self.amp_dtype: torch.dtype | None = None
-        self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rope = RopeCache(c.rope_theta)
         self.reset_parameters()
 
     # ---- construction -------------------------------------------------------------------------
@@ -67,7 +67,7 @@ class ViTok(nn.Module):
                              f"mismatched {shapes}); re-save the model with save_pretrained")
         model = model.to_empty(device=device)
         model.load_state_dict(state)
-        model._rope_cache.clear()
+        model._rope.clear()
         return model.eval()
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -155,14 +155,6 @@ class ViTok(nn.Module):
             pixels = self.unembed(tokens.transpose(1, 2).reshape(B, D, t, h, w))  # B×3×T×H×W
         pixels = pixels.float()
         return pixels if self.config.is_video else pixels.squeeze(2)
-
-    def _rope(self, grid: tuple[int, ...], head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (grid, head_dim, str(device))
-        tables = self._rope_cache.get(key)
-        if tables is None:
-            tables = rope_tables(rope_angles(grid, head_dim, self.config.rope_theta, device=device))
-            self._rope_cache[key] = tables
-        return tables
 
     def _autocast(self, device: torch.device):
         if self.amp_dtype is None:
