@@ -300,9 +300,7 @@ def write_index(out: Path, classes: list[str], model, checkpoint: Path, size: in
         "tokenizer": str(checkpoint.resolve()), "tokenizer_config": model.config.to_dict(),
         "skipped_files": skipped,
     }
-    tmp = out / f".{INDEX_FILE}.tmp"
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    os.replace(tmp, out / INDEX_FILE)
+    atomic_write(out / INDEX_FILE, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2) + "\n"))
     return index
 
 

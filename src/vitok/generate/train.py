@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..model.pretrained import atomic_write
 from ..train.checkpoint import latest_checkpoint, load_checkpoint, prune, save_checkpoint
 from ..train.optim import EMA
 from ..train.report import RunLogger, dumps, loss_plot, progress_bar
@@ -348,16 +348,11 @@ class DiTTrainer:
             "num_classes": self.store.num_classes,
             "tokenizer": self.store.index["tokenizer"], "model_folder": str(self.run_dir / "model"),
         }
-        write_atomic(self.run_dir / "report.json", dumps(document, indent=2) + "\n")
-        write_atomic(self.run_dir / "report.md", report_markdown(document, self.store.index["classes"], self.run_dir))
+        summary = dumps(document, indent=2) + "\n"
+        markdown = report_markdown(document, self.store.index["classes"], self.run_dir)
+        atomic_write(self.run_dir / "report.json", lambda tmp: Path(tmp).write_text(summary))
+        atomic_write(self.run_dir / "report.md", lambda tmp: Path(tmp).write_text(markdown))
         return document
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file, so a kill mid-write never leaves a half-written file behind."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def report_markdown(doc: dict, classes: list[str], run_dir: Path) -> str:
