@@ -31,6 +31,7 @@ import torch
 import yaml
 
 from ..model.pretrained import atomic_write
+from ..train.distributed import out_of_time
 from ..train.checkpoint import latest_checkpoint, load_checkpoint, prune, save_checkpoint
 from ..train.optim import EMA
 from ..train.report import RunLogger, dumps, loss_plot, progress_bar
@@ -287,7 +288,7 @@ class DiTTrainer:
                 barrier()
             # Only at log steps, so the clock (and, over ranks, the broadcast) costs nothing per step.
             if (c.time_limit_minutes and self.step % c.log_every == 0 and self.step != c.steps
-                    and self._out_of_time(started)):
+                    and out_of_time(started, c.time_limit_minutes)):
                 self.stopped_early = True
                 logger.warn(f"stopping at step {self.step} of {c.steps}: time_limit_minutes={c.time_limit_minutes} "
                             f"reached; continue with `vitok dit train --resume {self.run_dir}`")
@@ -306,12 +307,6 @@ class DiTTrainer:
         save_dit(self.run_dir / "model", self.ema_model, self.export_info())
         logger.close()
         return self.report()
-
-    def _out_of_time(self, started: float) -> bool:
-        """Whether time_limit_minutes has passed; rank 0's clock decides for every rank, so all stop at one step."""
-        from ..train.distributed import broadcast_object
-
-        return bool(broadcast_object(time.perf_counter() - started > 60 * self.config.time_limit_minutes))
 
     def preview(self) -> None:
         """samples.png: EMA samples of classes 0, 1, ... decoded through the tokenizer (skipped without it)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,12 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def out_of_time(started: float, minutes: float) -> bool:
+    """Whether `minutes` have passed since perf_counter() read `started`. Rank 0's clock decides for
+    every rank, so all of them leave a training loop at the same step."""
+    return bool(broadcast_object(time.perf_counter() - started > 60 * minutes))
 
 
 def all_gather_objects(obj) -> list:

@@ -29,7 +29,7 @@ from ..model.pretrained import write_checkpoint
 from . import checkpoint as ckpt
 from . import parallel
 from .config import TrainConfig, check_data_paths, save_config, validate
-from .distributed import Dist, all_reduce_mean, average_gradients, barrier, broadcast_object
+from .distributed import Dist, all_reduce_mean, average_gradients, barrier, out_of_time
 from .optim import EMA, build_adamw, warmup_constant, warmup_cosine
 
 
@@ -389,9 +389,7 @@ class Trainer:
             if done % t.checkpoint_every == 0 or done == c.total_steps:
                 self.save()
             if t.time_limit_minutes and done % t.log_every == 0 and done != c.total_steps:
-                # Rank 0's clock decides for everyone, so all ranks leave the loop at the same step.
-                over = broadcast_object(time.perf_counter() - started > 60 * t.time_limit_minutes)
-                if over:
+                if out_of_time(started, t.time_limit_minutes):
                     self.stopped_early = f"train.time_limit_minutes={t.time_limit_minutes} reached at step {done}"
                     logger.warn(f"stopping: {self.stopped_early}")
                     if done % t.checkpoint_every:
