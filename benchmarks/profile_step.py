@@ -8,6 +8,7 @@ the device was. One call:
 
     python benchmarks/profile_step.py --variant S-B/16 --size 256 --batch 128 --compile --out prof.json
     python benchmarks/profile_step.py ... --mode infer         # encode + decode instead of a train step
+    python benchmarks/profile_step.py ... --scope full --residual bfloat16   # other compile scopes
 
 `--smoke` runs a tiny model on the CPU (CPU time instead of device time), as the test suite does.
 """
@@ -63,8 +64,14 @@ def build(args: argparse.Namespace, device: torch.device) -> tuple[ViTok, torch.
     model = model.to(device)
     if device.type == "cuda":
         model.amp_dtype = torch.bfloat16
+    model.residual_dtype = getattr(torch, args.residual)
     if args.compile:
+        args.scope = "blocks"
+    if args.scope == "blocks":
         model.compile_blocks()
+    elif args.scope == "stacks":
+        model.encoder.compile()
+        model.decoder.compile()
     return model, x.to(device)
 
 
@@ -73,17 +80,24 @@ def step_fn(args: argparse.Namespace, model: ViTok, x: torch.Tensor):
     if args.mode == "infer":
         model.eval()
 
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return model(x, sample=False, check=False)[0]
+        compiled = torch.compile(forward) if args.scope == "full" else forward
+
         @torch.no_grad()
         def infer() -> None:
-            model(x, sample=False, check=False)
+            compiled(x)
         return infer
     model.train()
     optimizer = build_adamw(list(model.named_parameters()), 1e-4, (0.9, 0.95), 1e-4, fused=True)
 
-    def train() -> None:
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
         x_hat, posterior = model(x, check=False)
-        loss = reconstruction_loss(x_hat, x, "mse") + 1e-3 * kl_loss(posterior)
-        loss.backward()
+        return reconstruction_loss(x_hat, x, "mse") + 1e-3 * kl_loss(posterior)
+    compiled = torch.compile(loss_fn) if args.scope == "full" else loss_fn
+
+    def train() -> None:
+        compiled(x).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return train
@@ -95,7 +109,10 @@ def summarise(prof, steps: int, wall: float, device: torch.device, top: int) -> 
     totals: dict[str, float] = defaultdict(float)
     kernels = []
     for event in prof.key_averages():
-        # Device time sits on the kernels (self time); on the CPU the leaf ops' self time is the work.
+        # On the GPU only the kernels themselves count: the CPU-side op that launched a kernel reports
+        # the same device time again. On the CPU the ops' self time is the work.
+        if on_gpu and event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
         us = event.self_device_time_total if on_gpu else event.self_cpu_time_total
         if us <= 0:
             continue
@@ -121,7 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--mode", choices=("train", "infer"), default="train")
-    parser.add_argument("--compile", action="store_true", help="torch.compile each block (compile_blocks)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each block (= --scope blocks)")
+    parser.add_argument("--scope", choices=("none", "blocks", "stacks", "full"), default="none",
+                        help="what is compiled: each block, each Transformer stack, or the whole step function")
+    parser.add_argument("--residual", choices=("float32", "bfloat16"), default="float32",
+                        help="the residual stream's dtype under autocast")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, autotuning)")
     parser.add_argument("--steps", type=int, default=5, help="profiled steps")
     parser.add_argument("--top", type=int, default=25, help="kernels listed")

@@ -44,6 +44,31 @@ def test_downsampling_is_the_zero_padded_blur_sampled_every_second_pixel():
     assert _Downsample(3, 3, halve_time=True)(torch.randn(1, 3, 4, 8, 8)).shape == (1, 3, 2, 4, 4)
 
 
+def test_blur_function_equals_autograd_of_the_depthwise_convolution():
+    """The hand-written gradients of the blur against autograd of the plain grouped convolution
+    (2-D images and 3-D clips that halve time): values, gradients and R1-style double gradients."""
+    g = torch.Generator().manual_seed(1)
+    for dims, shape in ((2, (2, 3, 8, 6)), (3, (1, 2, 4, 6, 8))):
+        x = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+        kernel = blur_kernel(dims).double()
+        weight = kernel.expand(shape[1], 1, *kernel.shape).contiguous()
+        conv = torch.nn.functional.conv2d if dims == 2 else torch.nn.functional.conv3d
+        stride, padding = (2,) * dims, (1,) * dims
+        ours = _Downsample(dims, shape[1], halve_time=True).double()
+        ref = conv(x, weight, stride=stride, padding=padding, groups=shape[1])
+        out = ours(x)
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+        # The gradient is a function of the upstream gradient (the blur is linear); R1's double
+        # backward differentiates through it, so compare d<grad, v>/d(upstream) both ways too.
+        probe = torch.randn(out.shape, generator=g, dtype=torch.float64, requires_grad=True)
+        grads = [torch.autograd.grad((y * probe).sum(), x, create_graph=True)[0] for y in (out, ref)]
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+        v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        second = [torch.autograd.grad((gr * v).sum(), probe, retain_graph=True)[0] for gr in grads]
+        torch.testing.assert_close(second[0], second[1], rtol=1e-12, atol=1e-12)
+        assert torch.autograd.gradcheck(ours, (x,)) and torch.autograd.gradgradcheck(ours, (x,))
+
+
 def test_minibatch_std_matches_stylegan_grouping_for_divisible_batches():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 5, 4, 4, generator=g, dtype=torch.float64)

@@ -219,3 +219,45 @@ def test_compiled_blocks_match_eager_and_keep_weight_names():
         compiled, _ = model(x, sample=False)
     assert list(model.state_dict()) == keys
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_tubelet_matmuls_equal_the_convolutions_they_replace(video):
+    """The embed/unembed run as matmuls over flattened tubelets; the Conv3d modules hold the weights."""
+    torch.manual_seed(0)
+    model = ViTok(tiny_config(**({"temporal_patch": 2, "frames": 4} if video else {}))).double()
+    with torch.no_grad():
+        for p in model.parameters():  # non-zero biases, so their layout is checked too
+            p.normal_()
+    x = pixels(2, 3, 4, 32, 48).double() if video else pixels(2, 3, 32, 48).double()
+    x5 = x if video else x.unsqueeze(2)
+    conv_tokens = model.embed(x5).flatten(2).transpose(1, 2)
+    patches, grid = model._patchify(x5)
+    weight = model.embed.weight.flatten(1)
+    torch.testing.assert_close(torch.nn.functional.linear(patches, weight, model.embed.bias), conv_tokens)
+    assert grid == ((2, 4, 6) if video else (4, 6))
+    tokens = torch.randn(2, conv_tokens.shape[1], model.config.decoder_width, dtype=torch.float64)
+    t, h, w = grid if video else (1, *grid)
+    conv_pixels = model.unembed(tokens.transpose(1, 2).reshape(2, -1, t, h, w))
+    wt = model.unembed.weight.flatten(1).t()
+    bias = model.unembed.bias.repeat_interleave(wt.shape[0] // 3)
+    torch.testing.assert_close(model._unpatchify(torch.nn.functional.linear(tokens, wt, bias), grid), conv_pixels)
+    # _patchify and _unpatchify are inverses.
+    torch.testing.assert_close(model._unpatchify(patches, grid), x5)
+
+
+def test_bf16_weights_run_without_autocast(tiny_image_model):
+    """A model cast to bf16 (no autocast) keeps its residual stream in the weights' dtype."""
+    x = pixels(2, 3, 32, 32)
+    ref, _ = tiny_image_model(x, sample=False)
+    out, _ = tiny_image_model.to(torch.bfloat16)(x.bfloat16(), sample=False, check=False)
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 5e-2
+
+
+def test_bf16_residual_stream_is_close_to_float32(tiny_image_model):
+    x = pixels(2, 3, 32, 32)
+    tiny_image_model.amp_dtype = torch.bfloat16
+    ref, _ = tiny_image_model(x, sample=False)
+    tiny_image_model.residual_dtype = torch.bfloat16
+    out, _ = tiny_image_model(x, sample=False)
+    assert ((out - ref).norm() / ref.norm()).item() < 3e-2

@@ -81,6 +81,58 @@ def _kernel(dims: int, side: int, frames: int) -> tuple[int, ...]:
     return (side if frames > 1 else 1, side, side)
 
 
+def _blur_conv(x: Tensor, weight: Tensor, stride: tuple[int, ...], padding: tuple[int, ...]) -> Tensor:
+    conv = F.conv2d if x.dim() == 4 else F.conv3d
+    return conv(x, weight.to(x.dtype), stride=stride, padding=padding, groups=x.shape[1])
+
+
+def _blur_conv_t(g: Tensor, weight: Tensor, stride: tuple[int, ...], padding: tuple[int, ...],
+                 size: tuple[int, ...]) -> Tensor:
+    conv_t = F.conv_transpose2d if g.dim() == 4 else F.conv_transpose3d
+    k = weight.shape[2:]
+    extra = tuple(n - ((m - 1) * s - 2 * p + kk) for n, m, s, p, kk in zip(size, g.shape[2:], stride, padding, k))
+    return conv_t(g, weight.to(g.dtype), stride=stride, padding=padding, output_padding=extra, groups=g.shape[1])
+
+
+class _BlurDown(torch.autograd.Function):
+    """Depthwise blur + subsampling whose gradient is the transposed blur (_BlurUp) and vice versa.
+
+    The filter is a constant, so both directions are linear maps of the input alone. Writing the
+    backward as the other map keeps R1's double backward a pair of plain depthwise convolutions;
+    autograd's generic double backward of a grouped convolution was measured 6x slower than the
+    forward and backward together on an H100 (benchmarks/NOTES.md).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, stride: tuple[int, ...], padding: tuple[int, ...]) -> Tensor:
+        ctx.save_for_backward(weight)
+        ctx.geometry = (stride, padding, tuple(x.shape[2:]), x.dtype)
+        return _blur_conv(x, weight, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (weight,) = ctx.saved_tensors
+        stride, padding, size, dtype = ctx.geometry
+        return _BlurUp.apply(grad, weight, stride, padding, size).to(dtype), None, None, None
+
+
+class _BlurUp(torch.autograd.Function):
+    """The transpose of _BlurDown (its gradient map); its own gradient is _BlurDown again."""
+
+    @staticmethod
+    def forward(ctx, g: Tensor, weight: Tensor, stride: tuple[int, ...], padding: tuple[int, ...],
+                size: tuple[int, ...]) -> Tensor:
+        ctx.save_for_backward(weight)
+        ctx.geometry = (stride, padding, g.dtype)
+        return _blur_conv_t(g, weight, stride, padding, size)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (weight,) = ctx.saved_tensors
+        stride, padding, dtype = ctx.geometry
+        return _BlurDown.apply(grad, weight, stride, padding).to(dtype), None, None, None, None
+
+
 class _Downsample(nn.Module):
     """Anti-aliased 2× downsampling: the binomial blur evaluated at every second position (per channel)."""
 
@@ -94,8 +146,7 @@ class _Downsample(nn.Module):
         self.padding = tuple(1 if s == 2 else 0 for s in self.stride)
 
     def forward(self, x: Tensor) -> Tensor:
-        conv = F.conv2d if x.dim() == 4 else F.conv3d
-        return conv(x, self.weight.to(x.dtype), stride=self.stride, padding=self.padding, groups=x.shape[1])
+        return _BlurDown.apply(x, self.weight, self.stride, self.padding)
 
 
 class _ResBlock(nn.Module):

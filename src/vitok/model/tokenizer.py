@@ -10,6 +10,7 @@ import contextlib
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .blocks import RopeCache, Transformer
@@ -35,6 +36,9 @@ class ViTok(nn.Module):
         self.unembed = nn.ConvTranspose3d(c.decoder_width, 3, kernel_size=tubelet, stride=tubelet)
         # Autocast dtype for the Transformer work (e.g. torch.bfloat16); None runs in the weights' dtype.
         self.amp_dtype: torch.dtype | None = None
+        # The residual stream's dtype under autocast. float32 (default) keeps the sum of 2·depth
+        # branch outputs exact to bf16 rounding of each branch; bfloat16 halves its memory traffic.
+        self.residual_dtype: torch.dtype = torch.float32
         self._rope = RopeCache(c.rope_theta)
         self.reset_parameters()
 
@@ -137,24 +141,48 @@ class ViTok(nn.Module):
         return self._decode(z, grid), posterior
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-        video = x.dim() == 5
         with self._autocast(x.device):
-            tokens = self.embed(x if video else x.unsqueeze(2))  # B×D×t×h×w
-            grid = tuple(tokens.shape[2:]) if video else tuple(tokens.shape[3:])
-            # The residual stream stays float32 under autocast; each block's matmuls run in bf16.
-            tokens = tokens.flatten(2).transpose(1, 2).float()  # B×L×D
+            patches, grid = self._patchify(x if x.dim() == 5 else x.unsqueeze(2))
+            # The tubelet "convolution" as one matmul over flattened tubelets: the same weights
+            # and result, but a GEMM instead of a strided 3-D convolution (slow in cuDNN at bf16).
+            weight = self.embed.weight.flatten(1)  # D×(3·q·p·p), in the (c, t, y, x) order of a tubelet
+            tokens = F.linear(patches, weight, self.embed.bias).to(self._stream_dtype())  # B×L×D
             tokens = self.encoder(tokens, self._rope(grid, self.encoder.head_dim, x.device))
             return self.to_moments(tokens), grid  # B×L×2c
 
     def _decode(self, z: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
         with self._autocast(z.device):
-            tokens = self.from_latent(z.to(self.from_latent.weight.dtype)).float()  # B×L×D
+            tokens = self.from_latent(z.to(self.from_latent.weight.dtype)).to(self._stream_dtype())  # B×L×D
             tokens = self.decoder(tokens, self._rope(grid, self.decoder.head_dim, z.device))
-            B, L, D = tokens.shape
-            t, h, w = grid if len(grid) == 3 else (1, *grid)
-            pixels = self.unembed(tokens.transpose(1, 2).reshape(B, D, t, h, w))  # B×3×T×H×W
+            # The transposed tubelet convolution as one matmul to per-token tubelets, then unpatchify.
+            weight = self.unembed.weight.flatten(1).t()  # (3·q·p·p)×D
+            bias = self.unembed.bias.repeat_interleave(weight.shape[0] // self.unembed.bias.shape[0])
+            pixels = self._unpatchify(F.linear(tokens, weight, bias), grid)  # B×3×T×H×W
         pixels = pixels.float()
         return pixels if self.config.is_video else pixels.squeeze(2)
+
+    def _patchify(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """B×3×T×H×W -> (B×L×(3·q·p·p) tubelets in row-major grid order, grid (t, h, w) or (h, w))."""
+        B, C, T, H, W = x.shape
+        q, p = self.config.temporal_patch, self.config.patch_size
+        t, h, w = T // q, H // p, W // p
+        x = x.reshape(B, C, t, q, h, p, w, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        grid = (t, h, w) if self.config.is_video else (h, w)
+        return x.reshape(B, t * h * w, C * q * p * p), grid
+
+    def _unpatchify(self, patches: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+        """B×L×(3·q·p·p) -> B×3×T×H×W, the inverse of _patchify."""
+        q, p = self.config.temporal_patch, self.config.patch_size
+        t, h, w = grid if len(grid) == 3 else (1, *grid)
+        B = patches.shape[0]
+        x = patches.reshape(B, t, h, w, -1, q, p, p).permute(0, 4, 1, 5, 2, 6, 3, 7)
+        return x.reshape(B, x.shape[1], t * q, h * p, w * p)
+
+    def _stream_dtype(self) -> torch.dtype:
+        """The residual stream's dtype: `residual_dtype` under autocast, else the weights' dtype."""
+        if self.amp_dtype is None:
+            return self.from_latent.weight.dtype
+        return self.residual_dtype
 
     def _autocast(self, device: torch.device):
         if self.amp_dtype is None:

@@ -1,0 +1,334 @@
+"""Candidate speed-ups for issue 7, each measured against the others in one process on one GPU.
+
+Sections (pick with --sections):
+
+* attention: SDPA forward + backward at the shapes of S-B/16's encoder and decoder (L = 256,
+  head width 64) for every backend PyTorch offers (flash, memory-efficient, cuDNN).
+* model: S-B/16 at 256p, bf16 autocast: encode+decode images/s and the MSE + KL training step
+  (fused AdamW) images/s with MFU, for named variants of how much is compiled (nothing, each
+  block, each Transformer stack, the whole step function), the residual stream's dtype, the
+  attention backend and the batch. `--src` points at another copy of the package (a baseline
+  from `git archive`), so a change is measured as a ratio in the same session.
+* stage2: the extra networks of training: the discriminator's plain step (real and fake passes,
+  backward) and its R1 step (double backward) with the separable blur against the depthwise
+  convolution it replaced, and LPIPS forward + input backward, eager and compiled.
+
+    python benchmarks/speed_probe.py --out probe.json
+    python benchmarks/speed_probe.py --src .baseline/src --sections model --variants eager,blocks --out base.json
+
+Every row is written to the JSON as soon as it is measured, so a call cut by its time limit keeps
+what it finished. `--smoke` runs every section on a tiny model on the CPU (the test suite does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+# name -> (compile scope, residual dtype, attention backend, batch multiplier, compile mode)
+VARIANTS = {
+    "eager": ("none", "float32", "default", 1, None),
+    "blocks": ("blocks", "float32", "default", 1, None),
+    "stacks": ("stacks", "float32", "default", 1, None),
+    "stacks-bf16": ("stacks", "bfloat16", "default", 1, None),
+    "full": ("full", "float32", "default", 1, None),
+    "full-bf16": ("full", "bfloat16", "default", 1, None),
+    "full-bf16-cudnn": ("full", "bfloat16", "cudnn", 1, None),
+    "full-bf16-x2": ("full", "bfloat16", "default", 2, None),
+    "full-bf16-graphs": ("full", "bfloat16", "default", 1, "reduce-overhead"),
+    "blocks-bf16": ("blocks", "bfloat16", "default", 1, None),
+    "blocks-x2": ("blocks", "float32", "default", 2, None),
+    "blocks-bf16-x2": ("blocks", "bfloat16", "default", 2, None),
+    "blocks-bf16-x4": ("blocks", "bfloat16", "default", 4, None),
+}
+DEFAULT_VARIANTS = list(VARIANTS)
+
+
+class Recorder:
+    """Collects rows and rewrites the JSON file after each one."""
+
+    def __init__(self, path: str, meta: dict) -> None:
+        self.path, self.data = path, {**meta, "rows": []}
+
+    def add(self, row: dict) -> None:
+        self.data["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        if self.path:
+            Path(self.path).write_text(json.dumps(self.data, indent=2) + "\n")
+
+
+def make_timer(device):
+    import torch
+
+    if device.type != "cuda":
+        def cpu_timer(fn, warmup: int = 1, iters: int = 2) -> float:
+            for _ in range(warmup):
+                fn()
+            start = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            return (time.perf_counter() - start) / iters
+        return cpu_timer
+    sys.path.insert(0, str(ROOT))
+    from timing import bench
+    return lambda fn, warmup=3, iters=10: bench(fn, warmup, iters)
+
+
+def sdpa_context(backend: str):
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    table = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    return contextlib.nullcontext() if backend == "default" else sdpa_kernel([table[backend]])
+
+
+def attention_section(rec: Recorder, device, timer, smoke: bool) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    shapes = [(2, 2, 16, 16)] if smoke else [(128, 6, 256, 64), (128, 12, 256, 64)]
+    backends = ["math"] if smoke else ["flash", "efficient", "cudnn"]
+    dtype = torch.float32 if smoke else torch.bfloat16
+    for B, H, L, d in shapes:
+        q, k, v = (torch.randn(B, H, L, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+        flops_fwd = 4 * B * H * L * L * d
+        for backend in backends:
+            row = {"section": "attention", "shape": [B, H, L, d], "backend": backend}
+            try:
+                with sdpa_context(backend):
+                    fwd = timer(lambda: F.scaled_dot_product_attention(q, k, v))
+                    out = F.scaled_dot_product_attention(q, k, v)
+                    grad = torch.randn_like(out)
+
+                    def both():
+                        o = F.scaled_dot_product_attention(q, k, v)
+                        torch.autograd.grad(o, (q, k, v), grad)
+                    fb = timer(both)
+                row.update(fwd_ms=fwd * 1e3, fwd_bwd_ms=fb * 1e3, fwd_tflops=flops_fwd / fwd / 1e12,
+                           fwd_bwd_tflops=3.5 * flops_fwd / fb / 1e12)
+            except RuntimeError as err:  # a backend that does not support the shape or GPU
+                row["error"] = str(err).splitlines()[0][:200]
+            rec.add(row)
+
+
+def build_model(args, device, smoke: bool):
+    import torch
+
+    from vitok.model import ViTok
+
+    torch.manual_seed(0)
+    if smoke:
+        from vitok.model import ViTokConfig
+        model = ViTok(ViTokConfig(encoder_width=32, encoder_depth=1, encoder_heads=2, decoder_width=32,
+                                  decoder_depth=1, decoder_heads=2, patch_size=8, channels=4, image_size=32))
+    else:
+        model = ViTok.from_name(args.variant, channels=args.channels, image_size=args.size)
+    return model.to(device)
+
+
+def prepare(model, scope: str, residual: str, mode: str | None, train: bool, x):
+    """Apply a compile scope to the model; return the function measured (x -> loss, or x -> x_hat)."""
+    import torch
+
+    model.residual_dtype = getattr(torch, residual)  # ignored by packages without the attribute
+    opts = {"mode": mode} if mode else {}
+    if scope == "blocks":
+        model.compile_blocks(**opts)
+    elif scope == "stacks":
+        model.encoder.compile(**opts)
+        model.decoder.compile(**opts)
+    c = model.config
+
+    def loss_fn(x):
+        x_hat, post = model(x, check=False)
+        kl = post.kl().mean() / (c.num_tokens * c.channels)
+        return (x_hat - x).square().mean() + 1e-3 * kl
+
+    def infer_fn(x):
+        return model(x, sample=False, check=False)[0]
+    fn = loss_fn if train else infer_fn
+    return torch.compile(fn, **opts) if scope == "full" else fn
+
+
+def model_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
+    import torch
+
+    from vitok.info import describe
+
+    peak = None
+    if device.type == "cuda":
+        n = 8192
+        a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+        peak = 2 * n ** 3 / timer(lambda: a @ a) / 1e12
+        del a
+    for name in args.variants.split(","):
+        scope, residual, backend, mult, mode = VARIANTS[name]
+        if time.perf_counter() - START > args.budget_s:
+            rec.add({"section": "model", "variant": name, "skipped": "time budget"})
+            continue
+        torch._dynamo.reset()
+        batch = (2 if smoke else args.batch) * mult
+        row = {"section": "model", "variant": name, "src": args.src, "scope": scope, "residual": residual,
+               "attention": backend, "batch": batch, "mode": mode or "default"}
+        try:
+            model = build_model(args, device, smoke)
+            flops = describe(model.config)["gflops_total"] * 1e9
+            if device.type == "cuda":
+                model.amp_dtype = torch.bfloat16
+            size = model.config.image_size
+            x = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+            with sdpa_context(backend):
+                t0 = time.perf_counter()
+                model.eval()
+                infer = prepare(model, scope, residual, mode, False, x)
+                with torch.no_grad():
+                    t_inf = timer(lambda: infer(x))
+                model.train()
+                torch._dynamo.reset() if scope == "full" else None
+                loss_fn = prepare(model, "none" if scope == "blocks" or scope == "stacks" else scope,
+                                  residual, mode if mode != "reduce-overhead" else None, True, x)
+                opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+
+                def step():
+                    loss_fn(x).backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                t_step = timer(step, 3, 8)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                    row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                    torch.cuda.reset_peak_memory_stats()
+            row.update(encode_decode_per_s=batch / t_inf, train_per_s=batch / t_step,
+                       wall_incl_compile_s=time.perf_counter() - t0)
+            if peak:
+                row.update(matmul_tflops=peak, mfu_encode_decode=flops * batch / t_inf / 1e12 / peak,
+                           mfu_train=3 * flops * batch / t_step / 1e12 / peak)
+        except Exception as err:  # noqa: BLE001 - a failing variant is a result, not the end of the run
+            row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+        rec.add(row)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def grouped_blur(x):
+    """The depthwise-convolution blur this package used before the separable one (for comparison)."""
+    import torch.nn.functional as F
+
+    from vitok.losses import blur_kernel
+
+    k = blur_kernel(2).to(x.device, x.dtype)
+    return F.conv2d(x, k.expand(x.shape[1], 1, 4, 4).contiguous(), stride=2, padding=1, groups=x.shape[1])
+
+
+def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
+    import torch
+
+    from vitok.losses import Discriminator, discriminator_loss, r1_penalty
+    from vitok.metrics.lpips import LPIPS
+
+    size = 32 if smoke else args.size
+    batches = [2] if smoke else [32, 128]
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    # "function": the package's blur (hand-written gradients); "grouped": autograd of the plain
+    # depthwise convolution it replaced; "compiled": the package's discriminator under torch.compile
+    # (plain passes only: compiled graphs do not support R1's double backward).
+    for blur in ("function", "compiled", "grouped"):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        disc = Discriminator(size, channels=8 if smoke else 64).to(device)
+        if blur == "grouped":
+            for block in disc.blocks:
+                block.down.forward = grouped_blur
+        net = torch.compile(disc) if blur == "compiled" else disc
+        for batch in batches[:1] if blur == "grouped" else batches:
+            real = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+            fake = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+
+            def plain():
+                with amp:
+                    loss = discriminator_loss(net(real).float(), net(fake).float())
+                loss.backward()
+
+            def with_r1():
+                r = real.detach().requires_grad_(True)
+                with amp:
+                    logits = disc(r).float()
+                    loss = discriminator_loss(logits, disc(fake).float())
+                (loss + r1_penalty(logits, r)).backward()
+            row = {"section": "stage2", "net": "discriminator", "blur": blur, "batch": batch}
+            try:
+                row["plain_ms"] = timer(plain) * 1e3
+                if blur != "compiled":
+                    row["r1_ms"] = timer(with_r1) * 1e3
+            except Exception as err:  # noqa: BLE001
+                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+            rec.add(row)
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        lpips = LPIPS().to(device).requires_grad_(False).eval()
+        fn = torch.compile(lpips) if compiled else lpips
+        for batch in batches:
+            x = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+            y = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+
+            def fwd_bwd():
+                xx = x.detach().requires_grad_(True)
+                with amp:
+                    d = fn(xx, y).mean()
+                d.backward()
+            row = {"section": "stage2", "net": "lpips", "compiled": compiled, "batch": batch}
+            try:
+                row["fwd_bwd_ms"] = timer(fwd_bwd) * 1e3
+            except Exception as err:  # noqa: BLE001
+                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+            rec.add(row)
+
+
+START = time.perf_counter()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--src", default=str(ROOT.parent / "src"), help="the vitok package to measure")
+    parser.add_argument("--sections", default="attention,model,stage2")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--variant", default="S-B/16")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--budget-s", type=float, default=math.inf, help="skip model variants after this")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
+    parser.add_argument("--out", default="")
+    args = parser.parse_args(argv)
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    sys.path.insert(0, args.src)
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    timer = make_timer(device)
+    meta = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "args": vars(args)}
+    rec = Recorder(args.out, meta)
+    sections = args.sections.split(",")
+    if "attention" in sections:
+        attention_section(rec, device, timer, args.smoke)
+    if "model" in sections:
+        model_section(rec, args, device, timer, args.smoke)
+    if "stage2" in sections:
+        stage2_section(rec, args, device, timer, args.smoke)
+    return rec.data
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
