@@ -15,9 +15,10 @@ autocast ("model" step). ViTok rows add the stage-1 step with LPIPS and the stag
 (decoder-only optimizer, discriminator G and D steps, lazy R1 every 16 steps amortised), composed
 as vitok.train.loop.Trainer composes them. Training MFU counts the model's FLOPs only, 3x forward.
 
-Inference runs each model's own bf16 path: ViTok through `amp_dtype` (bf16 autocast over float32
-weights), the diffusers VAEs with bf16 weights. Training uses float32 weights under autocast for
-all. diffusers' CogVideoX round-trips clips of 8k+1 frames (first frame alone, 4 frames per
+Inference runs every model with bf16 weights (ViTok: model.to(torch.bfloat16), no autocast, so
+its residual stream is bf16 too). Training uses float32 weights under bf16 autocast for all,
+ViTok's residual stream in float32 unless --residual-dtype bfloat16; compiled ViTok rows also
+compile the LPIPS network, as `model.compile=true` does in training. diffusers' CogVideoX round-trips clips of 8k+1 frames (first frame alone, 4 frames per
 latent frame, chunks of 8), so it gets 17-frame clips against ViTok's 16, and video rates are
 compared per frame. The baselines are never compiled. diffusers is optional: without it the
 baseline rows are skipped with a note.
@@ -103,11 +104,11 @@ class Spec:
 
 
 FULL = (
-    Spec("S-B/16@256", "vitok", 256, 1, 128, 128, name="S-B/16", baseline="SD-VAE@256"),
-    Spec("S-B/16@512", "vitok", 512, 1, 32, 32, name="S-B/16", baseline="SD-VAE@512"),
+    Spec("S-B/16@256", "vitok", 256, 1, 512, 256, name="S-B/16", baseline="SD-VAE@256"),
+    Spec("S-B/16@512", "vitok", 512, 1, 128, 64, name="S-B/16", baseline="SD-VAE@512"),
     # S-L's 24-block decoder holds about 2.8x S-B's activations: half the training batch.
-    Spec("S-L/16@256", "vitok", 256, 1, 128, 64, name="S-L/16", baseline="SD-VAE@256"),
-    Spec("S-B/4x8@16x128", "vitok", 128, 16, 16, 16, name="S-B/4x8", baseline="CogVideoX@17x128"),
+    Spec("S-L/16@256", "vitok", 256, 1, 256, 128, name="S-L/16", baseline="SD-VAE@256"),
+    Spec("S-B/4x8@16x128", "vitok", 128, 16, 64, 32, name="S-B/4x8", baseline="CogVideoX@17x128"),
     # The conv VAEs keep full-resolution feature maps of 128-512 channels: smaller training batches.
     Spec("SD-VAE@256", "sd-vae", 256, 1, 128, 32),
     Spec("SD-VAE@512", "sd-vae", 512, 1, 32, 8),
@@ -168,27 +169,40 @@ class Tokenizer:
 
 
 class VitokTokenizer(Tokenizer):
-    """vitok.model.ViTok; bf16 through its `amp_dtype` autocast."""
+    """vitok.model.ViTok: inference with bf16 weights (as the baselines), training under bf16 autocast."""
 
-    def __init__(self, spec: Spec, device: torch.device, amp_dtype: torch.dtype | None) -> None:
+    def __init__(self, spec: Spec, device: torch.device, amp_dtype: torch.dtype | None,
+                 residual_dtype: torch.dtype = torch.float32) -> None:
         overrides = dict(channels=16, image_size=spec.size)
         if spec.frames > 1:
             overrides["frames"] = spec.frames
         with torch.device(device):
             self.module = ViTok.from_name(spec.name, **overrides)
         self.amp_dtype = amp_dtype
+        self.module.residual_dtype = residual_dtype
+        self.dtype = torch.float32
+        self.compiled = False
+
+    def _cast(self, dtype: torch.dtype) -> None:
+        if dtype != self.dtype:
+            self.module.to(dtype)
+            self.dtype = dtype
 
     def inference(self) -> None:
+        # bf16 weights and no autocast: no per-call weight casts, a bf16 residual stream; what a
+        # user does for bf16 inference (model.to(torch.bfloat16)), and how the baselines run.
+        self._cast(self.amp_dtype or torch.float32)
         self.module.eval()
-        self.module.amp_dtype = self.amp_dtype
+        self.module.amp_dtype = None
 
     def training(self) -> None:
+        self._cast(torch.float32)
         self.module.train()
         self.module.amp_dtype = self.amp_dtype
         self.module.set_grad_checkpointing(False)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        return self.module.encode(x, check=False)
+        return self.module.encode(x.to(self.dtype), check=False)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.module.decode(z, check=False)
@@ -207,6 +221,7 @@ class VitokTokenizer(Tokenizer):
 
     def compile(self, mode: str | None) -> None:
         self.module.compile_blocks(**({"mode": mode} if mode else {}))
+        self.compiled = True  # training steps then compile LPIPS too, as the Trainer does
 
 
 class DiffusersTokenizer(Tokenizer):
@@ -251,10 +266,11 @@ class DiffusersTokenizer(Tokenizer):
             return self.module.decode(z.to(self.dtype)).sample.float()
 
 
-def build_tokenizer(spec: Spec, device: torch.device, amp_dtype: torch.dtype | None, diffusers) -> Tokenizer:
+def build_tokenizer(spec: Spec, device: torch.device, amp_dtype: torch.dtype | None, diffusers,
+                    residual_dtype: torch.dtype = torch.float32) -> Tokenizer:
     """The row's tokenizer with random weights, built directly on `device`."""
     if spec.kind == "vitok":
-        return VitokTokenizer(spec, device, amp_dtype)
+        return VitokTokenizer(spec, device, amp_dtype, residual_dtype)
     return DiffusersTokenizer(spec, device, amp_dtype, diffusers)
 
 
@@ -299,6 +315,8 @@ class TrainingStep:
                 self.disc.channels_last = channels_last
             if self.perceptual is not None:
                 self.perceptual.lpips.channels_last = channels_last
+                if getattr(tok, "compiled", False):
+                    self.perceptual.compile_network()
         named = [(n, p) for n, p in tok.module.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
         self.opt_g = self.opt_d = self.ema = None
@@ -612,6 +630,7 @@ class Context:
     channels_last: bool = False
     lpips_fraction: float = 1.0
     disc_fraction: float = 1.0
+    residual_dtype: torch.dtype = torch.float32
 
     def attempt(self, where: str, fn: Callable[..., dict], *args) -> dict:
         """fn(*args), or {"error": ...} logged and printed, unless strict (smoke), where errors raise."""
@@ -628,7 +647,7 @@ class Context:
 
 def measure_mode(spec: Spec, mode: str, counts: dict, ctx: Context, diffusers, compile_mode: str | None) -> dict:
     """Every measurement of one row in one mode, on a freshly built model."""
-    tok = build_tokenizer(spec, ctx.device, ctx.amp_dtype, diffusers)
+    tok = build_tokenizer(spec, ctx.device, ctx.amp_dtype, diffusers, ctx.residual_dtype)
     steps = ("model",) if "train" in ctx.parts else ()
     if spec.kind == "vitok" and "stages" in ctx.parts:
         steps = (*steps, "lpips", "stage2")
@@ -817,6 +836,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="loss.lpips_fraction for the training steps (share of the batch LPIPS scores)")
     p.add_argument("--disc-fraction", type=float, default=1.0,
                    help="loss.disc_fraction for the stage-2 step (share of the batch the discriminator sees)")
+    p.add_argument("--residual-dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="ViTok's residual stream under autocast in the training steps (model.residual_dtype)")
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode for compile_blocks, e.g. max-autotune-no-cudagraphs")
     p.add_argument("--warmup", type=int, default=None,
@@ -887,7 +908,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"device": result["meta"]["device"], **c}), flush=True)
     ctx = Context(device, amp_dtype, timer, c["matmul_tflops"], args.parts, strict=args.smoke, errors=result["errors"],
                   channels_last=args.conv_layout == "channels_last", lpips_fraction=args.lpips_fraction,
-                  disc_fraction=args.disc_fraction)
+                  disc_fraction=args.disc_fraction, residual_dtype=getattr(torch, args.residual_dtype))
 
     for spec in specs:
         print(f"{spec.key}: counting", flush=True)

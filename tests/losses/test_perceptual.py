@@ -105,3 +105,19 @@ def test_load_rejects_a_file_that_fails_its_checksum(tmp_path):
     loss_fn, reason = load_perceptual_loss(tmp_path)
     assert loss_fn is None
     assert "sha256" in reason and WEIGHT_FILES["vgg16"].filename in reason
+
+
+def test_compiled_network_matches_eager_in_value_and_gradient():
+    torch.manual_seed(0)
+    loss_fn = PerceptualLoss(build_lpips(None, None))
+    x_hat, x = _images(2, 3, 32, 32, seed=3)
+    results = []
+    for compiled in (False, True):
+        if compiled:
+            assert loss_fn.compile_network() is loss_fn
+        leaf = x_hat.clone().requires_grad_(True)
+        loss = loss_fn(leaf, x)
+        loss.backward()
+        results.append((loss.detach(), leaf.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-3, atol=1e-6)

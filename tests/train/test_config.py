@@ -54,6 +54,7 @@ def test_every_field_listed_for_help():
     (["batch_size"], "must look like section.field=value"),
     (["loss.lpips_fraction=0"], "loss.lpips_fraction must be in (0, 1]"),
     (["loss.disc_fraction=1.5"], "loss.disc_fraction must be in (0, 1]"),
+    (["model.residual_dtype=float16"], "choose one of float32, bfloat16"),
 ])
 def test_bad_configs_are_rejected_with_the_fix(override, fragment):
     with pytest.raises(ValueError, match=None) as err:

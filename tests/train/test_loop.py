@@ -292,3 +292,27 @@ def test_lpips_term_trains_when_its_weights_load(tmp_path, photo_folder, monkeyp
         assert "pip install tensorboard" in (tmp_path / "run" / "train.log").read_text()
     else:
         assert (tmp_path / "run" / "tensorboard").is_dir()
+
+
+def test_compile_and_residual_dtype_reach_the_model_and_lpips(tmp_path, photo_folder, monkeypatch):
+    import vitok.train.loop as loop
+    from vitok.losses import PerceptualLoss
+    from vitok.metrics.lpips import build_lpips
+    from vitok.model import ViTok
+
+    calls = []
+    monkeypatch.setattr(loop, "load_perceptual_loss", lambda folder: (PerceptualLoss(build_lpips(None, None)), None))
+    # The compilers themselves are tested elsewhere; here only that training asks for them.
+    monkeypatch.setattr(ViTok, "compile_blocks", lambda self, **kw: calls.append("blocks") or self)
+    monkeypatch.setattr(PerceptualLoss, "compile_network", lambda self, **kw: calls.append("lpips") or self)
+    seen = []
+    original = loop.Trainer.train_step
+
+    def spy(self, x, step, weight):
+        seen.append(self.model.residual_dtype)
+        return original(self, x, step, weight)
+    monkeypatch.setattr(loop.Trainer, "train_step", spy)
+    args = TINY + [f"data.source={photo_folder}", "train.stage1_steps=1", "train.stage2_steps=0",
+                   "loss.lpips_weight=0.5", "model.compile=true", "model.residual_dtype=bfloat16"]
+    train(load_config(None, args), out=tmp_path / "run")
+    assert calls == ["blocks", "lpips"] and seen == [torch.bfloat16]

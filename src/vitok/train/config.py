@@ -34,7 +34,10 @@ class ModelSection:
     patch_size: int | None = None
     temporal_patch: int | None = None
     grad_checkpointing: bool = False
-    compile: bool = False  # torch.compile each Transformer block (GPU)
+    compile: bool = False  # torch.compile each Transformer block and the LPIPS network (GPU)
+    # The residual stream's dtype under bf16 autocast: "float32" (exact sums) or "bfloat16" (less
+    # memory traffic: 1.06x the training step of S-B/16 at 256p on an H100, benchmarks/NOTES.md).
+    residual_dtype: str = "float32"
 
 
 @dataclass
@@ -158,6 +161,7 @@ CHOICES = {
     "loss.reconstruction": ("mse", "l1"),
     "loss.gan_loss": ("non_saturating", "hinge"),
     "loss.disc_video": ("frame", "3d"),
+    "model.residual_dtype": ("float32", "bfloat16"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "bf16", "fp32"),
     "train.parallel": ("ddp", "fsdp"),

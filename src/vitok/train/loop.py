@@ -80,6 +80,7 @@ class Trainer:
         self.model_config = config_from_name(config.model.name, **config.model_overrides())
         self.model = ViTok(self.model_config).to(self.device)
         self.model.amp_dtype = torch.bfloat16 if self.amp else None
+        self.model.residual_dtype = getattr(torch, config.model.residual_dtype)
         self.model.set_grad_checkpointing(config.model.grad_checkpointing)
         self.sharded = t.parallel == "fsdp" and dist_info.world > 1
         if self.sharded:
@@ -97,6 +98,9 @@ class Trainer:
             if self.perceptual is not None:
                 self.perceptual = self.perceptual.to(self.device)
                 self.perceptual.max_frames = lo.lpips_max_frames
+                if config.model.compile:
+                    # 2.4x faster forward + input backward at 256p on an H100 (benchmarks/NOTES.md).
+                    self.perceptual.compile_network()
         self.disc = self.lecam = None
         if t.stage2_steps > 0:
             self.disc = Discriminator(self.model_config.image_size, channels=lo.disc_channels,
