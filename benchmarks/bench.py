@@ -96,6 +96,9 @@ class Spec:
     name: str = ""  # ViTok variant ("S-B/16")
     baseline: str = ""  # key of the baseline row a ViTok row is compared with
     tiny: bool = False  # smoke-sized architectures (baselines, discriminator)
+    # Batch of the +LPIPS and stage-2 steps (0: train_batch): their extra networks need more memory,
+    # and near the device's limit the allocator, not the work, sets the time.
+    stage_batch: int = 0
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -104,11 +107,11 @@ class Spec:
 
 
 FULL = (
-    Spec("S-B/16@256", "vitok", 256, 1, 512, 256, name="S-B/16", baseline="SD-VAE@256"),
-    Spec("S-B/16@512", "vitok", 512, 1, 128, 64, name="S-B/16", baseline="SD-VAE@512"),
+    Spec("S-B/16@256", "vitok", 256, 1, 512, 256, name="S-B/16", baseline="SD-VAE@256", stage_batch=128),
+    Spec("S-B/16@512", "vitok", 512, 1, 128, 64, name="S-B/16", baseline="SD-VAE@512", stage_batch=32),
     # S-L's 24-block decoder holds about 2.8x S-B's activations: half the training batch.
-    Spec("S-L/16@256", "vitok", 256, 1, 256, 128, name="S-L/16", baseline="SD-VAE@256"),
-    Spec("S-B/4x8@16x128", "vitok", 128, 16, 64, 32, name="S-B/4x8", baseline="CogVideoX@17x128"),
+    Spec("S-L/16@256", "vitok", 256, 1, 256, 128, name="S-L/16", baseline="SD-VAE@256", stage_batch=64),
+    Spec("S-B/4x8@16x128", "vitok", 128, 16, 64, 32, name="S-B/4x8", baseline="CogVideoX@17x128", stage_batch=16),
     # The conv VAEs keep full-resolution feature maps of 128-512 channels: smaller training batches.
     Spec("SD-VAE@256", "sd-vae", 256, 1, 128, 32),
     Spec("SD-VAE@512", "sd-vae", 512, 1, 32, 8),
@@ -669,7 +672,8 @@ def measure_mode(spec: Spec, mode: str, counts: dict, ctx: Context, diffusers, c
     train = {}
     for kind in steps:
         train[kind] = ctx.attempt(f"{spec.key} {mode} {kind} step", fit_batch,
-                                  functools.partial(measure_step, kind, tok, spec, counts, ctx), spec.train_batch,
+                                  functools.partial(measure_step, kind, tok, spec, counts, ctx),
+                                  spec.train_batch if kind == "model" else spec.stage_batch or spec.train_batch,
                                   ctx.device)
         tok.module.zero_grad(set_to_none=True)
         print(f"  {spec.key} {mode} {kind} step done ({time.perf_counter() - started:.0f} s)", flush=True)

@@ -64,8 +64,6 @@ class Recorder:
 
 
 def make_timer(device):
-    import torch
-
     if device.type != "cuda":
         def cpu_timer(fn, warmup: int = 1, iters: int = 2) -> float:
             for _ in range(warmup):

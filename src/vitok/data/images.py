@@ -80,6 +80,12 @@ def decode_image(data: bytes, name: str, reduce: int = 1) -> np.ndarray:
     draft mode), several times faster when a training crop is resized far down anyway; sides
     are rounded up. Other formats ignore it and decode at full size.
     """
+    return np.array(decode_rgb(data, name, reduce), dtype=np.uint8)
+
+
+def decode_rgb(data: bytes, name: str, reduce: int = 1) -> Image.Image:
+    """decode_image's result as a Pillow RGB image (EXIF orientation applied), for callers that crop
+    and resize in Pillow: no copy of the full image is made beyond the decode itself."""
     if len(data) == 0:
         raise ValueError(f"{name}: file is empty (0 bytes)")
     if reduce not in (1, 2, 4, 8):
@@ -96,8 +102,11 @@ def decode_image(data: bytes, name: str, reduce: int = 1) -> np.ndarray:
             # open() is lazy and only parses the header; load() decodes the pixels, which is
             # where truncation and corrupt data surface.
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb_array(img)
+            # In place: the default returns a copy of the whole image even when nothing turns.
+            ImageOps.exif_transpose(img, in_place=True)
+            if img.mode == "RGB" and "transparency" not in img.info:
+                return img  # leaving the with-block closes the buffer only; the pixels are loaded
+            return Image.fromarray(_to_rgb_array(img))
     except _DECODE_ERRORS as e:
         raise ValueError(f"{name}: not a readable image ({_describe(e)})") from e
     finally:
