@@ -47,6 +47,13 @@ VARIANTS = {
     "blocks-bf16-x2": ("blocks", "bfloat16", "default", 2, None),
     "blocks-bf16-x4": ("blocks", "bfloat16", "default", 4, None),
 }
+# Inference with bf16 weights (model.to(torch.bfloat16), no autocast), as bench.py runs it.
+VARIANTS.update({
+    "blocks-w16-x4": ("blocks", "weights", "default", 4, None),
+    "stacks-w16-x4": ("stacks", "weights", "default", 4, None),
+    "full-w16-x4": ("full", "weights", "default", 4, None),
+    "blocks-w16-x8": ("blocks", "weights", "default", 8, None),
+})
 DEFAULT_VARIANTS = list(VARIANTS)
 
 
@@ -136,7 +143,11 @@ def prepare(model, scope: str, residual: str, mode: str | None, train: bool, x):
     """Apply a compile scope to the model; return the function measured (x -> loss, or x -> x_hat)."""
     import torch
 
-    model.residual_dtype = getattr(torch, residual)  # ignored by packages without the attribute
+    if residual == "weights":  # bf16 weights, no autocast: the stream follows the weights
+        model.to(torch.bfloat16)
+        model.amp_dtype = None
+    else:
+        model.residual_dtype = getattr(torch, residual)  # ignored by packages without the attribute
     opts = {"mode": mode} if mode else {}
     if scope == "blocks":
         model.compile_blocks(**opts)
@@ -187,8 +198,15 @@ def model_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
                 t0 = time.perf_counter()
                 model.eval()
                 infer = prepare(model, scope, residual, mode, False, x)
+                xin = x.to(next(model.parameters()).dtype)
                 with torch.no_grad():
-                    t_inf = timer(lambda: infer(x))
+                    t_inf = timer(lambda: infer(xin))
+                row.update(encode_decode_per_s=batch / t_inf)
+                if peak:
+                    row["mfu_encode_decode"] = flops * batch / t_inf / 1e12 / peak
+                if args.infer_only or residual == "weights":
+                    rec.add(row)
+                    continue
                 model.train()
                 torch._dynamo.reset() if scope == "full" else None
                 loss_fn = prepare(model, "none" if scope == "blocks" or scope == "stacks" else scope,
@@ -239,7 +257,7 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
     # "function": the package's blur (hand-written gradients); "grouped": autograd of the plain
     # depthwise convolution it replaced; "compiled": the package's discriminator under torch.compile
     # (plain passes only: compiled graphs do not support R1's double backward).
-    for blur in ("function", "compiled", "grouped"):
+    for blur in ("function", "grouped") if smoke else ("function", "compiled", "grouped"):
         torch._dynamo.reset()
         torch.manual_seed(0)
         disc = Discriminator(size, channels=8 if smoke else 64).to(device)
@@ -270,7 +288,7 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
             except Exception as err:  # noqa: BLE001
                 row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
             rec.add(row)
-    for compiled in (False, True):
+    for compiled in (False,) if smoke else (False, True):
         torch._dynamo.reset()
         lpips = LPIPS().to(device).requires_grad_(False).eval()
         fn = torch.compile(lpips) if compiled else lpips
@@ -304,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--budget-s", type=float, default=math.inf, help="skip model variants after this")
+    parser.add_argument("--infer-only", action="store_true", help="model section: no training step")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)

@@ -241,6 +241,12 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final.linear.weight)
         nn.init.zeros_(self.final.linear.bias)
 
+    def compile_blocks(self, **options) -> "DiT":
+        """torch.compile every block in place (weights' names unchanged; options go to torch.compile)."""
+        for block in self.blocks:
+            block.compile(**options)
+        return self
+
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Recompute block activations in the backward pass: less memory, about a third more compute."""
         self.grad_checkpointing = enabled
