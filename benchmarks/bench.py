@@ -222,8 +222,12 @@ class VitokTokenizer(Tokenizer):
         for part in (self.module.embed, self.module.encoder, self.module.to_moments):
             part.requires_grad_(False)
 
-    def compile(self, mode: str | None) -> None:
-        self.module.compile_blocks(**({"mode": mode} if mode else {}))
+    def compile(self, mode: str | None, scope: str = "blocks") -> None:
+        options = {"mode": mode} if mode else {}
+        if scope == "stacks":
+            self.module.compile_stacks(**options)
+        else:
+            self.module.compile_blocks(**options)
         self.compiled = True  # training steps then compile LPIPS too, as the Trainer does
 
 
@@ -634,6 +638,7 @@ class Context:
     lpips_fraction: float = 1.0
     disc_fraction: float = 1.0
     residual_dtype: torch.dtype = torch.float32
+    compile_scope: str = "blocks"
 
     def attempt(self, where: str, fn: Callable[..., dict], *args) -> dict:
         """fn(*args), or {"error": ...} logged and printed, unless strict (smoke), where errors raise."""
@@ -663,7 +668,7 @@ def measure_mode(spec: Spec, mode: str, counts: dict, ctx: Context, diffusers, c
         # A user's run compiles one or two of the variants measured here (eval/train, frozen
         # encoder); above dynamo's default limit the rest would silently run eager.
         torch._dynamo.config.recompile_limit = max(64, torch._dynamo.config.recompile_limit)
-        tok.compile(compile_mode)
+        tok.compile(compile_mode, ctx.compile_scope)
     if "infer" in ctx.parts:
         result["infer"] = ctx.attempt(f"{spec.key} {mode} infer", fit_batch,
                                       functools.partial(measure_inference, tok, spec, counts, ctx), spec.batch,
@@ -842,6 +847,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="loss.disc_fraction for the stage-2 step (share of the batch the discriminator sees)")
     p.add_argument("--residual-dtype", choices=("float32", "bfloat16"), default="float32",
                    help="ViTok's residual stream under autocast in the training steps (model.residual_dtype)")
+    p.add_argument("--compile-scope", choices=("blocks", "stacks"), default="blocks",
+                   help="compiled mode: ViTok.compile_blocks (each block) or compile_stacks (each Transformer)")
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode for compile_blocks, e.g. max-autotune-no-cudagraphs")
     p.add_argument("--warmup", type=int, default=None,
@@ -912,7 +919,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"device": result["meta"]["device"], **c}), flush=True)
     ctx = Context(device, amp_dtype, timer, c["matmul_tflops"], args.parts, strict=args.smoke, errors=result["errors"],
                   channels_last=args.conv_layout == "channels_last", lpips_fraction=args.lpips_fraction,
-                  disc_fraction=args.disc_fraction, residual_dtype=getattr(torch, args.residual_dtype))
+                  disc_fraction=args.disc_fraction, residual_dtype=getattr(torch, args.residual_dtype),
+                  compile_scope=args.compile_scope)
 
     for spec in specs:
         print(f"{spec.key}: counting", flush=True)

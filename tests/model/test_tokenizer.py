@@ -208,14 +208,15 @@ def test_model_learns_on_meta_free_path_and_all_parameters_get_gradients():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-def test_compiled_blocks_match_eager_and_keep_weight_names():
+@pytest.mark.parametrize("method", ["compile_blocks", "compile_stacks"])
+def test_compiled_blocks_match_eager_and_keep_weight_names(method):
     torch.manual_seed(0)
     model = ViTok(tiny_config()).eval()
     x = pixels(2, 3, 32, 32)
     keys = list(model.state_dict())
     with torch.no_grad():
         eager, _ = model(x, sample=False)
-        model.compile_blocks()
+        assert getattr(model, method)() is model
         compiled, _ = model(x, sample=False)
     assert list(model.state_dict()) == keys
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
