@@ -299,9 +299,11 @@ class TrainingStep:
 
     def __init__(self, kind: str, tok: Tokenizer, x: torch.Tensor, spec: Spec,
                  amp_dtype: torch.dtype | None, optimize: bool = True, channels_last: bool = False,
-                 lpips_fraction: float = 1.0, disc_fraction: float = 1.0) -> None:
+                 lpips_fraction: float = 1.0, disc_fraction: float = 1.0, disc_channels: int = 0) -> None:
         config = TrainConfig()
         config.loss.lpips_fraction, config.loss.disc_fraction = lpips_fraction, disc_fraction
+        if disc_channels:
+            config.loss.disc_channels = disc_channels
         self.loss, optim = config.loss, config.optim
         self.kind, self.tok, self.x, self.amp_dtype = kind, tok, x, amp_dtype
         self.clip = optim.grad_clip or float("inf")
@@ -608,6 +610,7 @@ def measure_step(kind: str, tok: Tokenizer, spec: Spec, counts: dict, ctx: "Cont
     """One training-step kind; stage 2 is timed with and without R1 and amortised over r1_every steps."""
     x = random_pixels(spec, batch, ctx.device)
     step = TrainingStep(kind, tok, x, spec, ctx.amp_dtype, channels_last=ctx.channels_last,
+                        disc_channels=ctx.disc_channels,
                         lpips_fraction=ctx.lpips_fraction, disc_fraction=ctx.disc_fraction)
     model_flops = 3 * counts["flops_total"]  # the MFU convention: model FLOPs only, 3x forward
     timing = ctx.timer.run(step)
@@ -639,6 +642,7 @@ class Context:
     disc_fraction: float = 1.0
     residual_dtype: torch.dtype = torch.float32
     compile_scope: str = "blocks"
+    disc_channels: int = 0  # 0: the shipped loss.disc_channels
 
     def attempt(self, where: str, fn: Callable[..., dict], *args) -> dict:
         """fn(*args), or {"error": ...} logged and printed, unless strict (smoke), where errors raise."""
@@ -847,6 +851,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="loss.disc_fraction for the stage-2 step (share of the batch the discriminator sees)")
     p.add_argument("--residual-dtype", choices=("float32", "bfloat16"), default="float32",
                    help="ViTok's residual stream under autocast in the training steps (model.residual_dtype)")
+    p.add_argument("--disc-channels", type=int, default=0,
+                   help="stage 2: the discriminator's base channels (loss.disc_channels; 0 = shipped default)")
     p.add_argument("--compile-scope", choices=("blocks", "stacks"), default="blocks",
                    help="compiled mode: ViTok.compile_blocks (each block) or compile_stacks (each Transformer)")
     p.add_argument("--compile-mode", default=None,
@@ -920,7 +926,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(device, amp_dtype, timer, c["matmul_tflops"], args.parts, strict=args.smoke, errors=result["errors"],
                   channels_last=args.conv_layout == "channels_last", lpips_fraction=args.lpips_fraction,
                   disc_fraction=args.disc_fraction, residual_dtype=getattr(torch, args.residual_dtype),
-                  compile_scope=args.compile_scope)
+                  compile_scope=args.compile_scope, disc_channels=args.disc_channels)
 
     for spec in specs:
         print(f"{spec.key}: counting", flush=True)
