@@ -251,8 +251,13 @@ def test_bf16_weights_run_without_autocast(tiny_image_model):
     """A model cast to bf16 (no autocast) keeps its residual stream in the weights' dtype."""
     x = pixels(2, 3, 32, 32)
     ref, _ = tiny_image_model(x, sample=False)
-    out, _ = tiny_image_model.to(torch.bfloat16)(x.bfloat16(), sample=False, check=False)
-    assert ((out.float() - ref).norm() / ref.norm()).item() < 5e-2
+    model = tiny_image_model.to(torch.bfloat16)
+    for pixels_in in (x, x.bfloat16()):  # float32 pixels are cast to the weights' dtype
+        out, _ = model(pixels_in, sample=False, check=False)
+        assert out.dtype == torch.float32
+        assert ((out - ref).norm() / ref.norm()).item() < 5e-2
+    z = model.encode(x).mean
+    assert z.dtype == torch.float32 and model.decode(z).dtype == torch.float32
 
 
 def test_bf16_residual_stream_is_close_to_float32(tiny_image_model):

@@ -153,6 +153,8 @@ class ViTok(nn.Module):
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         with self._autocast(x.device):
+            if self.amp_dtype is None:  # e.g. float32 pixels into a model cast to bf16
+                x = x.to(self.embed.weight.dtype)
             patches, grid = self._patchify(x if x.dim() == 5 else x.unsqueeze(2))
             # The tubelet "convolution" as one matmul over flattened tubelets: the same weights
             # and result, but a GEMM instead of a strided 3-D convolution (slow in cuDNN at bf16).
