@@ -148,6 +148,12 @@ class Tokenizer:
     """A tokenizer as the benchmark drives it: encode -> posterior, decode, reconstruct (sampled)."""
 
     module: torch.nn.Module
+    dtype: torch.dtype = torch.float32  # the weights' dtype now
+
+    def _cast(self, dtype: torch.dtype) -> None:
+        if dtype != self.dtype:  # casting only on a change also spares the fake tensors of count_spec
+            self.module.to(dtype)
+            self.dtype = dtype
 
     def inference(self) -> None:
         """Switch to the model's own inference path in the run's precision (eval mode)."""
@@ -183,13 +189,7 @@ class VitokTokenizer(Tokenizer):
             self.module = ViTok.from_name(spec.name, **overrides)
         self.amp_dtype = amp_dtype
         self.module.residual_dtype = residual_dtype
-        self.dtype = torch.float32
         self.compiled = False
-
-    def _cast(self, dtype: torch.dtype) -> None:
-        if dtype != self.dtype:
-            self.module.to(dtype)
-            self.dtype = dtype
 
     def inference(self) -> None:
         # bf16 weights and no autocast: no per-call weight casts, a bf16 residual stream; what a
@@ -242,12 +242,6 @@ class DiffusersTokenizer(Tokenizer):
         with torch.device(device):
             self.module = cls(**config)
         self.amp_dtype = amp_dtype
-        self.dtype = torch.float32
-
-    def _cast(self, dtype: torch.dtype) -> None:
-        if dtype != self.dtype:  # casting only on a change also spares the fake tensors of count_spec
-            self.module.to(dtype)
-            self.dtype = dtype
 
     def inference(self) -> None:
         self._cast(self.amp_dtype or torch.float32)

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from timing import bench
+from timing import bench, matmul_tflops
 
 
 def measure(label: str, batch: int, compile_mode: str | None) -> dict:
@@ -24,10 +24,7 @@ def measure(label: str, batch: int, compile_mode: str | None) -> dict:
     from vitok.info import describe
     from vitok.model import ViTok
 
-    n = 8192
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    peak = 2 * n ** 3 / bench(lambda: a @ a, 5, 20) / 1e12
-    del a
+    peak = matmul_tflops()
     torch.manual_seed(0)
     model = ViTok.from_name("S-B/16", channels=16, image_size=256).cuda()
     c = model.config

@@ -26,8 +26,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from vitok.losses import kl_loss, reconstruction_loss  # noqa: E402
+from speed_probe import prepare  # noqa: E402
 from vitok.model import ViTok, ViTokConfig  # noqa: E402
 from vitok.train.optim import build_adamw  # noqa: E402
 
@@ -64,40 +65,25 @@ def build(args: argparse.Namespace, device: torch.device) -> tuple[ViTok, torch.
     model = model.to(device)
     if device.type == "cuda":
         model.amp_dtype = torch.bfloat16
-    model.residual_dtype = getattr(torch, args.residual)
-    if args.compile:
-        args.scope = "blocks"
-    if args.scope == "blocks":
-        model.compile_blocks()
-    elif args.scope == "stacks":
-        model.encoder.compile()
-        model.decoder.compile()
     return model, x.to(device)
 
 
 def step_fn(args: argparse.Namespace, model: ViTok, x: torch.Tensor):
-    """The measured unit: one MSE + KL training step with fused AdamW, or one encode + decode."""
+    """The measured unit: one MSE + KL training step with fused AdamW, or one encode + decode;
+    compile scope and residual dtype applied as speed_probe.py applies them."""
+    fn = prepare(model, args.scope, args.residual, None, train=args.mode == "train")
     if args.mode == "infer":
         model.eval()
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return model(x, sample=False, check=False)[0]
-        compiled = torch.compile(forward) if args.scope == "full" else forward
-
         @torch.no_grad()
         def infer() -> None:
-            compiled(x)
+            fn(x)
         return infer
     model.train()
     optimizer = build_adamw(list(model.named_parameters()), 1e-4, (0.9, 0.95), 1e-4, fused=True)
 
-    def loss_fn(x: torch.Tensor) -> torch.Tensor:
-        x_hat, posterior = model(x, check=False)
-        return reconstruction_loss(x_hat, x, "mse") + 1e-3 * kl_loss(posterior)
-    compiled = torch.compile(loss_fn) if args.scope == "full" else loss_fn
-
     def train() -> None:
-        compiled(x).backward()
+        fn(x).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return train
@@ -150,6 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU")
     parser.add_argument("--out", default="", help="write the summary as JSON here")
     args = parser.parse_args(argv)
+    if args.compile:
+        args.scope = "blocks"
     if args.steps < 1 or args.warmup < 0:
         raise SystemExit("--steps must be >= 1 and --warmup >= 0")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")

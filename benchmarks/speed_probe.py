@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))  # timing.py, also when loaded by path (the tests)
 
 # name -> (compile scope, residual dtype, attention backend, batch multiplier, compile mode)
 VARIANTS = {
@@ -80,7 +81,6 @@ def make_timer(device):
                 fn()
             return (time.perf_counter() - start) / iters
         return cpu_timer
-    sys.path.insert(0, str(ROOT))
     from timing import bench
     return lambda fn, warmup=3, iters=10: bench(fn, warmup, iters)
 
@@ -139,9 +139,11 @@ def build_model(args, device, smoke: bool):
     return model.to(device)
 
 
-def prepare(model, scope: str, residual: str, mode: str | None, train: bool, x):
+def prepare(model, scope: str, residual: str, mode: str | None, train: bool):
     """Apply a compile scope to the model; return the function measured (x -> loss, or x -> x_hat)."""
     import torch
+
+    from vitok.losses import kl_loss, reconstruction_loss
 
     if residual == "weights":  # bf16 weights, no autocast: the stream follows the weights
         model.to(torch.bfloat16)
@@ -152,14 +154,11 @@ def prepare(model, scope: str, residual: str, mode: str | None, train: bool, x):
     if scope == "blocks":
         model.compile_blocks(**opts)
     elif scope == "stacks":
-        model.encoder.compile(**opts)
-        model.decoder.compile(**opts)
-    c = model.config
+        model.compile_stacks(**opts)
 
     def loss_fn(x):
         x_hat, post = model(x, check=False)
-        kl = post.kl().mean() / (c.num_tokens * c.channels)
-        return (x_hat - x).square().mean() + 1e-3 * kl
+        return reconstruction_loss(x_hat, x, "mse") + 1e-3 * kl_loss(post)
 
     def infer_fn(x):
         return model(x, sample=False, check=False)[0]
@@ -174,10 +173,8 @@ def model_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
 
     peak = None
     if device.type == "cuda":
-        n = 8192
-        a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-        peak = 2 * n ** 3 / timer(lambda: a @ a) / 1e12
-        del a
+        from timing import matmul_tflops
+        peak = matmul_tflops()
     for name in args.variants.split(","):
         scope, residual, backend, mult, mode = VARIANTS[name]
         if time.perf_counter() - START > args.budget_s:
@@ -197,7 +194,7 @@ def model_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
             with sdpa_context(backend):
                 t0 = time.perf_counter()
                 model.eval()
-                infer = prepare(model, scope, residual, mode, False, x)
+                infer = prepare(model, scope, residual, mode, False)
                 xin = x.to(next(model.parameters()).dtype)
                 with torch.no_grad():
                     t_inf = timer(lambda: infer(xin))
@@ -210,7 +207,7 @@ def model_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
                 model.train()
                 torch._dynamo.reset() if scope == "full" else None
                 loss_fn = prepare(model, "none" if scope == "blocks" or scope == "stacks" else scope,
-                                  residual, mode if mode != "reduce-overhead" else None, True, x)
+                                  residual, mode if mode != "reduce-overhead" else None, True)
                 opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
 
                 def step():

@@ -19,3 +19,11 @@ def bench(fn, warmup: int = 3, iters: int = 10) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
     return sorted(times)[len(times) // 2]
+
+
+def matmul_tflops(n: int = 8192) -> float:
+    """This GPU's bf16 dense matmul rate (an n³ product, median of 20): the ceiling MFU is taken against."""
+    import torch
+
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    return 2 * n ** 3 / bench(lambda: a @ a, 5, 20) / 1e12
