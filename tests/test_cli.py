@@ -97,4 +97,4 @@ def test_eval_prints_notes_and_identical_count(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(run, "run_eval", lambda *args, **kwargs: document)
     assert main(["eval", str(tmp_path), "--data", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "rfvd   note: computed on 10-frame clips" in out and "2 reconstruction(s) identical" in out
+    assert "rfvd      note: computed on 10-frame clips" in out and "2 reconstruction(s) identical" in out

@@ -100,11 +100,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     print(f"{document['num_samples']} samples in {document['seconds']:.1f} s")
     for name, value in document["metrics"].items():
-        print(f"  {name:6} {value:.4f}")
+        print(f"  {name:9} {value:.4f}")
     for name, reason in document["not_computed"].items():
-        print(f"  {name:6} not computed: {reason}")
+        print(f"  {name:9} not computed: {reason}")
     for name, note in document["notes"].items():
-        print(f"  {name:6} note: {note}")
+        print(f"  {name:9} note: {note}")
     if document["psnr_infinite"]:
         print(f"  {document['psnr_infinite']} reconstruction(s) identical to the original: infinite PSNR, "
               f"left out of the PSNR mean")
@@ -159,9 +159,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if document:
         print(f"run folder: {document['run']}")
         for name, value in document["metrics"].items():
-            print(f"  {name:6} {value:.4f}")
+            print(f"  {name:9} {value:.4f}")
         for name, reason in document["not_computed"].items():
-            print(f"  {name:6} not computed: {reason.splitlines()[0][:120]}")
+            print(f"  {name:9} not computed: {reason.splitlines()[0][:120]}")
     return 0
 
 
@@ -242,9 +242,9 @@ def cmd_dit(args: argparse.Namespace) -> int:
                             method=args.sampler, eta=args.eta, batch_size=args.batch_size, seed=args.seed,
                             device=args.device, out=args.out, frame_stride=args.frame_stride)
     for name, value in document["metrics"].items():
-        print(f"  {name:6} {value:.4f}")
+        print(f"  {name:9} {value:.4f}")
     for name, reason in document["not_computed"].items():
-        print(f"  {name:6} not computed: {reason}")
+        print(f"  {name:9} not computed: {reason}")
     print(f"report: {document['report']}")
     return 0
 

@@ -53,9 +53,12 @@ def test_eval_report_on_real_photos(checkpoint, photo_folder, tmp_path):
     doc = run_eval(checkpoint, str(photo_folder), image_size=64, batch_size=3, workers=0,
                    out=tmp_path / "report", weights=str(tmp_path / "no-weights"), device="cpu")
     assert doc["num_samples"] == len(bundled_photos())
-    assert set(doc["metrics"]) == {"psnr", "ssim"}
+    assert set(doc["metrics"]) == {"psnr", "ssim", "gmsd", "sharpness", "swd"}
+    assert set(doc["swd_levels"]) == {"64", "32", "16"}
     # Learned metrics are listed with the file they need and where it goes; never a number.
-    assert set(doc["not_computed"]) == {"lpips", "rfid", "ris", "rfvd"}
+    # MS-SSIM's five scales need 161 px; these images have 64.
+    assert set(doc["not_computed"]) == {"lpips", "rfid", "ris", "rfvd", "ms_ssim"}
+    assert "at least 161x161" in doc["not_computed"]["ms_ssim"]
     assert "pt_inception-2015-12-05-6726825d.pth" in doc["not_computed"]["rfid"]
     assert "vgg16-397923af.pth" in doc["not_computed"]["lpips"]
     assert str(tmp_path / "no-weights") in doc["not_computed"]["rfid"]
@@ -83,6 +86,32 @@ def test_eval_report_on_real_photos(checkpoint, photo_folder, tmp_path):
                                         use_sample_covariance=False, data_range=255))
     assert doc["metrics"]["psnr"] == pytest.approx(np.mean(ps), abs=1e-4)
     assert doc["metrics"]["ssim"] == pytest.approx(np.mean(ss), abs=1e-4)
+
+
+def test_weight_free_metrics_are_the_metric_functions_over_the_set(checkpoint, photo_folder, tmp_path):
+    from vitok.metrics import PatchSWD, gmsd, high_frequency_energy, ms_ssim
+
+    model = ViTok.from_pretrained(checkpoint)
+    doc = evaluate_model(model, str(photo_folder), torch.device("cpu"), image_size=192, batch_size=5, workers=0,
+                         metrics=["psnr", "ms_ssim", "gmsd", "sharpness", "swd"], out=tmp_path / "report")
+    assert set(doc["metrics"]) == {"psnr", "ms_ssim", "gmsd", "sharpness", "swd"} and doc["not_computed"] == {}
+    # Second route: one batch of every photo through the metric functions and one accumulator.
+    items = [item for item in ImageFolder(photo_folder, 192) if "pixels" in item]
+    x = to_model_range(torch.stack([item["pixels"] for item in items]))
+    with torch.no_grad():
+        x_hat = model(x, sample=False)[0].clamp(-1, 1)
+    swd = PatchSWD()
+    swd.update([item["key"] for item in items], x, x_hat)
+    assert doc["num_samples"] == len(items) == 13
+    assert doc["metrics"]["ms_ssim"] == pytest.approx(ms_ssim(x, x_hat).mean().item(), rel=1e-9)
+    assert doc["metrics"]["gmsd"] == pytest.approx(gmsd(x, x_hat).mean().item(), rel=1e-9)
+    ratio = (high_frequency_energy(x_hat).sum() / high_frequency_energy(x).sum()).item()
+    assert doc["metrics"]["sharpness"] == pytest.approx(ratio, rel=1e-9)
+    assert doc["metrics"]["swd"] == pytest.approx(swd.compute()["swd"], rel=1e-9)
+    rows = [json.loads(line) for line in (tmp_path / "report" / "per_sample.jsonl").read_text().splitlines()]
+    assert {"ms_ssim", "gmsd", "sharpness", "hf_energy_original", "hf_energy_reconstruction"} <= set(rows[0])
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "MS-SSIM" in markdown and "SWD x1e3" in markdown and "sharpness ratio" in markdown
 
 
 def _strict_json(text: str):
@@ -127,7 +156,7 @@ def test_random_weight_networks_never_report_under_a_metric_name(checkpoint, pho
     dataset = _four_photos(photo_folder)
     result = evaluate(model, make_loader(dataset, 4, 0, torch.device("cpu")), random_networks(),
                       torch.device("cpu"), progress=False, ris_splits=2)
-    assert set(result.metrics) == {"psnr", "ssim"}
+    assert set(result.metrics) == {"psnr", "ssim", "gmsd", "sharpness", "swd"}  # weight-free (MS-SSIM needs 161 px)
     assert set(result.plumbing_only) == {"lpips", "rfid", "ris"}
     assert len(result.per_sample["lpips"]) == result.num_samples == 4
     # An untrained tokenizer's reconstructions are far from the photos, and the calibrated random
@@ -328,7 +357,7 @@ def test_video_eval_reports_psnr_ssim_and_why_rfvd_is_missing(tmp_path, fake_i3d
     doc = run_eval(tmp_path / "vckpt", str(videos), image_size=32, workers=0, device="cpu",
                    out=tmp_path / "vreport", weights=str(tmp_path / "none"))
     assert doc["num_samples"] == 3 and doc["frames"] == 4
-    assert set(doc["metrics"]) == {"psnr", "ssim"}
+    assert set(doc["metrics"]) == {"psnr", "ssim", "gmsd", "sharpness", "swd"}  # per frame; MS-SSIM needs 161 px
     assert "not computed for video models" in doc["not_computed"]["rfid"]
     assert [Path(s["file"]).name for s in doc["skipped_files"]] == ["short.mp4"]
     assert (tmp_path / "vreport" / "worst_best.png").is_file()

@@ -134,24 +134,26 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     assert {name: os.stat(path).st_mtime_ns for name, path in reports.items()} == stamps
     assert (spec.out / "plots" / "e_sweep-psnr.png").is_file() and (spec.out / "fits.json").is_file()
 
-    # Cut one point back to its step-2 checkpoint: it resumes there and ends where it ended before
+    # Cut one point back to its step-3 checkpoint (the end of stage 1, which the stage-2 guard always
+    # checkpoints as its reference): it resumes there and ends where it ended before
     # (train.deterministic makes CPU training bit-identical across a resume).
     point = spec.points()[2]
     run_dir = spec.point_dir(point)
     final_weights = load_file(run_dir / "model" / "model.safetensors")
     reports[point.name].unlink()
     for step, folder in ckpt.list_checkpoints(run_dir / "checkpoints"):
-        if step > 2:
+        if step > 3:
             shutil.rmtree(folder)
-    assert read_state(run_dir).describe() == "interrupted at step 2"
+    assert read_state(run_dir).describe() == "interrupted at step 3"
     calls.clear()
     outcome = run_sweep(spec)
     assert outcome.resumed == [point.name] and outcome.skipped == [p.name for p in spec.points() if p != point]
     assert calls == [(f"tiny-{point.name}", True)]
     resumed_weights = load_file(run_dir / "model" / "model.safetensors")
     assert all(torch.equal(final_weights[k], resumed_weights[k]) for k in final_weights)
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "loss" in line] == [1, 2, 3, 4]
+    assert [line["step"] for line in lines if "eval" in line] == [3]  # the guard's reference
     assert all(row.status == "done" for row in write_report(spec)["rows"])
 
 

@@ -42,9 +42,11 @@ def test_resave_same_step_replaces(tmp_path):
 
 
 def test_keep_last_plus_best(tmp_path):
+    scores = {1: 20.0, 2: 25.0, 3: 22.0, 4: 21.0, 5: 23.0, 6: 24.0}
     for step in range(1, 7):
         ckpt.save_checkpoint(tmp_path, step, {"step": step})
-        ckpt.update_best(tmp_path, step, "psnr", {1: 20.0, 2: 25.0, 3: 22.0, 4: 21.0, 5: 23.0, 6: 24.0}[step])
+        best = max((s for s in scores if s <= step), key=scores.get)
+        ckpt.write_best(tmp_path, {"step": best, "metric": "psnr", "value": scores[best]})
         ckpt.prune(tmp_path, keep_last=2)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 5, 6]
     assert ckpt.read_best(tmp_path) == {"step": 2, "metric": "psnr", "value": 25.0}

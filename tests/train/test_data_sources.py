@@ -33,7 +33,7 @@ def test_video_model_trains_on_a_video_folder(tmp_path):
     config = load_config(None, VIDEO + [f"data.source={folder}", "data.holdout=1", "train.stage1_steps=3",
                                         "train.stage2_steps=2", "train.checkpoint_every=5"])
     doc = train(config, out=tmp_path / "run")
-    assert doc["steps"] == 5 and set(doc["metrics"]) == {"psnr", "ssim"}
+    assert doc["steps"] == 5 and set(doc["metrics"]) == {"psnr", "ssim", "gmsd", "sharpness", "swd"}
     assert "rfvd" in doc["not_computed"] and "rfid" not in doc["not_computed"]
     assert any(s["file"].endswith("broken.mp4") for s in doc["skipped_files"])
     model = ViTok.from_pretrained(tmp_path / "run" / "model")

@@ -157,7 +157,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 
 def test_fsdp_matches_one_process_and_resumes(tmp_path):
     args = TINY + ["train.stage1_steps=4", "train.stage2_steps=2", "train.checkpoint_every=2", "train.keep_last=5",
-                   "train.parallel=fsdp"]
+                   "train.parallel=fsdp", "loss.adaptive_gan_weight=false"]
     _launch_ranks(1, args, tmp_path / "one")  # one process: nothing to shard
     _launch_ranks(2, args, tmp_path / "two")
     one = ckpt.load_checkpoint(tmp_path / "one" / "checkpoints" / "step_00000004")
@@ -316,3 +316,81 @@ def test_compile_and_residual_dtype_reach_the_model_and_lpips(tmp_path, photo_fo
                    "loss.lpips_weight=0.5", "model.compile=true", "model.residual_dtype=bfloat16"]
     train(load_config(None, args), out=tmp_path / "run")
     assert calls == ["blocks", "lpips"] and seen == [torch.bfloat16]
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def test_guard_backs_off_stops_and_exports_the_checkpoint_within_the_margin(tmp_path, photo_folder):
+    # An absurd fixed lambda with a tenfold stage-2 lr drives held-out PSNR down within a few steps.
+    args = TINY + [f"data.source={photo_folder}", "train.stage1_steps=6", "train.stage2_steps=10",
+                   "train.eval_every=2", "train.keep_last=1", "loss.adaptive_gan_weight=false", "optim.scale_lr=false",
+                   "loss.gan_weight=1000", "loss.gan_warmup_steps=1", "optim.stage2_lr_scale=10"]
+    doc = train(load_config(None, args), out=tmp_path / "run")
+    run = tmp_path / "run"
+    stage2 = doc["stage2"]
+    ref = stage2["reference"]
+    assert ref["step"] == 6 and stage2["evaluations"][0]["step"] <= 6
+    events = stage2["guard_events"]
+    assert [e["action"].split(":")[0] for e in events] == ["backoff 1/2", "backoff 2/2", "stop stage 2 (still beyond "
+                                                                                        "the margin after 2 backoffs)"]
+    assert all(e["drop_db"] > 1.0 for e in events) and stage2["gan_scale"] == stage2["lr_scale"] == 0.25
+    assert "guard stopped the run" in doc["stopped_early"] and doc["steps"] == events[-1]["step"] < 16
+    # The exported tokenizer is the selected checkpoint, inside the margin, and the report measures it.
+    chosen = doc["selection"]
+    assert doc["exported_step"] == chosen["step"] != doc["steps"]
+    assert chosen["metrics" if "metrics" in chosen else "value"] is not None
+    assert ckpt.read_best(run / "checkpoints")["step"] == chosen["step"]
+    exported = _weights(run / "model")
+    kept = _weights(ckpt.step_dir(run / "checkpoints", chosen["step"]) / "model")
+    assert exported.keys() == kept.keys() and all(torch.equal(exported[k], kept[k]) for k in kept)
+    assert doc["metrics"]["psnr"] >= ref["metrics"]["psnr"] - 1.0
+    assert doc["final_step_metrics"]["psnr"] < ref["metrics"]["psnr"] - 1.0
+    log = (run / "train.log").read_text()
+    assert log.count("guard: held-out PSNR") == 3 and "action: stop stage 2" in log
+    markdown = (run / "report.md").read_text()
+    assert "## Stage 2 and the guard" in markdown and f"Exported: step {chosen['step']}" in markdown
+    assert (run / "heldout.png").is_file()
+
+
+def test_a_stage_one_run_extended_by_stage_two_takes_its_reference(tmp_path, photo_folder):
+    args = TINY + [f"data.source={photo_folder}", "train.stage1_steps=4", "train.checkpoint_every=100"]
+    train(load_config(None, args + ["train.stage2_steps=0"]), out=tmp_path / "run")
+    doc = train(load_config(None, args + ["train.stage2_steps=4", "train.eval_every=2"]), resume=tmp_path / "run")
+    stage2 = doc["stage2"]
+    assert stage2["reference"]["step"] == 4 and doc["steps"] == 8
+    assert [e["step"] for e in stage2["evaluations"]] == [4, 6, 8]
+    assert doc["selection"]["step"] in (4, 6, 8) and doc["selection"]["metric"] == "swd", (doc["selection"], stage2)
+
+
+def test_adaptive_gan_weight_is_the_ratio_of_gradient_norms_at_the_last_layer(tmp_path, photo_folder):
+    from vitok.losses import generator_loss, reconstruction_loss
+    from vitok.train import distributed
+    from vitok.train.loop import Trainer
+
+    config = load_config(None, TINY + [f"data.source={photo_folder}", "train.stage1_steps=1",
+                                       "train.stage2_steps=1"])
+    trainer = Trainer(config, tmp_path / "run", distributed.setup("cpu"))
+    trainer.enter_stage(2)
+    torch.manual_seed(1)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    x_hat, _ = trainer.model(x, check=False)
+    rec = reconstruction_loss(x_hat, x, "mse")
+    gan = generator_loss(trainer.disc(x_hat), "non_saturating")
+    weight = trainer.adaptive_gan_weight(rec, gan)
+    # Second formulation: each loss's full backward pass, read off the last layer's .grad, in float64.
+    last = trainer.model.unembed.weight
+    norms = []
+    for loss in (rec, gan):
+        trainer.model.zero_grad(set_to_none=True)
+        loss.backward(retain_graph=True)
+        norms.append(last.grad.double().norm().item())
+    assert weight.item() == pytest.approx(norms[0] / (norms[1] + 1e-4), rel=1e-5)
+    # And the step applies lambda x ramp x that weight, logged as gan_lambda.
+    trainer.model.zero_grad(set_to_none=True)
+    terms = trainer.train_step(x, step=1, weight=1.0)
+    ramp = 1 / config.loss.gan_warmup_steps
+    assert terms["gan_lambda"].item() == pytest.approx(config.loss.gan_weight * ramp * terms["gan_adaptive"].item())

@@ -18,11 +18,16 @@ from torch.utils.data import DataLoader, IterableDataset, Subset
 from ..data.datasets import collate, to_model_range
 from ..metrics.frechet import FeatureStats, frechet_distance, inception_score
 from ..metrics.image import psnr, ssim, to_uint8
+from ..metrics.sharpness import dataset_sharpness, high_frequency_energy
+from ..metrics.structure import MS_SSIM_MIN_SIZE, gmsd, ms_ssim
+from ..metrics.swd import PatchSWD
 from ..model import ViTok
 from .networks import FeatureNetworks
 
-IMAGE_METRICS = ("psnr", "ssim", "lpips", "rfid", "ris")
-VIDEO_METRICS = ("psnr", "ssim", "rfvd")
+# Weight-free metrics need no downloaded network: always computed (per frame for video).
+WEIGHT_FREE_METRICS = ("psnr", "ssim", "ms_ssim", "gmsd", "sharpness", "swd")
+IMAGE_METRICS = WEIGHT_FREE_METRICS + ("lpips", "rfid", "ris")
+VIDEO_METRICS = WEIGHT_FREE_METRICS + ("rfvd",)
 # Metrics from learned feature networks: with random weights they are plumbing checks only.
 LEARNED_METRICS = frozenset({"lpips", "rfid", "ris", "rfvd"})
 # torch-fidelity's default: the Inception Score is averaged over 10 splits.
@@ -48,6 +53,7 @@ class EvalResult:
     best: list[tuple] = field(default_factory=list)
     num_samples: int = 0
     psnr_infinite: int = 0
+    swd_levels: dict[str, float] = field(default_factory=dict)  # SWD (x1e3) per pyramid level, by its size in px
     seconds: float = 0.0
 
 
@@ -128,10 +134,16 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
     want_frechet = feature_net is not None and frechet_name in wanted
     want_ris = inception is not None and "ris" in wanted
     per_sample: dict[str, list] = {"key": [], "psnr": []}
-    if "ssim" in wanted:
-        per_sample["ssim"] = []
+    for name in ("ssim", "ms_ssim", "gmsd"):
+        if name in wanted:
+            per_sample[name] = []
+    if "sharpness" in wanted:
+        # The dataset's ratio is of the sums (robust to near-flat images); both sums are gathered.
+        per_sample.update(sharpness=[], hf_energy_original=[], hf_energy_reconstruction=[])
     if use_lpips:
         per_sample["lpips"] = []
+    swd = PatchSWD() if "swd" in wanted else None
+    too_small_for_ms_ssim = None
     real_stats = fake_stats = None
     logits: list[torch.Tensor] = []
     logit_keys: list[str] = []
@@ -152,6 +164,19 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
         scores = {"psnr": psnr(x, x_hat)}
         if "ssim" in wanted:
             scores["ssim"] = ssim(x, x_hat)
+        if "ms_ssim" in wanted:
+            if min(x.shape[-2:]) >= MS_SSIM_MIN_SIZE:
+                scores["ms_ssim"] = ms_ssim(x, x_hat)
+            else:
+                too_small_for_ms_ssim = tuple(x.shape[-2:])
+        if "gmsd" in wanted:
+            scores["gmsd"] = gmsd(x, x_hat)
+        if "sharpness" in wanted:
+            energy, energy_hat = high_frequency_energy(x), high_frequency_energy(x_hat)
+            scores.update(sharpness=energy_hat / energy, hf_energy_original=energy,
+                          hf_energy_reconstruction=energy_hat)
+        if swd is not None:
+            swd.update(batch["keys"], x, x_hat)
         if use_lpips:
             # On the 8-bit images, like every other metric here: what a saved file would score.
             scores["lpips"] = networks.lpips(_quantised(x), _quantised(x_hat)).double()
@@ -169,7 +194,7 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
                     real_stats, fake_stats = FeatureStats(device=device), FeatureStats(device=device)
                 real_stats.update(real)
                 fake_stats.update(fake)
-        host = torch.stack(list(scores.values())).cpu()
+        host = torch.stack([v.double() for v in scores.values()]).cpu()
         per_sample["key"] += batch["keys"]
         for name, row in zip(scores, host.tolist()):
             per_sample[name] += row
@@ -184,15 +209,24 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
 
     # Combine every rank's share: each sample was seen by exactly one rank.
     logits = [torch.cat(logits).cpu()] if logits else []
+    if too_small_for_ms_ssim is not None:
+        per_sample.pop("ms_ssim", None)
     gathered = _gather((per_sample, skipped, worst_heap, best_heap, logits, logit_keys,
-                        _cpu_state(real_stats), _cpu_state(fake_stats)))
+                        _cpu_state(real_stats), _cpu_state(fake_stats), swd.state() if swd is not None else None,
+                        too_small_for_ms_ssim))
     result = EvalResult(not_computed={k: v for k, v in networks.missing.items() if k in wanted},
                         seconds=time.perf_counter() - start)
-    merged = {k: [] for k in per_sample}
-    all_logits, all_logit_keys, real_all, fake_all = [], [], None, None
-    for part_samples, part_skipped, part_worst, part_best, part_logits, part_keys, part_real, part_fake in gathered:
+    # A rank that saw images too small for MS-SSIM drops it for the whole set.
+    small = next((part[-1] for part in gathered if part[-1] is not None), None)
+    merged = {k: [] for k in per_sample if not (k == "ms_ssim" and small is not None)}
+    all_logits, all_logit_keys, real_all, fake_all, swd_all = [], [], None, None, None
+    for (part_samples, part_skipped, part_worst, part_best, part_logits, part_keys, part_real, part_fake,
+         part_swd, _) in gathered:
         for k in merged:
-            merged[k] += part_samples[k]
+            merged[k] += part_samples.get(k, [])
+        if part_swd is not None:
+            part_swd = PatchSWD.from_state(part_swd)
+            swd_all = part_swd if swd_all is None else _merge(swd_all, part_swd)
         result.skipped += part_skipped
         for score, key, orig, recon in part_worst:
             _keep_extremes(result.worst, [(-score, key, orig, recon)], keep, largest=False)
@@ -219,9 +253,22 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
         else:
             result.not_computed["psnr"] = (f"every one of the {result.num_samples} reconstructions equals its "
                                            f"original (infinite PSNR): there is no finite PSNR to average")
-    for name in ("ssim", "lpips"):
+    for name in ("ssim", "ms_ssim", "gmsd", "lpips"):
         if name in merged:
             computed[name] = sum(merged[name]) / len(merged[name])
+    if small is not None and "ms_ssim" in wanted:
+        result.not_computed["ms_ssim"] = (f"needs images of at least {MS_SSIM_MIN_SIZE}x{MS_SSIM_MIN_SIZE} pixels for "
+                                          f"its 5 scales, got {small[0]}x{small[1]}")
+    if "sharpness" in merged:
+        computed["sharpness"] = dataset_sharpness(torch.tensor(merged["hf_energy_original"], dtype=torch.float64),
+                                                  torch.tensor(merged["hf_energy_reconstruction"], dtype=torch.float64))
+    if swd_all is not None:
+        try:
+            swd_result = swd_all.compute()
+            computed["swd"] = swd_result["swd"]
+            result.swd_levels = swd_result["levels"]
+        except ValueError as err:
+            result.not_computed["swd"] = str(err)
     if real_all is not None:
         if real_all.n < 2:
             result.not_computed[frechet_name] = f"needs at least 2 samples, got {real_all.n}"
@@ -257,7 +304,8 @@ def _no_samples_message(skipped: list[dict], show: int = 5) -> str:
     return f"no usable samples: all {len(skipped)} files were skipped. First reasons: {reasons}{more}"
 
 
-def _merge(acc: FeatureStats | None, part: FeatureStats) -> FeatureStats:
+def _merge(acc, part):
+    """Fold a mergeable accumulator (FeatureStats, PatchSWD) into another; the first part starts it."""
     if acc is None:
         return part
     acc.merge(part)

@@ -18,6 +18,10 @@ from .evaluate import RIS_SPLITS, EvalResult
 METRIC_LABELS = {
     "psnr": "PSNR (dB, 8-bit, mean over samples with a finite PSNR)",
     "ssim": "SSIM (11x11 Gaussian, sigma 1.5, mean over RGB channels)",
+    "ms_ssim": "MS-SSIM (5 scales, standard weights, mean over RGB channels; higher is better)",
+    "gmsd": "GMSD (gradient magnitude similarity deviation on luma; lower is better)",
+    "sharpness": "sharpness ratio (high-frequency energy, reconstructions / originals; 1 = as sharp)",
+    "swd": "SWD x1e3 (Laplacian-pyramid 7x7 patches, mean over levels; lower is better)",
     "lpips": "LPIPS (VGG, v0.1, on 8-bit images)",
     "rfid": "rFID (Inception-v3 pool3, pytorch-fid weights)",
     "ris": f"rIS (Inception-v3 logits, {RIS_SPLITS} splits)",
@@ -40,6 +44,8 @@ def report_document(result: EvalResult, context: dict) -> dict:
         "worst": [{"key": k, "psnr": p} for p, k, _, _ in result.worst],
         "best": [{"key": k, "psnr": p} for p, k, _, _ in result.best],
     }
+    if result.swd_levels:
+        document["swd_levels"] = result.swd_levels
     if result.plumbing_only:
         document["plumbing_only_random_weights"] = result.plumbing_only
     return document

@@ -5,7 +5,7 @@ Layout inside a run folder::
     checkpoints/step_00001000/state.pt      everything needed to resume (model, EMA, discriminator,
                                             optimizers, schedulers, step, RNG states, data position)
     checkpoints/step_00001000/model/        the tokenizer itself (config.json + model.safetensors)
-    checkpoints/best.json                   which step scored best on the held-out set
+    checkpoints/best.json                   which step is exported, and the rule that chose it
 
 A checkpoint folder is built under a temporary name and renamed into place in one step, so a
 run killed at any moment leaves either the complete new checkpoint or none, never half of one.
@@ -134,18 +134,12 @@ def read_best(root: str | Path) -> dict | None:
         return None
 
 
-def update_best(root: str | Path, step: int, metric: str, value: float, higher_is_better: bool = True) -> bool:
-    """Record `step` as the best checkpoint if `value` beats the recorded one; True if it did."""
+def write_best(root: str | Path, record: dict) -> None:
+    """Atomically record which checkpoint is the best ({"step", "metric", "value", ...}; train/guard.py decides)."""
     root = Path(root)
-    best = read_best(root)
-    if best is not None and best.get("metric") == metric:
-        better = value > best["value"] if higher_is_better else value < best["value"]
-        if not better:
-            return False
     tmp = root / f".{BEST_FILE}.tmp"
-    tmp.write_text(json.dumps({"step": step, "metric": metric, "value": value}) + "\n")
+    tmp.write_text(json.dumps(record) + "\n")
     os.replace(tmp, root / BEST_FILE)
-    return True
 
 
 def prune(root: str | Path, keep_last: int) -> list[Path]:

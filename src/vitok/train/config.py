@@ -57,7 +57,7 @@ class DataSection:
 
 @dataclass
 class LossSection:
-    """Loss terms and their weights (the paper's: beta 1e-3 KL, eta 1.0 LPIPS, lambda 1.0 GAN)."""
+    """Loss terms and their weights (the paper's beta 1e-3 KL and eta 1.0 LPIPS; lambda: see gan_weight)."""
 
     reconstruction: str = "mse"  # "mse" or "l1"
     reconstruction_weight: float = 1.0
@@ -71,13 +71,19 @@ class LossSection:
     lpips_fraction: float = 1.0
     disc_fraction: float = 1.0
     require_lpips: bool = False  # stop before training when the LPIPS files are missing
-    gan_weight: float = 1.0  # lambda, stage 2 only
+    # lambda, stage 2 only. The paper's fixed 1.0 (and a fixed 0.1) wrecked c=128 decoders on real photos;
+    # 0.5 times the adaptive weight below kept PSNR within 0.05 dB at c=16 and c=128 (docs/stage2_check).
+    gan_weight: float = 0.5
     gan_warmup_steps: int = 2000  # lambda ramps linearly from 0 over the first stage-2 steps
     gan_loss: str = "non_saturating"  # or "hinge"
+    # Scale lambda each step by ||grad rec|| / ||grad GAN|| at the decoder's last layer (taming-
+    # transformers / LDM), clamped to [0, 1e4]: the GAN then pushes as hard as the reconstruction
+    # terms pull, whatever their scale (a c=128 decoder's tiny MSE no longer loses to the GAN).
+    adaptive_gan_weight: bool = True
     r1_weight: float = 0.1  # R1 gradient penalty on real images (lazy, every r1_every steps)
     r1_every: int = 16
     lecam_weight: float = 0.0
-    disc_channels: int = 64
+    disc_channels: int = 32  # the discriminator's first width; 64 costs 2-3x the stage-2 step (benchmarks/NOTES.md)
     disc_max_channels: int = 512
     disc_video: str = "frame"  # video discriminator: "frame" (per frame) or "3d"
     weights_dir: str = ""  # folder with the network weight files; "" = $VITOK_WEIGHTS or ~/.cache/vitok/weights
@@ -94,7 +100,7 @@ class OptimSection:
     weight_decay: float = 1e-4  # not applied to norms and biases
     warmup_steps: int = 1000
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
-    stage2_lr_scale: float = 1.0  # stage 2's decoder peak lr = lr * this
+    stage2_lr_scale: float = 0.2  # stage 2 fine-tunes a converged decoder: peak lr = lr * this
     grad_clip: float = 1.0  # 0 disables clipping
     disc_lr: float = 2e-5
     disc_warmup_steps: int = 1000
@@ -126,6 +132,17 @@ class TrainSection:
 
 
 @dataclass
+class GuardSection:
+    """Stage 2's reconstruction guard and the rule that picks the exported checkpoint (train/guard.py)."""
+
+    margin_db: float = 1.0  # held-out PSNR may fall this far below the end of stage 1
+    action: str = "backoff"  # on a breach: "backoff" (scale lambda and lr), "stop", or "warn" (log only)
+    backoff_factor: float = 0.5  # lambda and the stage-2 lr are multiplied by this at each backoff
+    max_backoffs: int = 2  # the breach after this many backoffs stops stage 2
+    select: str = "swd"  # exported checkpoint: best "swd", "sharpness" (closest to 1) or "psnr" within the margin
+
+
+@dataclass
 class TrainConfig:
     """One training run."""
 
@@ -134,6 +151,7 @@ class TrainConfig:
     loss: LossSection = field(default_factory=LossSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
+    guard: GuardSection = field(default_factory=GuardSection)
     name: str = "run"  # names the run folder runs/<name>-<timestamp>
 
     def to_dict(self) -> dict:
@@ -155,7 +173,7 @@ class TrainConfig:
         return self.train.stage1_steps + self.train.stage2_steps
 
 
-SECTIONS = ("model", "data", "loss", "optim", "train")
+SECTIONS = ("model", "data", "loss", "optim", "train", "guard")
 CHOICES = {
     "data.crop": ("random", "center"),
     "loss.reconstruction": ("mse", "l1"),
@@ -165,6 +183,8 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "bf16", "fp32"),
     "train.parallel": ("ddp", "fsdp"),
+    "guard.action": ("backoff", "stop", "warn"),
+    "guard.select": ("swd", "sharpness", "psnr"),
 }
 
 
@@ -345,7 +365,8 @@ def validate(config: TrainConfig, world: int = 1) -> None:
                     "loss.lpips_weight": lo.lpips_weight, "loss.gan_weight": lo.gan_weight,
                     "loss.r1_weight": lo.r1_weight, "loss.lecam_weight": lo.lecam_weight,
                     "loss.gan_warmup_steps": lo.gan_warmup_steps,
-                    "train.time_limit_minutes": t.time_limit_minutes}
+                    "train.time_limit_minutes": t.time_limit_minutes, "guard.margin_db": config.guard.margin_db,
+                    "guard.max_backoffs": config.guard.max_backoffs}
     for key, value in non_negative.items():
         if value < 0:
             raise ValueError(f"{key} must be >= 0, got {value}")
@@ -357,6 +378,12 @@ def validate(config: TrainConfig, world: int = 1) -> None:
         if not 0.0 < getattr(config.loss, key) <= 1.0:
             raise ValueError(f"loss.{key} must be in (0, 1] (the share of each batch that the network "
                              f"scores; 1 = all), got {getattr(config.loss, key)}")
+    if not 0.0 < config.guard.backoff_factor < 1.0:
+        raise ValueError(f"guard.backoff_factor must be in (0, 1) (each backoff multiplies lambda and the "
+                         f"stage-2 lr by it), got {config.guard.backoff_factor}")
+    if lo.adaptive_gan_weight and t.parallel == "fsdp" and world > 1:
+        raise ValueError("loss.adaptive_gan_weight needs the decoder's last layer whole on every process; "
+                         "it does not work with train.parallel=fsdp: use train.parallel=ddp or turn it off")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ValueError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if o.lr <= 0 or o.disc_lr <= 0 or o.stage2_lr_scale <= 0:

@@ -29,9 +29,17 @@ from ..model.pretrained import write_checkpoint
 from . import checkpoint as ckpt
 from . import parallel
 from .config import TrainConfig, check_data_paths, save_config, validate
-from .distributed import Dist, all_reduce_mean, average_gradients, barrier, out_of_time
+from .distributed import Dist, all_reduce_mean, average_gradients, barrier, broadcast_object, out_of_time
+from .guard import Guard
 from .optim import EMA, build_adamw, warmup_constant, warmup_cosine
 
+
+# Held-out metrics during training: every weight-free one (the guard and the checkpoint selection
+# read PSNR and SWD), plus LPIPS when its weights are present. The final evaluation adds rFID/rIS/rFVD.
+QUICK_IMAGE_METRICS = {"psnr", "ssim", "ms_ssim", "gmsd", "sharpness", "swd", "lpips"}
+QUICK_VIDEO_METRICS = {"psnr", "ssim", "ms_ssim", "gmsd", "sharpness", "swd"}
+# taming-transformers' clamp of the adaptive GAN weight.
+ADAPTIVE_WEIGHT_MAX = 1e4
 
 NO_HELDOUT = ("no held-out set (data.holdout = 0 and no data.val_source, or a single tar shard): no metrics, "
               "no reconstruction grid and no best checkpoint; set data.holdout or data.val_source")
@@ -111,6 +119,7 @@ class Trainer:
         self.ema: EMA | None = None
         self.ema_model: ViTok | None = None
         self.progress = Progress()
+        self.guard = Guard(config.guard)
         self.stage = 0
         self.opt_g = self.opt_d = None
         self.ddp_model = None
@@ -175,8 +184,8 @@ class Trainer:
         if self.stage == 1:
             mult = warmup_cosine(step, o.warmup_steps, t.stage1_steps, o.min_lr_ratio)
         else:
-            mult = o.stage2_lr_scale * warmup_cosine(step - t.stage1_steps, o.warmup_steps, t.stage2_steps,
-                                                     o.min_lr_ratio)
+            mult = o.stage2_lr_scale * self.guard.state.lr_scale * warmup_cosine(
+                step - t.stage1_steps, o.warmup_steps, t.stage2_steps, o.min_lr_ratio)
         rates = {"lr": self.scaled_lr() * mult}
         for group in self.opt_g.param_groups:
             group["lr"] = rates["lr"]
@@ -222,7 +231,12 @@ class Trainer:
             # A converged stage-1 decoder meets a fresh discriminator: ramping lambda in keeps the
             # first, uninformed GAN gradients from overwhelming the reconstruction terms.
             ramp = min(1.0, (step - self.config.train.stage1_steps + 1) / max(1, c.gan_warmup_steps))
-            loss = loss + c.gan_weight * ramp * terms["gan_g"]
+            lam = torch.tensor(c.gan_weight * ramp * self.guard.state.gan_scale, device=x.device)
+            if c.adaptive_gan_weight:
+                terms["gan_adaptive"] = self.adaptive_gan_weight(loss, terms["gan_g"])
+                lam = lam * terms["gan_adaptive"]
+            terms["gan_lambda"] = lam
+            loss = loss + lam * terms["gan_g"]
         terms["loss"] = loss
         (loss * weight).backward()
         params = [p for g in self.opt_g.param_groups for p in g["params"]]
@@ -231,6 +245,19 @@ class Trainer:
         if self.stage == 2:
             terms.update(self.disc_step(x, x_hat.detach(), step, weight))
         return terms
+
+    def adaptive_gan_weight(self, rec_loss: torch.Tensor, gan_loss: torch.Tensor) -> torch.Tensor:
+        """||d rec / dW|| / ||d GAN / dW|| at the decoder's last layer W, clamped; averaged over ranks.
+
+        taming-transformers' rule: lambda then sets the GAN gradient's size relative to the
+        reconstruction gradient, whatever the latter's scale. Both gradients stop at W (autograd.grad,
+        no .grad accumulated, so DDP's hooks do not fire), which costs one extra discriminator backward.
+        """
+        last = self.model.unembed.weight
+        (g_rec,) = torch.autograd.grad(rec_loss, last, retain_graph=True)
+        (g_gan,) = torch.autograd.grad(gan_loss, last, retain_graph=True)
+        weight = (g_rec.float().norm() / (g_gan.float().norm() + 1e-4)).clamp(0.0, ADAPTIVE_WEIGHT_MAX).detach()
+        return all_reduce_mean(weight)  # one lambda for every rank, so they all optimise one loss
 
     def disc_step(self, x: torch.Tensor, fake: torch.Tensor, step: int, weight: float) -> dict[str, torch.Tensor]:
         """Discriminator loss, lazy R1 on real images and optional LeCam; gradients averaged over ranks."""
@@ -339,6 +366,10 @@ class Trainer:
         while self.progress.step < c.total_steps:
             step = self.progress.step
             if self.stage == 1 and step >= t.stage1_steps:
+                if self.guard.state.reference is None and step == t.stage1_steps:
+                    # A stage-1 run extended with a stage 2 (--resume RUN train.stage2_steps=N): the
+                    # checkpoint it resumed from is the end of stage 1, so it becomes the reference.
+                    self.guard_evaluation(step, True, logger)
                 self.enter_stage(2)
             batch = next(batches)
             new_skips.extend(item for item in batch["skipped"] if item["file"] not in self.progress.skipped_files)
@@ -386,12 +417,21 @@ class Trainer:
                 bar.set_postfix(report.postfix(record))
                 sums, window_start, window_images = {}, time.perf_counter(), 0
                 self.live_sums = sums
-            if t.eval_every and done % t.eval_every == 0 and done != c.total_steps:
-                logger.log({"step": done, "eval": self.evaluate(quick=True)})
+            # The end of stage 1 is always evaluated: it is the guard's reference.
+            boundary = done == t.stage1_steps and t.stage2_steps > 0
+            decision = None
+            evaluated = ((t.eval_every and done % t.eval_every == 0) or boundary) and done != c.total_steps
+            if evaluated:
+                decision = self.guard_evaluation(done, boundary, logger)
             if t.image_every and done % t.image_every == 0:
                 self.write_reconstructions()
-            if done % t.checkpoint_every == 0 or done == c.total_steps:
+            # A stage-2 evaluation (and the reference) always comes with a checkpoint, so that
+            # whatever the selection rule picks can be exported.
+            if done % t.checkpoint_every == 0 or done == c.total_steps or (evaluated and (boundary or self.stage == 2)):
                 self.save()
+            if decision == "stop":
+                self.stopped_early = f"the stage-2 guard stopped the run at step {done} (see guard events)"
+                break
             if t.time_limit_minutes and done % t.log_every == 0 and done != c.total_steps:
                 if out_of_time(started, t.time_limit_minutes):
                     self.stopped_early = f"train.time_limit_minutes={t.time_limit_minutes} reached at step {done}"
@@ -400,7 +440,7 @@ class Trainer:
                         self.save()
                     break
         bar.close()
-        final = self.finish(data_info)
+        final = self.finish(data_info, logger)
         logger.close()
         return final
 
@@ -463,17 +503,35 @@ class Trainer:
         plain.amp_dtype = self.model.amp_dtype
         return plain.eval()
 
+    def guard_evaluation(self, step: int, boundary: bool, logger) -> str | None:
+        """Evaluate the held-out set, log it and hand it to the guard; returns "stop" when the guard says so."""
+        result = self.evaluate(quick=True)
+        logger.log({"step": step, "eval": result})
+        metrics = result["metrics"]
+        if "psnr" not in metrics:
+            return None
+        if boundary:
+            self.guard.set_reference(step, metrics)
+            return None
+        if self.stage == 1:
+            self.guard.record(step, 1, metrics)
+            return None
+        message, decision = self.guard.observe(step, metrics)
+        if message:
+            logger.warn(message)
+        return decision
+
     def evaluate(self, quick: bool, model: ViTok | None = None) -> dict:
-        """Held-out metrics: PSNR/SSIM (and LPIPS when available) during training; everything at the end."""
+        """Held-out metrics: the weight-free ones (and LPIPS when available) during training; everything at the end."""
         from ..eval.evaluate import evaluate, make_loader
         from ..eval.networks import load_networks
 
         if self.heldout is None:
             return {"metrics": {}, "not_computed": {"psnr": NO_HELDOUT, "ssim": NO_HELDOUT}, "num_samples": 0}
         if self.model_config.is_video:
-            wanted = {"psnr", "ssim"} if quick else {"psnr", "ssim", "rfvd"}
+            wanted = QUICK_VIDEO_METRICS | (set() if quick else {"rfvd"})
         else:
-            wanted = {"psnr", "ssim", "lpips"} if quick else {"psnr", "ssim", "lpips", "rfid", "ris"}
+            wanted = QUICK_IMAGE_METRICS | (set() if quick else {"rfid", "ris"})
         if not hasattr(self, "_networks") or self._networks[0] != quick:
             nets = load_networks(self.config.loss.weights_dir or None, self.model_config.is_video, wanted)
             self._networks = (quick, nets.to(self.device))
@@ -483,10 +541,7 @@ class Trainer:
             dataset = torch.utils.data.Subset(dataset, range(limit))
         model = model if model is not None else self.eval_model()
         result = evaluate(model, make_loader(dataset, self.per_rank_batch, 0, self.device), self._networks[1],
-                          self.device, progress=False)
-        if "psnr" in result.metrics:
-            # Credited to a checkpoint only if one is written at this very step.
-            self._pending_best = (self.progress.step, result.metrics["psnr"])
+                          self.device, progress=False, metrics=wanted)
         return {"metrics": result.metrics, "not_computed": {k: v for k, v in result.not_computed.items() if k in wanted},
                 "num_samples": result.num_samples, "skipped": result.skipped}
 
@@ -507,6 +562,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "numpy": json.dumps(_numpy_state()),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "config": json.dumps(self.config.to_dict()),
+            "guard": json.dumps(self.guard.state_dict()),
         }
         if self.stage == 2:
             ema = self.ema.state_dict()
@@ -530,16 +586,17 @@ class Trainer:
             export = self.eval_model().save_pretrained
         if self.dist.main:
             ckpt.save_checkpoint(root, self.progress.step, state, export=export)
-            self.record_best()
-            ckpt.prune(root, self.config.train.keep_last)
+            self.write_selection()
         barrier()
 
-    def record_best(self) -> None:
-        pending = getattr(self, "_pending_best", None)
+    def write_selection(self) -> dict | None:
+        """Rank 0: apply the selection rule to the checkpoints on disk, record it in best.json, prune."""
         root = self.run_dir / "checkpoints"
-        if pending is not None and pending[0] == self.progress.step and math.isfinite(pending[1]) \
-                and ckpt.step_dir(root, pending[0]).is_dir():
-            ckpt.update_best(root, pending[0], "psnr", pending[1])
+        selection = self.guard.select({step for step, _ in ckpt.list_checkpoints(root)})
+        if selection is not None:
+            ckpt.write_best(root, {k: v for k, v in selection.items() if k != "metrics"})
+        ckpt.prune(root, self.config.train.keep_last)
+        return selection
 
     def load(self, folder: Path) -> None:
         state = ckpt.load_checkpoint(folder, map_location="cpu")
@@ -572,6 +629,8 @@ class Trainer:
         self.progress.bad_in_row, self.progress.bad_total = p["bad_in_row"], p["bad_total"]
         self.progress.skipped_files = dict(p["skipped_files"])
         self.history = json.loads(state["history"])
+        if "guard" in state:
+            self.guard.load_state_dict(json.loads(state["guard"]))
         self.live_sums = {k: (torch.tensor(total, device=self.device), torch.tensor(n, device=self.device))
                           for k, (total, n) in json.loads(state.get("window", "{}")).items()}
         torch.set_rng_state(state["rng"]["torch"])
@@ -588,20 +647,37 @@ class Trainer:
         if self.dist.main:
             report.reconstruction_grid(model, self.heldout, self.device, self.run_dir / "reconstructions.png")
 
-    def finish(self, data_info: dict) -> dict:
-        """Final held-out evaluation, the exported tokenizer, report.json/md and the plots."""
+    def finish(self, data_info: dict, logger) -> dict:
+        """Final held-out evaluation, the selected checkpoint exported as model/, report.json/md and plots."""
         from . import report
 
         model = self.eval_model()  # gathered once (when sharded) for the evaluation, grid and export
         final_eval = self.evaluate(quick=False, model=model)
+        step = self.progress.step
+        if "psnr" in final_eval["metrics"]:  # the final checkpoint was written at this step
+            judged = any(e["step"] == step for e in self.guard.state.evaluations)  # e.g. the guard's own stop
+            if self.stage == 2 and self.guard.reference_psnr() is not None and not judged:
+                message, _ = self.guard.observe(step, final_eval["metrics"], final=True)
+                if message:
+                    logger.warn(message)
+            else:
+                self.guard.record(step, self.stage, final_eval["metrics"])
+        selection = self.write_selection() if self.dist.main else None
+        selection = broadcast_object(selection)
+        exported, exported_eval = model, final_eval
+        if selection is not None and selection["step"] != step:
+            # An earlier checkpoint won: export it and measure it with the full evaluation.
+            folder = ckpt.step_dir(self.run_dir / "checkpoints", selection["step"]) / "model"
+            exported = ViTok.from_pretrained(folder, device=self.device)
+            exported.amp_dtype = self.model.amp_dtype
+            exported_eval = self.evaluate(quick=False, model=exported)
+        self.write_reconstructions(exported)
         if self.dist.main:
-            self.record_best()  # the final checkpoint was written at this step
-            ckpt.prune(self.run_dir / "checkpoints", self.config.train.keep_last)
-        self.write_reconstructions(model)
-        if self.dist.main:
-            model.save_pretrained(self.run_dir / "model")
+            exported.save_pretrained(self.run_dir / "model")
             report.loss_plot(self.history, self.run_dir / "losses.png")
-        document = report.write_run_report(self, final_eval, data_info) if self.dist.main else {}
+            report.heldout_plot(self.guard.state, self.config.guard.margin_db, self.run_dir / "heldout.png")
+        document = (report.write_run_report(self, exported_eval, data_info, selection=selection,
+                                            final_eval=final_eval) if self.dist.main else {})
         barrier()
         return document
 

@@ -13,6 +13,10 @@ import numpy as np
 import torch
 
 LOSS_KEYS = ("loss", "rec", "kl", "lpips", "gan_g", "gan_d", "r1", "lecam")
+# Plotted beside the losses: the GAN weight actually applied (ramp x backoffs x adaptive weight).
+PLOT_KEYS = LOSS_KEYS + ("gan_lambda",)
+# Held-out metrics drawn through training (heldout.png) and tabulated in report.md's stage-2 table.
+TRACKED_METRICS = ("psnr", "ssim", "ms_ssim", "gmsd", "sharpness", "swd")
 
 
 def new_run_dir(name: str) -> Path:
@@ -168,7 +172,7 @@ def loss_plot(history: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in LOSS_KEYS if any(k in r for r in history)]
+    keys = [k for k in PLOT_KEYS if any(k in r for r in history)]
     if not keys:
         return
     fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), sharex=True, squeeze=False)
@@ -188,6 +192,41 @@ def loss_plot(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def heldout_plot(state, margin_db: float, path: Path) -> None:
+    """PNG of the held-out metrics at every evaluation, with the end of stage 1, the guard's floor,
+    its breaches and the exported step marked (state: the guard's GuardState)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = sorted(state.evaluations, key=lambda e: e["step"])
+    keys = [k for k in TRACKED_METRICS if any(k in e["metrics"] for e in evals)]
+    if not evals or not keys:
+        return
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 1.9 * len(keys)), sharex=True, squeeze=False)
+    ref = state.reference
+    for ax, key in zip(axes[:, 0], keys):
+        points = [(e["step"], e["metrics"][key]) for e in evals
+                  if isinstance(e["metrics"].get(key), (int, float)) and math.isfinite(e["metrics"][key])]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", lw=1.2)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        if ref is not None:
+            ax.axvline(ref["step"], color="grey", ls="--", lw=0.8)
+            if key == "psnr" and "psnr" in ref["metrics"]:
+                ax.axhline(ref["metrics"]["psnr"] - margin_db, color="tab:red", ls=":", lw=1.0,
+                           label=f"guard floor (end of stage 1 - {margin_db} dB)")
+                for event in state.events:
+                    ax.plot(event["step"], event["psnr"], "x", color="tab:red")
+                ax.legend(fontsize=7, loc="lower left")
+    axes[0, 0].set_title("held-out metrics (dashed: end of stage 1)", fontsize=9)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def loss_terms(trainer) -> dict[str, str]:
     """Which loss terms were active, with weights, and why any was not."""
     c = trainer.config.loss
@@ -200,7 +239,8 @@ def loss_terms(trainer) -> dict[str, str]:
         "lpips": (f"active: eta {c.lpips_weight}" if trainer.perceptual is not None
                   else f"inactive: {trainer.perceptual_reason}"),
         "gan": (f"active in stage 2: {c.gan_loss}, lambda {c.gan_weight} (ramped in over {c.gan_warmup_steps} "
-                f"steps)" + (f", R1 {c.r1_weight} every {c.r1_every} steps" if c.r1_weight > 0 else ", no R1")
+                f"steps" + (", times the adaptive weight ||grad rec|| / ||grad GAN|| at the decoder's last layer"
+                            if c.adaptive_gan_weight else "") + ")" + (f", R1 {c.r1_weight} every {c.r1_every} steps" if c.r1_weight > 0 else ", no R1")
                 + (f", LeCam {c.lecam_weight}" if c.lecam_weight > 0 else "")
                 + f"; EMA of the decoder, decay {t.ema_decay}"
                 if stage2 else "inactive: train.stage2_steps = 0"),
@@ -208,8 +248,24 @@ def loss_terms(trainer) -> dict[str, str]:
     return terms
 
 
-def write_run_report(trainer, final_eval: dict, data_info: dict) -> dict:
-    """report.json and report.md in the run folder."""
+def stage2_summary(trainer) -> dict | None:
+    """The guard's record for report.json: reference, every evaluation, breaches and what was done."""
+    if trainer.config.train.stage2_steps == 0:
+        return None
+    g, state = trainer.config.guard, trainer.guard.state
+    rule = (f"breach: held-out PSNR more than {g.margin_db} dB below the end of stage 1; action {g.action}"
+            + (f" (x{g.backoff_factor} on lambda and the stage-2 lr, at most {g.max_backoffs} times, then stop)"
+               if g.action == "backoff" else ""))
+    return {"guard_rule": rule if state.reference is not None else
+            "inactive: no held-out PSNR at the end of stage 1 (no held-out set, or stage 1 not trained here)",
+            "reference": state.reference, "evaluations": sorted(state.evaluations, key=lambda e: e["step"]),
+            "guard_events": state.events, "gan_scale": state.gan_scale, "lr_scale": state.lr_scale}
+
+
+def write_run_report(trainer, exported_eval: dict, data_info: dict, selection: dict | None = None,
+                     final_eval: dict | None = None) -> dict:
+    """report.json and report.md in the run folder: metrics of the exported (selected) tokenizer."""
+    final_eval = final_eval if final_eval is not None else exported_eval
     config, run_dir = trainer.config, trainer.run_dir
     throughput = [r["images_per_second"] for r in trainer.history if r.get("images_per_second")]
     params = trainer.model.num_params()
@@ -227,9 +283,13 @@ def write_run_report(trainer, final_eval: dict, data_info: dict) -> dict:
         "world_size": trainer.dist.world,
         "device": str(trainer.device),
         "precision": "bf16" if trainer.amp else "fp32",
-        "metrics": final_eval.get("metrics", {}),
-        "not_computed": final_eval.get("not_computed", {}),
-        "num_eval_samples": final_eval.get("num_samples", 0),
+        "metrics": exported_eval.get("metrics", {}),
+        "not_computed": exported_eval.get("not_computed", {}),
+        "num_eval_samples": exported_eval.get("num_samples", 0),
+        "exported_step": selection["step"] if selection else trainer.progress.step,
+        "selection": {k: v for k, v in selection.items() if k != "metrics"} if selection else None,
+        "final_step_metrics": final_eval.get("metrics", {}),
+        "stage2": stage2_summary(trainer),
         "loss_terms": loss_terms(trainer),
         "final_losses": {k: v for k, v in (trainer.history[-1] if trainer.history else {}).items() if k in LOSS_KEYS},
         "images_per_second": sum(throughput) / len(throughput) if throughput else None,
@@ -257,15 +317,42 @@ def _markdown(doc: dict) -> str:
              f"L = {doc['tokens']} tokens x c = {doc['channels']}",
              *([f"- stopped early: {doc['stopped_early']}"] if doc.get("stopped_early") else []),
              f"- throughput: {doc['images_per_second'] or 0:.1f} samples/s; non-finite steps skipped: {doc['bad_steps']}",
-             "", f"## Held-out metrics ({doc['num_eval_samples']} samples)", "",
-             "| metric | value |", "| --- | --- |"]
+             "", f"## Held-out metrics of the exported tokenizer (step {doc['exported_step']}, "
+                 f"{doc['num_eval_samples']} samples)", ""]
+    if doc.get("selection"):
+        lines += [f"Exported: step {doc['selection']['step']}, chosen by {doc['selection']['reason']}.", ""]
+    lines += ["| metric | value |", "| --- | --- |"]
     for name, value in doc["metrics"].items():
         lines.append(f"| {METRIC_LABELS.get(name, name)} | {value:.4f} |")
+    if doc["exported_step"] != doc["steps"] and doc.get("final_step_metrics"):
+        final = doc["final_step_metrics"]
+        lines += ["", f"The last step ({doc['steps']}) was not exported; its metrics: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in final.items() if k in TRACKED_METRICS)]
     if doc["not_computed"]:
         lines += ["", "Not computed:", ""]
         lines += [f"- {name}: {reason}" for name, reason in doc["not_computed"].items()]
+    if doc.get("stage2"):
+        lines += _stage2_markdown(doc["stage2"])
     lines += ["", "## Loss terms", ""] + [f"- {k}: {v}" for k, v in doc["loss_terms"].items()]
     lines += ["", f"## Skipped files ({len(doc['skipped_files'])})", ""]
     lines += [f"- {s['file']}: {s['reason']}" for s in doc["skipped_files"]] or ["none"]
     lines += ["", "![reconstructions](reconstructions.png)", "", "![losses](losses.png)", ""]
+    if doc.get("stage2") and doc["stage2"]["evaluations"]:
+        lines += ["![held-out metrics through training](heldout.png)", ""]
     return "\n".join(lines)
+
+
+def _stage2_markdown(stage2: dict) -> list[str]:
+    """The guard's rule, its breaches and the held-out metrics from the end of stage 1 on."""
+    lines = ["", "## Stage 2 and the guard", "", f"- rule: {stage2['guard_rule']}"]
+    lines += [f"- step {e['step']}: PSNR {e['psnr']:.2f} dB, {e['drop_db']:.2f} dB below the reference; "
+              f"{e['action']}" for e in stage2["guard_events"]] or ["- no breach"]
+    ref = stage2["reference"]
+    rows = [e for e in stage2["evaluations"] if ref is not None and e["step"] >= ref["step"]]
+    keys = [k for k in TRACKED_METRICS if any(k in e["metrics"] for e in rows)]
+    if rows and keys:
+        lines += ["", "| step | stage | " + " | ".join(keys) + " |", "| --- | --- | " + " | ".join("---" for _ in keys) + " |"]
+        for e in rows:
+            cells = [f"{e['metrics'][k]:.4f}" if isinstance(e["metrics"].get(k), (int, float)) else "-" for k in keys]
+            lines.append(f"| {e['step']} | {e['stage']} | " + " | ".join(cells) + " |")
+    return lines
