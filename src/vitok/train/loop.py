@@ -231,7 +231,8 @@ class Trainer:
             # A converged stage-1 decoder meets a fresh discriminator: ramping lambda in keeps the
             # first, uninformed GAN gradients from overwhelming the reconstruction terms.
             ramp = min(1.0, (step - self.config.train.stage1_steps + 1) / max(1, c.gan_warmup_steps))
-            lam = torch.tensor(c.gan_weight * ramp * self.guard.state.gan_scale, device=x.device)
+            # torch.full is a fill kernel; torch.tensor(value, device=cuda) would be a copy that syncs the host.
+            lam = torch.full((), c.gan_weight * ramp * self.guard.state.gan_scale, device=x.device)
             if c.adaptive_gan_weight:
                 terms["gan_adaptive"] = self.adaptive_gan_weight(loss, terms["gan_g"])
                 lam = lam * terms["gan_adaptive"]
