@@ -98,3 +98,107 @@ def test_eval_prints_notes_and_identical_count(tmp_path, capsys, monkeypatch):
     assert main(["eval", str(tmp_path), "--data", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "rfvd      note: computed on 10-frame clips" in out and "2 reconstruction(s) identical" in out
+
+
+# --- reconstruct: bad arguments, and nothing the user has is written over ---------------------------
+
+import errno  # noqa: E402
+import os  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture
+def recon(tmp_path):
+    """(checkpoint, photos folder holding coffee.png and tea.jpg) for reconstruct tests."""
+    ViTok(tiny_config()).save_pretrained(tmp_path / "ckpt")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(photos / "coffee.png")
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(photos / "tea.jpg")
+    return tmp_path / "ckpt", photos
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--size", "0"], "--size must be a positive integer (the side of the square crop, in pixels), got 0"),
+    (["--size", "-5"], "--size must be a positive integer (the side of the square crop, in pixels), got -5"),
+    (["--size", "4"], "--size 4 is smaller than the model's patch size 8"),
+    (["--device", "foo"], "--device 'foo' is not a torch device; pass cpu, cuda or cuda:N"),
+    (["--device", "cuda"], "--device cuda: CUDA is not available here"),
+])
+def test_reconstruct_bad_arguments_are_clear_errors_before_any_work(recon, tmp_path, capsys, monkeypatch, extra,
+                                                                   message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ckpt, photos = recon
+    code = main(["reconstruct", str(ckpt), str(photos / "coffee.png"), "--out", str(tmp_path / "o"), *extra])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def _link(kind, photos, tmp_path):
+    """An --out folder whose coffee.png is the input photos/coffee.png, reached as `kind` says."""
+    if kind == "same folder":
+        return photos
+    out = tmp_path / kind.replace(" ", "_")
+    out.mkdir()
+    (os.symlink if kind == "symbolic link" else os.link)(photos / "coffee.png", out / "coffee.png")
+    return out
+
+
+@pytest.mark.parametrize("kind", ["same folder", "symbolic link", "hard link"])
+def test_reconstruct_never_writes_over_an_input(recon, tmp_path, capsys, kind):
+    ckpt, photos = recon
+    out = _link(kind, photos, tmp_path)
+    before = _snapshot(photos)
+    code = main(["reconstruct", str(ckpt), str(photos / "coffee.png"), str(photos / "tea.jpg"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"would write {out / 'coffee.png'} over the input {photos / 'coffee.png'}" in err
+    assert "pass another --out folder" in err
+    assert _snapshot(photos) == before and not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("existing, message", [
+    ("tea.png", "already holds {out}/tea.png, which vitok did not write there"),
+    ("metrics.json", "already holds {out}/metrics.json, which vitok did not write there"),
+])
+def test_reconstruct_never_writes_over_a_users_file(recon, tmp_path, capsys, existing, message):
+    ckpt, photos = recon
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / existing).write_text("the user's own file")
+    assert main(["reconstruct", str(ckpt), str(photos / "tea.jpg"), "--out", str(out)]) == 2
+    assert message.format(out=out) in capsys.readouterr().err
+    assert (out / existing).read_text() == "the user's own file"
+
+
+def test_reconstruct_reruns_into_its_own_folder(recon, tmp_path):
+    ckpt, photos = recon
+    args = ["reconstruct", str(ckpt), str(photos / "coffee.png"), "--out", str(tmp_path / "o")]
+    assert main(args) == 0 and main(args) == 0  # its own earlier outputs may be replaced
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["coffee.png", "metrics.json"]
+
+
+def test_reconstruct_out_that_is_a_file_is_a_clear_error(recon, tmp_path, capsys):
+    ckpt, photos = recon
+    (tmp_path / "taken").write_text("x")
+    assert main(["reconstruct", str(ckpt), str(photos / "coffee.png"), "--out", str(tmp_path / "taken")]) == 2
+    assert "--out" in (err := capsys.readouterr().err) and "is an existing file" in err
+
+
+def test_reconstruct_on_a_full_disk_says_so_and_leaves_no_partial_png(recon, tmp_path, capsys, monkeypatch):
+    ckpt, photos = recon
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert main(["reconstruct", str(ckpt), str(photos / "coffee.png"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"could not write {tmp_path / 'o' / 'coffee.png'}: No space left on device (the disk is full?" in err
+    assert list((tmp_path / "o").iterdir()) == []  # no 0-byte PNG, no temporary file

@@ -1,9 +1,11 @@
 """FLOP and size accounting against a hand-derived formula and the paper's table."""
 
+import re
+
 import pytest
 
 from conftest import tiny_config
-from vitok.info import describe
+from vitok.info import MAX_TOKENS, describe
 from vitok.model import config_from_name
 from vitok.model.blocks import swiglu_hidden
 
@@ -49,3 +51,30 @@ def test_sb16_at_256p_lands_on_the_papers_figure():
 def test_sb16_at_512p_and_sl16():
     assert describe(config_from_name("S-B/16", image_size=512))["gflops_total"] / 2 == pytest.approx(160.8, abs=1)
     assert describe(config_from_name("S-L/16", image_size=256))["gflops_total"] / 2 == pytest.approx(113.4, abs=1)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["info", "T-T/8", "--image-size", "1048576"], "--image-size 1048576 is out of range; info describes models with "
+                                                   "--image-size from 1 to 16,384: pass a value in that range"),
+    (["info", "T-T/8", "--image-size", "0"], "--image-size 0 is out of range"),
+    (["info", "T-T/8", "--image-size", "16384"], "4,194,304 tokens per sample, above the 1,048,576 "
+                                                 "\\(2\\^20\\) that info describes; pass a smaller --image-size "
+                                                 "\\(at most 8192 for patch 8\\)"),
+    (["info", "--channels", "-1"], "--channels -1 is out of range"),
+    (["info", "T-T/4x8", "--frames", "0"], "--frames 0 is out of range"),
+    (["info", "T-T/8", "--image-size", "36"], "image_size 36 is not divisible by patch_size 8; use 32 or 40"),
+])
+def test_info_refuses_bad_sizes_with_the_way_around(argv, message, capsys):
+    from vitok.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and re.search(message, err), err
+
+
+def test_info_counts_flops_without_allocating_at_its_size_limit():
+    # 2^20 tokens: L×L attention shapes of 2^40 elements, counted on the meta device in seconds.
+    d = describe(config_from_name("T-T/8", image_size=8192))
+    assert d["tokens"] == MAX_TOKENS == 1 << 20
+    with pytest.raises(ValueError, match="at most 8192 for patch 8"):
+        describe(config_from_name("T-T/8", image_size=8200))

@@ -13,6 +13,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Print parameters, bottleneck and FLOPs of one variant, or of every paper variant."""
     from .info import describe, format_description
     from .model import PAPER_VARIANTS, config_from_name
+    from .model.variants import MAX_SIZES
+
+    # Named after the options (the config's own errors name its fields): checked before any model.
+    for option, value, field in (("--image-size", args.image_size, "image_size"), ("--frames", args.frames, "frames"),
+                                 ("--channels", args.channels, "channels")):
+        if value is not None and not 1 <= value <= MAX_SIZES[field]:
+            raise ValueError(f"{option} {value} is out of range; info describes models with {option} from 1 to "
+                             f"{MAX_SIZES[field]:,}: pass a value in that range")
 
     names = [args.name] if args.name else list(PAPER_VARIANTS)
     results = []
@@ -35,20 +43,37 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     """Encode and decode image files through a checkpoint; write PNGs and print PSNR/SSIM per image."""
+    import io
+
     import torch
     from PIL import Image
 
-    from .data.images import center_crop_to_multiple, from_tensor, load_image, resize_center_crop, to_tensor
+    from .data.images import (center_crop_to_multiple, from_tensor, load_image, resize_center_crop, to_tensor,
+                              write_atomic)
+    from .data.outputs import METRICS_FILE, check_outputs, plan_outputs
+    from .generate.checks import check_device, check_out_folder
     from .metrics.image import psnr, ssim
     from .model import ViTok
 
+    # Every argument is checked, and every target planned, before the model loads or a file is written.
+    if args.size is not None and args.size < 1:
+        raise ValueError(f"--size must be a positive integer (the side of the square crop, in pixels), "
+                         f"got {args.size}; leave it out to keep each image's own size")
+    check_device(args.device)
+    out = check_out_folder(args.out)
+    inputs = [Path(p) for p in args.images]
+    targets = plan_outputs(inputs, out)
+    check_outputs(inputs, targets, out)
     model = ViTok.from_pretrained(args.checkpoint, device=args.device)
     if model.config.is_video:
         raise SystemExit(f"error: {args.checkpoint} is a video model; `vitok reconstruct` takes image models")
-    out = Path(args.out)
+    patch = model.config.patch_size
+    if args.size is not None and args.size < patch:
+        raise ValueError(f"--size {args.size} is smaller than the model's patch size {patch}, so no image would "
+                         f"keep a whole patch: pass --size {patch} or more (a multiple of {patch} keeps the square)")
     out.mkdir(parents=True, exist_ok=True)
-    rows, skipped, used_names = [], [], set()
-    for path in map(Path, args.images):
+    rows, skipped = [], []
+    for path, target in zip(inputs, targets):
         try:
             img = load_image(path)
             img = resize_center_crop(img, args.size) if args.size else img
@@ -60,13 +85,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         x = to_tensor(img).unsqueeze(0).to(args.device)
         with torch.no_grad():
             x_hat, _ = model(x, sample=args.sample)
-        name = path.stem
-        while name in used_names:
-            name += "_"
-        used_names.add(name)
-        # PNG is lossless, so the printed PSNR is what the written file holds.
-        Image.fromarray(from_tensor(x_hat[0].cpu())).save(out / f"{name}.png")
-        row = {"file": str(path), "output": str(out / f"{name}.png"), "height": img.shape[0], "width": img.shape[1],
+        # PNG is lossless, so the printed PSNR is what the written file holds. Encoded in memory and
+        # renamed into place: a full disk leaves no partial PNG behind.
+        png = io.BytesIO()
+        Image.fromarray(from_tensor(x_hat[0].cpu())).save(png, format="PNG")
+        write_atomic(target, png.getvalue())
+        row = {"file": str(path), "output": str(target), "height": img.shape[0], "width": img.shape[1],
                "psnr": float(psnr(x.cpu(), x_hat.cpu())[0]), "ssim": float(ssim(x.cpu(), x_hat.cpu())[0])}
         rows.append(row)
         print(f"{path}  {img.shape[1]}x{img.shape[0]}  PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}")
@@ -76,8 +100,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         summary["mean_ssim"] = sum(r["ssim"] for r in rows) / len(rows)
         print(f"mean over {len(rows)} images  PSNR {summary['mean_psnr']:.2f} dB  SSIM {summary['mean_ssim']:.4f}")
     if skipped:
-        print(f"skipped {len(skipped)} unreadable file(s); see {out / 'metrics.json'}", file=sys.stderr)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"skipped {len(skipped)} unreadable file(s); see {out / METRICS_FILE}", file=sys.stderr)
+    write_atomic(out / METRICS_FILE, (json.dumps(summary, indent=2) + "\n").encode())
     return 0 if rows else 1
 
 
@@ -133,6 +157,30 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OverridesAnywhere(argparse.ArgumentParser):
+    """The train parser: key=value overrides may stand before, between or after the options.
+
+    Plain argparse takes a positional list in one run only (`a=1 --out X b=2` leaves b=2
+    "unrecognized"); the intermixed parse collects every run. Unknown --flags remain errors.
+    """
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:  # the intermixed parse calls the plain one itself
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            namespace, extras = self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+        # An unknown --flag cuts the positional run short: the words after it are still overrides,
+        # so the error names the flags alone.
+        flags = [a for a in extras if a.startswith("-")]
+        namespace.overrides = list(namespace.overrides or []) + [a for a in extras if not a.startswith("-")]
+        return namespace, flags
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a tokenizer (stage 1, then stage 2) and write the run folder."""
     from .train.config import load_config
@@ -147,13 +195,19 @@ def cmd_train(args: argparse.Namespace) -> int:
                              "(key=value overrides are still applied)")
         config = load_config(resolved, args.overrides)
     else:
+        if args.config and Path(args.config).is_dir():
+            from .train.config import shipped_configs
+
+            raise ValueError(f"--config {args.config} is a directory; expected a YAML file or a shipped config's "
+                             f"name ({', '.join(shipped_configs())})")
         # Without --config, the embedded demo: a small tokenizer on the bundled photos.
         config = load_config(args.config or "demo", args.overrides)
+    from .train.checkpoint import CheckpointWriteError
     from .train.loop import TrainingDiverged
 
     try:
         document = train(config, out=args.out, resume=args.resume)
-    except TrainingDiverged as err:
+    except (TrainingDiverged, CheckpointWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
     if document:
@@ -219,19 +273,25 @@ def cmd_dit(args: argparse.Namespace) -> int:
         from .generate.train import DiTTrainConfig, load_run_config, parse_overrides, train_dit
 
         if args.resume:
+            given = [flag for flag, value in (("--latents", args.latents), ("--model", args.model)) if value]
+            if given:  # a resumed run keeps its own store and model; silently ignoring them would mislead
+                raise ValueError(f"--resume {args.resume} continues the run with its own config.yaml; drop "
+                                 f"{' and '.join(given)} (key=value overrides of other fields still apply)")
             config = load_run_config(args.resume, args.overrides)
         else:
-            config = parse_overrides(DiTTrainConfig(latents=args.latents or "", model=args.model), args.overrides)
+            config = parse_overrides(DiTTrainConfig(latents=args.latents or "", model=args.model or "DiT-S"),
+                                     args.overrides)
         document = train_dit(config, out=args.out, resume=args.resume)
         if document:
             print(f"run folder: {document['run']}  steps {document['steps']}  final loss {document['final_loss']:.4f}")
         return 0
     if args.dit_command == "sample":
+        from .generate.checks import check_out_folder
         from .generate.sample import generate, write_samples
 
+        out = check_out_folder(args.out) if args.out else Path(args.run) / "generated"  # before sampling
         images, labels = generate(args.run, args.num, args.cfg, args.steps, args.sampler, args.eta, args.batch_size,
                                   args.class_id, args.seed, args.device)
-        out = Path(args.out) if args.out else Path(args.run) / "generated"
         write_samples(images, labels, out)
         kind = "clips (mp4)" if images.dim() == 5 else "samples"
         print(f"{len(images)} {kind} in {out} (grid: {out / 'grid.png'})")
@@ -278,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Streams a dataset through encode/decode (posterior mean). Under torchrun "
                                     "every rank takes its share and rank 0 writes the report.")
     ev.add_argument("checkpoint", help="folder written by ViTok.save_pretrained")
-    ev.add_argument("--data", required=True, help="image or video folder, a .tar shard, or a glob of shards")
+    ev.add_argument("--data", required=True, help="image or video folder, a .tar shard, a folder of shards, or a "
+                                                   "quoted glob of image files, video files or shards")
     ev.add_argument("--image-size", type=int, default=None, help="resize + centre-crop size (default: the model's)")
     ev.add_argument("--frames", type=int, default=None, help="clip length for video models (default: the model's)")
     ev.add_argument("--frame-stride", type=int, default=1, help="take every k-th frame of a video (default 1)")
@@ -302,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", default=None,
                     help="YAML config, or a shipped config's name: demo (the default), sb16_256, sb4x8_video")
     tr.add_argument("--out", default=None, help="run folder (default runs/<name>-<timestamp>)")
-    tr.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    tr.add_argument("--resume", default=None, metavar="RUN_DIR",
+                    help="continue a run in place from its newest checkpoint (no --out)")
+    tr.__class__ = _OverridesAnywhere  # overrides anywhere among the options (sub-parsers are built by argparse)
     tr.set_defaults(func=cmd_train)
 
     sw = sub.add_parser("sweep", help="train a grid of tokenizers over p, c and model size; fit metrics against log E",
@@ -323,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     lt = sub.add_parser("latents", help="encode a labelled image or video folder (class = sub-folder) into a "
                                         "latent store",
                         description="Posterior-mode latents of every image, in safetensors shards plus index.json "
-                                    "(classes, tokenizer, per-channel mean/std). Rerunning skips finished shards. "
+                                    "(classes, tokenizer, per-channel mean/std). Rerunning skips finished shards "
+                                    "and encodes unreadable (e.g. truncated) ones again. "
                                     "Multi-GPU: torchrun --nproc_per_node=N -m vitok latents ... --device cuda "
                                     "(shards are spread over the processes).")
     lt.add_argument("checkpoint", help="tokenizer folder written by ViTok.save_pretrained")
@@ -350,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     dtr.add_argument("overrides", nargs="*", metavar="key=value",
                      help="fields of DiTTrainConfig (vitok/generate/train.py), e.g. steps=400000 batch_size=256")
     dtr.add_argument("--latents", default=None, help="latent store folder written by `vitok latents`")
-    dtr.add_argument("--model", default="DiT-S", help="DiT-S/B/L/XL, optionally /2 (default DiT-S)")
+    dtr.add_argument("--model", default=None, help="DiT-S/B/L/XL, optionally /2 (default DiT-S)")
     dtr.add_argument("--out", default=None, help="run folder (default runs/dit-<model>-<timestamp>)")
     dtr.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     dsa = dit_sub.add_parser("sample", help="sample images from a run's EMA DiT")

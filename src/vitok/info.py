@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .model import ViTok, ViTokConfig
+
+
+# Nominal tokens per sample that `vitok info` describes: 2^20, e.g. 8192x8192 at p=8. Far beyond any
+# model that runs (a forward refuses more than 65,536 tokens), and L×L attention shapes past it
+# overflow torch's size arithmetic (a raw "Storage size calculation overflowed").
+MAX_TOKENS = 1 << 20
+
+
+def check_size(config: ViTokConfig) -> None:
+    """Refuse a config whose token grid is above MAX_TOKENS, naming the size and a size that fits."""
+    if config.num_tokens <= MAX_TOKENS:
+        return
+    frames = config.grid[0] if config.is_video else 1
+    side = config.patch_size * math.isqrt(max(1, MAX_TOKENS // frames))
+    raise ValueError(f"{config.name or 'this model'} at image size {config.image_size} has {config.num_tokens:,} "
+                     f"tokens per sample, above the {MAX_TOKENS:,} (2^20) that info describes; pass a smaller "
+                     f"--image-size (at most {side} for patch {config.patch_size}"
+                     f"{f' and {config.frames} frames' if config.is_video else ''})")
 
 
 def count_flops(model: ViTok) -> tuple[int, int]:
@@ -29,7 +49,12 @@ def count_flops(model: ViTok) -> tuple[int, int]:
 
 
 def describe(config: ViTokConfig) -> dict:
-    """Everything `vitok info` prints, as a plain dict."""
+    """Everything `vitok info` prints, as a plain dict.
+
+    Nothing is allocated (the model and inputs live on the meta device), but tracing attention over
+    L tokens still builds L×L shapes: configs above MAX_TOKENS tokens are refused.
+    """
+    check_size(config)
     with torch.device("meta"):
         model = ViTok(config)
     params = model.num_params()

@@ -95,3 +95,38 @@ def test_missing_and_malformed_files(tmp_path):
     flat.write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="must hold a mapping"):
         load_config(flat)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("optim.lr=nan", "config field optim.lr must be a finite number, got nan"),
+    ("optim.lr=.nan", "config field optim.lr must be a finite number, got nan"),
+    ("optim.lr=inf", "config field optim.lr must be a finite number, got inf"),
+    ("optim.lr=-.inf", "config field optim.lr must be a finite number, got -inf"),
+    ("loss.kl_weight=nan", "config field loss.kl_weight must be a finite number, got nan"),
+    ("train.ema_decay=NaN", "config field train.ema_decay must be a finite number, got nan"),
+    ("guard.margin_db=1e999", "config field guard.margin_db must be a finite number, got inf"),
+])
+def test_non_finite_overrides_are_rejected(override, fragment):
+    with pytest.raises(ValueError) as err:
+        load_config(None, [override])
+    assert fragment in str(err.value)
+
+
+FLOAT_FIELDS = [key for key, kind, _ in fields_table() if kind == "float"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("key", FLOAT_FIELDS)
+def test_every_float_field_refuses_non_finite_values_in_validate(key, value):
+    """A config built in Python skips _coerce; validate still names the field (NaN passes every range check)."""
+    config = TrainConfig()
+    section, name = key.split(".")
+    setattr(getattr(config, section), name, value)
+    with pytest.raises(ValueError) as err:
+        validate(config)
+    assert f"config field {key} must be a finite number" in str(err.value)
+
+
+def test_float_fields_are_all_covered():
+    expected = {"optim.lr", "loss.kl_weight", "train.ema_decay", "data.min_scale", "guard.backoff_factor"}
+    assert expected <= set(FLOAT_FIELDS)

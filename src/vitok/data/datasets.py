@@ -9,6 +9,8 @@ uint8, a quarter of the bytes of float32 between loader processes and to the GPU
 
 from __future__ import annotations
 
+import glob
+import os
 import tarfile
 from pathlib import Path
 
@@ -17,17 +19,24 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from .images import decode_image, load_image, resize_center_crop
+from .images import decode_image, file_problem, list_files, load_image, resize_center_crop
+from .video import VIDEO_EXTENSIONS
 
 IMAGE_SUFFIXES = frozenset(ext.lower() for ext in Image.registered_extensions())
+# Suffixes that make a glob's match a tar shard (tarfile reads the compressed ones too).
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
 def list_images(root: str | Path) -> list[Path]:
-    """Every file under root (recursively) with an extension Pillow can read, sorted."""
+    """Every entry under root (recursively) with an extension Pillow can read, sorted.
+
+    Links to folders are followed; entries that cannot be read as files (broken or looping
+    links, FIFOs, ...) are listed too, so that the loader skips and names them.
+    """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"image folder {root} does not exist or is not a folder")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return list_files(root, IMAGE_SUFFIXES)
 
 
 def prepare_image(img: np.ndarray, size: int, upsample: bool, name: str) -> torch.Tensor:
@@ -40,10 +49,11 @@ def prepare_image(img: np.ndarray, size: int, upsample: bool, name: str) -> torc
 
 
 class ImageFolder(Dataset):
-    """Images under a folder, resized and centre-cropped to size×size."""
+    """Images under a folder (or the `files` given, e.g. a glob's matches), resized and centre-cropped to size×size."""
 
-    def __init__(self, root: str | Path, size: int, upsample: bool = False, limit: int | None = None) -> None:
-        self.files = list_images(root)
+    def __init__(self, root: str | Path, size: int, upsample: bool = False, limit: int | None = None,
+                 files: list[Path] | None = None) -> None:
+        self.files = list_images(root) if files is None else list(files)
         if not self.files:
             raise ValueError(f"image folder {root} holds no image files (looked for {', '.join(sorted(IMAGE_SUFFIXES)[:8])}, ...)")
         if limit is not None:
@@ -62,14 +72,45 @@ class ImageFolder(Dataset):
 
 
 def check_shards(shards: list[str | Path]) -> list[Path]:
-    """The shard paths, after checking there are some and that each exists."""
+    """The shard paths, after checking there are some and that each is a regular file (a FIFO would block)."""
     paths = [Path(s) for s in shards]
     if not paths:
         raise ValueError("no tar shards given")
-    missing = [str(s) for s in paths if not s.is_file()]
+    missing = [str(s) for s in paths if not s.exists() and not s.is_symlink()]
     if missing:
         raise ValueError(f"tar shards not found: {missing[:5]}")
+    unusable = [f"{s}: {problem}" for s in paths if (problem := file_problem(s)) is not None]
+    if unusable:
+        raise ValueError(f"tar shards that cannot be read as files: {unusable[:5]}; remove them from the data "
+                         f"or fix them")
     return paths
+
+
+END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
+
+
+def tar_end_problem(tar: tarfile.TarFile, members: int) -> str | None:
+    """After reading every member of `tar`: why it lacks the end-of-archive marker, else None.
+
+    tarfile stops without complaint at a missing, partial or garbled header after the first
+    member, so a shard cut exactly at a member boundary would read as a shorter shard. Every
+    tar writer ends the archive with two 512-byte zero blocks, which a cut removes. `members`
+    (how many were read) only goes into the message. Seeks back in the file, hence "r:" mode.
+    """
+    tar.fileobj.seek(tar.offset)
+    tail = tar.fileobj.read(END_OF_ARCHIVE)
+    if tail == bytes(END_OF_ARCHIVE):
+        return None
+    where = "the file ends there" if not tail else "what follows is not a tar header"
+    return (f"truncated or damaged tar shard: no end-of-archive marker (two 512-byte zero blocks) after its "
+            f"{members} member(s), at byte {tar.offset} ({where}); the samples read before that point are kept, "
+            f"any after it are lost: copy or rebuild the shard again")
+
+
+def link_member_reason(member: tarfile.TarInfo) -> str:
+    """Why an image-named link inside a tar shard is skipped: a shard should hold the image bytes themselves."""
+    kind = "symbolic link" if member.issym() else "hard link"
+    return f"a {kind} to {member.linkname} inside the tar, not image data; store the image itself in the shard"
 
 
 def _reader() -> tuple[int, int]:
@@ -114,16 +155,25 @@ class TarShards(IterableDataset):
                     return
 
     def _read_shard(self, shard: Path):
+        members = 0
         try:
-            with tarfile.open(shard, "r|*") as tar:
+            # "r:" rather than streaming "r|": the end-of-archive check seeks back.
+            with tarfile.open(shard, "r:*") as tar:
                 for member in tar:
-                    if not member.isfile() or Path(member.name).suffix.lower() not in IMAGE_SUFFIXES:
+                    members += 1
+                    if Path(member.name).suffix.lower() not in IMAGE_SUFFIXES or member.isdir():
                         continue
                     key = f"{shard.name}/{member.name}"
+                    if not member.isfile():
+                        yield {"skipped": key, "reason": link_member_reason(member)}
+                        continue
                     data = tar.extractfile(member).read()
                     yield self._decode(data, key)
+                problem = tar_end_problem(tar, members)
         except (tarfile.TarError, OSError, EOFError) as err:
-            yield {"skipped": str(shard), "reason": f"unreadable tar shard after the samples above ({err})"}
+            problem = f"unreadable tar shard after the samples above ({err})"
+        if problem is not None:
+            yield {"skipped": str(shard), "reason": problem}
 
     def _decode(self, data: bytes, key: str) -> dict:
         try:
@@ -135,13 +185,14 @@ class TarShards(IterableDataset):
 class VideoFolder(Dataset):
     """Clips of `frames` frames (at `stride`) from videos under a folder, resized and centre-cropped."""
 
-    def __init__(self, root: str | Path, size: int, frames: int, stride: int = 1, limit: int | None = None) -> None:
+    def __init__(self, root: str | Path, size: int, frames: int, stride: int = 1, limit: int | None = None,
+                 files: list[Path] | None = None) -> None:
         from .video import list_videos
 
         root = Path(root)
-        if not root.is_dir():
+        if files is None and not root.is_dir():
             raise ValueError(f"video folder {root} does not exist or is not a folder")
-        self.files = list_videos(root)
+        self.files = list_videos(root) if files is None else list(files)
         if not self.files:
             raise ValueError(f"video folder {root} holds no video files (mp4, webm, avi, mkv, mov)")
         if limit is not None:
@@ -185,10 +236,12 @@ def _has_videos(root: Path) -> bool:
 
 def open_dataset(source: str | Path, size: int, frames: int = 1, stride: int = 1, upsample: bool = False,
                  limit: int | None = None, rank: int = 0, world: int = 1):
-    """A folder of images or videos, a .tar shard, or a folder/glob of .tar shards.
+    """A folder of images or videos, a .tar shard, a folder of .tar shards, or a glob of any one of these kinds.
 
-    `frames` > 1 asks for video clips, which only a folder of video files provides.
+    `frames` > 1 asks for video clips, which only video files provide.
     """
+    if is_glob(source):
+        return _open_glob(str(source), size, frames, stride, upsample, limit, rank, world)
     root = Path(source)
     if frames > 1 and (_names_shards(source) or (root.is_dir() and list(root.glob("*.tar"))
                                                  and not _has_videos(root))):
@@ -204,21 +257,86 @@ def open_dataset(source: str | Path, size: int, frames: int = 1, stride: int = 1
     raise ValueError(f"data source {source} is neither a folder nor .tar shards")
 
 
+def _open_glob(pattern: str, size: int, frames: int, stride: int, upsample: bool, limit: int | None,
+               rank: int, world: int):
+    """open_dataset for a glob: the dataset of the one kind of file it matches."""
+    kind, files = resolve_glob(pattern)
+    if frames > 1 and kind != "videos":
+        what = ".tar shards, which are read as images only" if kind == "shards" else "image files"
+        raise ValueError(f"video evaluation needs a folder of video files (mp4, webm, avi, mkv, mov), but {pattern} "
+                         f"matches {what}: pass a video folder, or a glob of video files")
+    if kind == "videos":
+        if frames == 1:
+            raise ValueError(f"{pattern} matches video files, but this model reads images: pass images or .tar "
+                             f"shards")
+        return VideoFolder(pattern, size, frames, stride, limit, files=files)
+    if kind == "images":
+        return ImageFolder(pattern, size, upsample, limit, files=files)
+    return TarShards(files, size, upsample, rank, world, limit)
+
+
+def is_glob(source: str | Path) -> bool:
+    """Whether `source` is a glob pattern (holds *, ? or [)."""
+    return any(ch in str(source) for ch in "*?[")
+
+
+def _glob_kind(path: Path) -> str | None:
+    """"shards", "images" or "videos" by the name's suffix; None for any other file."""
+    name = path.name.lower()
+    if name.endswith(TAR_SUFFIXES):
+        return "shards"
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return "images"
+    return "videos" if path.suffix.lower() in VIDEO_EXTENSIONS else None
+
+
+def resolve_glob(pattern: str) -> tuple[str, list[Path]]:
+    """(kind, sorted matches) of a glob: kind "shards", "images" or "videos", by what the matches are named.
+
+    Folders are not matches; files of no known kind are left out beside one of those kinds, and
+    read as shards when nothing else matches (shards need not be named .tar). Broken links and
+    the like stay in, so that their reader names them. Two kinds at once are an error.
+    """
+    matches = sorted(p for p in map(Path, glob.glob(pattern)) if not p.is_dir())
+    if not matches:
+        raise ValueError(f"no tar shards match {pattern}, nor any image or video file: check the pattern (and "
+                         f"quote it, so that the shell passes it on unexpanded)")
+    by_kind: dict[str, list[Path]] = {}
+    for path in matches:
+        kind = _glob_kind(path)
+        if kind is not None:
+            by_kind.setdefault(kind, []).append(path)
+    if len(by_kind) > 1:
+        examples = ", ".join(f"{kind} ({files[0].name}, ...)" for kind, files in sorted(by_kind.items()))
+        raise ValueError(f"{pattern} matches more than one kind of file: {examples}; a glob must match one kind: "
+                         f"narrow it, e.g. to '*.tar'")
+    if not by_kind:
+        return "shards", matches
+    kind, files = by_kind.popitem()
+    return kind, files
+
+
 def _names_shards(source: str | Path) -> bool:
-    """Whether `source` is written as shards: a glob pattern or a .tar path."""
-    text = str(source)
-    return any(ch in text for ch in "*?[") or text.endswith(".tar")
+    """Whether `source` (not a glob) is written as a shard: a .tar path."""
+    return str(source).endswith(".tar")
 
 
 def shard_paths(source: str | Path) -> list[Path] | None:
-    """The sorted .tar shards `source` names (a .tar path, a glob, or a folder of only .tar files), else None."""
-    if _names_shards(source):
-        import glob
+    """The sorted .tar shards `source` names (a .tar path, a glob, or a folder of only .tar files), else None.
 
-        shards = sorted(Path(p) for p in glob.glob(str(source)) if Path(p).is_file())
-        if not shards:
-            raise ValueError(f"no tar shards match {source}")
+    A glob that matches images or videos is an error here: callers that read those from a glob
+    (open_dataset, the training loader) resolve it before asking for shards.
+    """
+    if is_glob(source):
+        kind, shards = resolve_glob(str(source))
+        if kind != "shards":
+            raise ValueError(f"{source} matches {kind}, not .tar shards; here a glob must name .tar shards: pass "
+                             f"the folder that holds the {kind} instead")
         return shards
+    if _names_shards(source):
+        if not os.path.lexists(source):
+            raise ValueError(f"no tar shards match {source}: there is no such file")
+        return [Path(source)]  # the readers' check_shards names a shard that is no regular file
     root = Path(source)
     if root.is_dir():
         tars = sorted(p for p in root.glob("*.tar") if p.is_file())

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import secrets
+import stat
 import struct
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -17,10 +21,13 @@ __all__ = [
     "bundled_photos",
     "center_crop_to_multiple",
     "decode_image",
+    "file_problem",
     "from_tensor",
+    "list_files",
     "load_image",
     "resize_center_crop",
     "to_tensor",
+    "write_atomic",
 ]
 
 # Relative to this module rather than the CWD so it also resolves inside an installed wheel.
@@ -44,12 +51,112 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
 def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
     """The bytes of an image file, with the errors load_image gives."""
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"{path}: no such file")
+    problem = file_problem(path)
+    if problem is not None:
+        raise ValueError(f"{path}: {problem}")
     try:
         return path.read_bytes()
     except OSError as e:
         raise ValueError(f"{path}: cannot read file ({e})") from e
+
+
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def file_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why `path` cannot be read as a regular file (a broken or looping link, a folder, a FIFO, ...), else None.
+
+    Checked on the file's status, never by opening it: opening a FIFO for reading would block
+    until some other process writes to it.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"broken symbolic link (it points to {os.readlink(path)}, which does not exist)"
+        return "no such file"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop (the link points back to itself through other links)"
+        return f"cannot read file ({e.strerror or e})"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not an image file"
+    for test, kind in _SPECIAL_FILES:
+        if test(mode):
+            return f"not a regular file but {kind}, which is not read"
+    return None
+
+
+def list_files(root: str | os.PathLike[str], suffixes: Iterable[str]) -> list[Path]:
+    """Every entry under `root` (recursively) whose name ends in one of `suffixes` (case-insensitive), sorted.
+
+    Links to folders are followed, each real folder once (so link loops end); folders are walked
+    whatever their name. Entries that are not readable regular files (broken or looping links,
+    FIFOs, devices) are listed too, so that readers skip them with a reason instead of letting
+    them vanish without a word. A folder that cannot be listed is an error naming it.
+    """
+    root = Path(root)
+    wanted = {s.lower() for s in suffixes}
+    found: list[Path] = []
+    _walk(root, wanted, found, set())
+    return sorted(found)
+
+
+def _walk(folder: Path, wanted: set[str], found: list[Path], seen: set[tuple[int, int]]) -> None:
+    """Depth-first, in sorted order, so which path reaches a folder linked twice does not depend on the OS."""
+    try:
+        info = folder.stat()
+        if (info.st_dev, info.st_ino) in seen:
+            return
+        seen.add((info.st_dev, info.st_ino))
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+    except OSError as e:
+        raise ValueError(f"cannot list the folder {folder} ({e.strerror or e}): fix its permissions, "
+                         f"or move it out of the data folder") from None
+    for entry in entries:
+        path = folder / entry.name
+        if _is_folder(entry):
+            _walk(path, wanted, found, seen)
+        elif path.suffix.lower() in wanted:
+            found.append(path)
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """Whether an entry is a folder, following links; False for broken and looping links (listed as files)."""
+    try:
+        return entry.is_dir()
+    except OSError:  # a link loop raises ELOOP here rather than answering False
+        return False
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder, renamed over `path` once complete.
+
+    A failed write (a full disk, ...) leaves whatever was at `path` untouched and removes the
+    temporary file; it raises ValueError naming the file and the reason. The file is created
+    0666 less the umask, the permissions of any ordinary file (mkstemp would give 0600).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the error that matters is the write's, reported below
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        hint = " (the disk is full? free some space, or write somewhere else)" if full else ""
+        raise ValueError(f"could not write {path}: {e.strerror or e}{hint}") from None
 
 
 def _describe(error: Exception) -> str:

@@ -26,6 +26,7 @@ sample still occupies its slot, so batch boundaries never depend on which files 
 
 from __future__ import annotations
 
+import os
 import random
 import tarfile
 from functools import partial
@@ -38,7 +39,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
-from .datasets import IMAGE_SUFFIXES, TarShards, check_shards, collate, list_images, shard_paths
+from .datasets import (IMAGE_SUFFIXES, TarShards, check_shards, collate, is_glob, link_member_reason, list_images,
+                       resolve_glob, shard_paths, tar_end_problem)
 from .images import decode_image, decode_rgb, load_image, oriented_size, read_image_bytes
 from .transforms import (TrainAugment, random_crop_box, random_flip, sample_rng, split_holdout,
                          stable_seed)
@@ -200,16 +202,27 @@ def _tar_entries(shard: Path) -> Iterator[tuple[str, Callable[[], bytes] | None,
 
     Nothing is read until read() is called (it must be called before the next entry), so
     counting entries walks only the tar headers. Counting and reading see the same entries
-    because a member whose data cannot be read is still one entry.
+    because a member whose data cannot be read is still one entry. An image-named link is an
+    entry (name, None, reason); a shard cut short (no end-of-archive marker) keeps the samples
+    before the cut and ends with ("", None, reason).
     """
+    members, problem = 0, None
     try:
         # "r:" rather than the streaming "r|": it seeks over the data of members nobody reads.
         with tarfile.open(shard, "r:*") as tar:
             for member in tar:
-                if member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
+                members += 1
+                if member.isdir() or Path(member.name).suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                if member.isfile():
                     yield member.name, partial(_read_member, tar, member), None
+                else:
+                    yield member.name, None, link_member_reason(member)
+            problem = tar_end_problem(tar, members)
     except (tarfile.TarError, OSError, EOFError) as err:
-        yield "", None, f"unreadable tar shard after the samples above ({err})"
+        problem = f"unreadable tar shard after the samples above ({err})"
+    if problem is not None:
+        yield "", None, problem
 
 
 def _check_readers(shards: int, world: int, workers: int) -> None:
@@ -257,9 +270,9 @@ class TrainShards(IterableDataset):
 
     def _sample(self, epoch: int, shard: Path, name: str, read: Callable[[], bytes] | None, error: str | None) -> dict:
         """One member as {"pixels": 3×size×size uint8, "key": "SHARD/MEMBER"}, or a skip with the reason."""
-        if error is not None:
-            return {"skipped": str(shard), "reason": error}
         key = f"{shard.name}/{name}"
+        if error is not None:
+            return {"skipped": key if name else str(shard), "reason": error}
         try:
             img = decode_image(read(), key)
         except (ValueError, OSError, EOFError, tarfile.TarError) as err:
@@ -308,6 +321,24 @@ def check_usable(samples: Iterable[dict], tries: int, source: str) -> None:
                      f"them before training:\n  " + "\n  ".join(failures))
 
 
+def _train_files(source: str | Path, frames: int) -> tuple[Path, list[Path]]:
+    """(root, files) of a folder, or of a glob of images (videos for frames > 1); root is the matches' common folder."""
+    wanted = "video files (mp4, webm, avi, mkv, mov)" if frames > 1 else "image files (jpg, png, ...)"
+    if is_glob(source):
+        kind, files = resolve_glob(str(source))
+        if kind != ("videos" if frames > 1 else "images"):
+            raise ValueError(f"{source} matches {kind}, but training with frames={frames} reads {wanted}: "
+                             f"point data.source at those")
+        return Path(os.path.commonpath([f.parent for f in files])), files
+    root = Path(source)
+    if not root.is_dir():
+        raise ValueError(f"data source {source} is neither a folder nor .tar shards")
+    files = list_videos(root) if frames > 1 else list_images(root)
+    if not files:
+        raise ValueError(f"{root} holds no {wanted}")
+    return root, files
+
+
 def make_train_loader(source: str | Path, *, size: int, batch_size: int, frames: int = 1, stride: int = 1,
                       workers: int = 0, seed: int = 0, start_step: int = 0, rank: int = 0, world: int = 1,
                       crop: str = "random", flip: bool = True, scale: Scale = (0.5, 1.0),
@@ -315,10 +346,11 @@ def make_train_loader(source: str | Path, *, size: int, batch_size: int, frames:
                       pin_memory: bool | None = None, check_tries: int = 64) -> tuple[DataLoader, Dataset | None, dict]:
     """(infinite loader of this rank's batches, held-out dataset or None, info) for a folder or tar shards.
 
-    source: a folder of images, a folder of videos (frames > 1), or tar shards (a .tar path, a
-    glob, or a folder holding .tar files and no images). batch_size is per rank. Folders: the
-    `holdout` files chosen by `split_holdout` (seeded by holdout_seed, not seed, so runs with
-    different seeds share one held-out set) form a map-style centre-crop dataset (clips from
+    source: a folder of images, a folder of videos (frames > 1), a glob of image (video) files,
+    or tar shards (a .tar path, a glob, or a folder holding .tar files and no images).
+    batch_size is per rank. Folders (and globs of files): the `holdout` files chosen by
+    `split_holdout` (seeded by holdout_seed, not seed, so runs with different seeds share one
+    held-out set) form a map-style centre-crop dataset (clips from
     frame 0) with the same sample dicts. Shards: the held-out set is the last shard (at most
     `holdout` samples, centre-cropped, via datasets.TarShards) when holdout > 0 and there is
     more than one shard, else None. info: kind ("images" | "videos" | "shards"), train_files
@@ -335,7 +367,7 @@ def make_train_loader(source: str | Path, *, size: int, batch_size: int, frames:
                    generator=torch.Generator().manual_seed(stable_seed(seed, "loader")))
     info = {"global_batch": batch_size * world}
 
-    shards = shard_paths(source)
+    shards = None if is_glob(source) and resolve_glob(str(source))[0] != "shards" else shard_paths(source)
     if shards is not None:
         if frames > 1:
             raise ValueError(f"{source}: tar shards hold images; train on video from a folder of video files")
@@ -350,13 +382,7 @@ def make_train_loader(source: str | Path, *, size: int, batch_size: int, frames:
                     readers=world * max(workers, 1))
         return DataLoader(dataset, batch_size=None, **loading), heldout, info
 
-    root = Path(source)
-    if not root.is_dir():
-        raise ValueError(f"data source {source} is neither a folder nor .tar shards")
-    files = list_videos(root) if frames > 1 else list_images(root)
-    if not files:
-        wanted = "video files (mp4, webm, avi, mkv, mov)" if frames > 1 else "image files (jpg, png, ...)"
-        raise ValueError(f"{root} holds no {wanted}")
+    root, files = _train_files(source, frames)
     train, held = split_holdout(files, holdout, holdout_seed, root)
     if frames > 1:
         dataset = TrainVideos(train, size, frames, stride, **aug, seed=seed)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .images import resize_center_crop
+from .images import file_problem, list_files, resize_center_crop
 
 __all__ = ["VIDEO_EXTENSIONS", "list_videos", "read_clip", "write_video"]
 
@@ -35,12 +35,12 @@ def list_videos(root: str | os.PathLike[str]) -> list[Path]:
     """All files under `root` (recursively) with a video extension, case-insensitive, sorted.
 
     Extensions: .mp4 .webm .avi .mkv .mov. Files are not opened, so the list may include
-    unreadable ones; :func:`read_clip` reports those.
+    unreadable ones (broken links, FIFOs, ...: see images.list_files); :func:`read_clip` reports those.
     """
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: not a directory")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    return list_files(root, VIDEO_EXTENSIONS)
 
 
 def _open(path: Path) -> Any:
@@ -101,10 +101,11 @@ def read_clip(
     if size is not None and size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"{path}: no such file")
-    if not path.is_file():
-        raise ValueError(f"{path}: not a regular file")
+    problem = file_problem(path)  # checked without opening: a FIFO would block
+    if problem is not None:
+        raise ValueError(f"{path}: {problem}")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: file is empty (0 bytes)")
 

@@ -43,9 +43,15 @@ def setup_distributed(device: str | None = None) -> torch.device:
 def run_eval(checkpoint: str | Path, data: str, device: str | None = None, out: str | Path | None = None,
              **options) -> dict | None:
     """`vitok eval`: evaluate a saved checkpoint; rank 0 writes the report (default CKPT-eval/)."""
-    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available here (torch.cuda.is_available() is False); "
-                         f"pass --device cpu, or leave --device out to use CUDA only where it exists")
+    if device is not None:
+        from ..generate.checks import check_device
+
+        try:
+            check_device(device)
+        except ValueError as err:
+            raise ValueError(f"{err}, or leave --device out to use CUDA only where it exists") from None
+    # The same checks evaluate_model makes, here before the checkpoint is loaded.
+    _check_positive({flag: options.get(key) for key, flag in _POSITIVE_OPTIONS.items()})
     out = Path(out) if out else default_out(checkpoint)
     _check_out(out)
     dev = setup_distributed(device)
@@ -57,6 +63,11 @@ def _check_out(out: Path | None) -> None:
     if out is not None and out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is an existing file, but the report is a folder: "
                          f"pass a new or existing folder path instead")
+
+
+# evaluate_model's keyword -> the `vitok eval` option it comes from.
+_POSITIVE_OPTIONS = {"image_size": "--image-size", "frames": "--frames", "stride": "--frame-stride",
+                     "limit": "--limit", "batch_size": "--batch-size"}
 
 
 def _check_positive(values: dict[str, int | None]) -> None:
@@ -96,6 +107,10 @@ def evaluate_model(model: ViTok, data: str, device: torch.device, out: Path | No
     size = image_size or config.image_size
     if size % config.patch_size:
         raise ValueError(f"--image-size {size} is not a multiple of the model's patch size {config.patch_size}")
+    if not config.is_video and (frames is not None or stride != 1):
+        flag = f"--frames {frames}" if frames is not None else f"--frame-stride {stride}"
+        raise ValueError(f"{flag}: --frames and --frame-stride apply to video models; this model is an image "
+                         f"model: leave them out")
     clip = frames or config.frames
     if config.is_video and clip % config.temporal_patch:
         raise ValueError(f"--frames {clip} is not a multiple of the model's temporal patch {config.temporal_patch}")

@@ -20,6 +20,9 @@ SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v")
 SPACINGS = ("uniform", "leading")
 SAMPLERS = ("ddim", "ddpm")
+# The linear schedule's last beta is 20 / T: below 21 steps it reaches 1 and alpha_bar hits 0 (or turns
+# negative), so noise cannot be told from data. The cosine schedule clips its betas and works at any T.
+MIN_TIMESTEPS = {"linear": 21, "cosine": 1}
 
 # model_fn(x_t B×L×c, t B, labels B or None, cfg_scale) -> prediction B×L×c (or B×L×2c with variance channels).
 ModelFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", float], torch.Tensor]
@@ -53,6 +56,15 @@ def make_betas(schedule: str, timesteps: int) -> torch.Tensor:
     raise ValueError(f"unknown beta schedule {schedule!r}; choose one of {SCHEDULES}")
 
 
+def check_timesteps(schedule: str, timesteps: int) -> None:
+    """Refuse a schedule whose betas would leave (0, 1) at this many timesteps."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown beta schedule {schedule!r}; choose one of {SCHEDULES}")
+    if timesteps < MIN_TIMESTEPS[schedule]:
+        raise ValueError(f"the {schedule} schedule needs timesteps >= {MIN_TIMESTEPS[schedule]} (its betas reach 1 "
+                         f"below that), got {timesteps}; raise timesteps or use schedule=cosine")
+
+
 def _wide(x: torch.Tensor) -> torch.Tensor:
     """x in at least float32 (float64 stays float64): losses are never reduced in bf16."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
@@ -69,6 +81,7 @@ class GaussianDiffusion:
     def __init__(self, schedule: str = "linear", timesteps: int = 1000, prediction: str = "eps") -> None:
         if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
             raise ValueError(f"timesteps must be a positive integer, got {timesteps!r}")
+        check_timesteps(schedule, timesteps)
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
         self.schedule = schedule

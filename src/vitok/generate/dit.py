@@ -85,8 +85,17 @@ class DiTConfig:
                              f"DiT token), got {self.group}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {self.prediction!r}; choose one of {PREDICTIONS}")
-        if not 0.0 <= self.class_dropout < 1.0:
-            raise ValueError(f"class_dropout must lie in [0, 1), got {self.class_dropout}")
+        if not isinstance(self.class_dropout, (int, float)) or not 0.0 <= self.class_dropout < 1.0:
+            raise ValueError(f"class_dropout must lie in [0, 1), got {self.class_dropout!r}")
+        for key in ("rope_theta", "norm_eps"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"DiT config field {key!r} must be a finite number > 0, got {value!r}")
+        for key in ("learn_sigma", "qk_norm"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"DiT config field {key!r} must be true or false, got {getattr(self, key)!r}")
+        if not isinstance(self.name, str):
+            raise ValueError(f"DiT config field 'name' must be a string, got {self.name!r}")
         if self.frequency_dim % 2:
             raise ValueError(f"frequency_dim must be even (cos and sin halves), got {self.frequency_dim}")
 

@@ -9,12 +9,29 @@ from pathlib import Path
 
 import torch
 
+from .checks import check_device, check_out_folder, check_sampling_args, check_steps_within
 
-def _run_latents_info(run: str | Path) -> dict:
-    """The latents section of a run's exported config.json (grid, frames, image size, ...)."""
+
+def _run_document(run: str | Path) -> dict:
+    """A run's exported config.json: latents (grid, frames, image size, ...), diffusion, dit."""
     from .train import MODEL_CONFIG, run_model_folder
 
-    return json.loads((run_model_folder(run) / MODEL_CONFIG).read_text())["latents"]
+    return json.loads((run_model_folder(run) / MODEL_CONFIG).read_text())
+
+
+def check_reference(reference: str | Path, video: bool) -> None:
+    """The reference folder exists and holds images (videos for a video run), checked before any sampling."""
+    from ..data.datasets import list_images
+    from ..data.video import list_videos
+
+    what = "videos" if video else "images"
+    folder = Path(reference)
+    if not folder.is_dir():
+        state = "is a file" if folder.exists() else "does not exist"
+        raise ValueError(f"--reference {folder} {state}; pass the folder of real {what} to compare the samples with")
+    if not (list_videos(folder) if video else list_images(folder)):
+        raise ValueError(f"--reference {folder} holds no {what}; pass the folder of real {what} to compare the "
+                         f"samples with")
 
 
 @torch.no_grad()
@@ -48,9 +65,16 @@ def evaluate_run(run: str | Path, reference: str | Path, num: int, weights: str 
     from ..metrics.i3d import I3D_MIN_FRAMES
     from .sample import generate
 
-    out = Path(out) if out else Path(run) / "gen-eval"
-    frames = _run_latents_info(run).get("frames", 1)
+    check_sampling_args(num, cfg, steps, eta, batch_size)
+    check_device(device)
+    out = check_out_folder(out) if out else Path(run) / "gen-eval"
+    if frame_stride < 1:
+        raise ValueError(f"--frame-stride must be at least 1, got {frame_stride}")
+    exported = _run_document(run)
+    check_steps_within(steps, exported["diffusion"]["timesteps"], run)
+    frames = exported["latents"].get("frames", 1)
     video = frames > 1
+    check_reference(reference, video)
     document = {"run": str(run), "reference": str(reference), "num_samples": num, "cfg": cfg, "steps": steps,
                 "sampler": method, "metrics": {}, "not_computed": {}, "notes": {}}
     if video:

@@ -12,7 +12,10 @@ The data may also be WebDataset-style .tar shards whose samples carry their clas
 With a video tokenizer the files are videos, one clip each, and L = (T/q)(H/p)(W/p) tokens on the
 grid (t, h, w) that index.json records.
 Each shard is written through a temporary file and renamed, so a killed run leaves whole
-shards only; a rerun skips the shards already on disk (checking they hold the same files).
+shards only; a rerun skips the shards already on disk (checking they hold the same files),
+encodes again any shard that does not read back whole (cut short by a full disk or a copy:
+see shard_problem) and deletes the temporaries a killed run left. LatentStore refuses a store
+with such a shard, naming it and that rerun.
 Under torchrun the shards are spread over the processes (shard n on rank n mod world).
 index.json is written last: a store without it is unfinished. The per-channel mean and std
 are computed in float64 over the stored (rounded) latents, the values a model trains on.
@@ -34,9 +37,11 @@ from torch.utils.data import Dataset
 from ..data.datasets import list_images, prepare_image, to_model_range
 from ..data.images import decode_image, load_image
 from ..model.pretrained import atomic_write
+from .checks import check_device, check_out_folder
 
 INDEX_FILE = "index.json"
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+SAFETENSORS_MAX_HEADER = 100_000_000  # the format's own limit on the JSON header's size
 
 
 def labelled_images(root: str | Path, video: bool = False) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -162,6 +167,56 @@ def _shard_metadata(path: Path) -> dict[str, str]:
         return f.metadata() or {}
 
 
+def _header(path: Path) -> tuple[int, int, dict]:
+    """(file size, where the tensor data starts, safetensors header) of a shard; ValueError saying why not."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"is {size} bytes, too short for a safetensors header (truncated)")
+        length = int.from_bytes(head, "little")  # the header's byte count, then the header's JSON
+        if length > SAFETENSORS_MAX_HEADER:
+            raise ValueError("does not start with a safetensors header (damaged, or not a shard)")
+        if length > size - 8:
+            raise ValueError(f"is {size} bytes, shorter than its {length}-byte header (truncated)")
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError("has a safetensors header that is not valid JSON (damaged)") from None
+    if not isinstance(header, dict):
+        raise ValueError("has a safetensors header that is not a table of tensors (damaged)")
+    return size, 8 + length, header
+
+
+def shard_problem(path: Path) -> str | None:
+    """Why a shard does not read back whole (e.g. "is 812 bytes, but its header describes 1270 bytes
+    (truncated)"), or None when its header, its size and the tensors a store needs agree.
+
+    A header check, not a read of every value: it catches the usual damage, a file cut short by a
+    full disk, a killed copy or transfer, without loading the latents."""
+    try:
+        size, data_start, header = _header(path)
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+        expected = data_start + max(ends, default=0)
+    except OSError as err:
+        return f"cannot be read ({err})"
+    except ValueError as err:
+        return str(err)
+    except (TypeError, KeyError, IndexError):
+        return "has a safetensors header without the tensors' offsets (damaged)"
+    if size != expected:
+        damage = "truncated" if size < expected else "damaged"
+        return f"is {size} bytes, but its header describes {expected} bytes ({damage})"
+    missing = [name for name in ("latents", "labels") if name not in header]
+    if missing:
+        return f"holds no {' or '.join(missing)} tensor (not a shard written by `vitok latents`)"
+    try:
+        _shard_metadata(path)  # safetensors' own checks: dtypes and shapes against the offsets
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for every kind of damage
+        return f"is rejected by safetensors ({err})"
+    return None
+
+
 @torch.no_grad()
 def encode_folder(checkpoint: str | Path, data: str | Path, out: str | Path, image_size: int | None = None,
                   batch_size: int = 32, shard_size: int = 1024, dtype: str = "float16", store_std: bool = False,
@@ -183,21 +238,26 @@ def encode_folder(checkpoint: str | Path, data: str | Path, out: str | Path, ima
         raise ValueError(f"unknown latent storage dtype {dtype!r}; choose one of {sorted(STORAGE_DTYPES)}")
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be positive, got {shard_size} and {batch_size}")
+    if frame_stride < 1:
+        raise ValueError(f"frame_stride must be at least 1, got {frame_stride}")
+    if image_size is not None and image_size < 1:  # 0 would silently mean "the model's size"
+        raise ValueError(f"--image-size must be a positive number of pixels, got {image_size}; leave it out to "
+                         f"use the tokenizer's size")
+    out = check_out_folder(out)
+    check_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = 0
     if world > 1:  # one process per GPU (or CPU processes with gloo): the local rank picks the GPU
         dist = setup("cuda" if str(device).startswith("cuda") else "cpu")
         rank, device = dist.rank, dist.device
-    if frame_stride < 1:
-        raise ValueError(f"frame_stride must be at least 1, got {frame_stride}")
     model = ViTok.from_pretrained(checkpoint, device=device)
     video = model.config.is_video
     clip = (model.config.frames, frame_stride) if video else (1, 1)
     size = image_size or model.config.image_size
-    out = Path(out)
     classes, items, root = labelled_items(data, video)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(out, log)
     barrier()
     prefix = f"[rank {rank}] " if world > 1 else ""
     shards = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
@@ -220,6 +280,13 @@ def encode_folder(checkpoint: str | Path, data: str | Path, out: str | Path, ima
     return broadcast_object(index)
 
 
+def _remove_stale_temporaries(out: Path, log) -> None:
+    """Delete the temporary shard files a killed run left behind (atomic_write names them .shard_*.tmp)."""
+    for stale in sorted(out.glob(".shard_*.safetensors.*.tmp")):
+        stale.unlink(missing_ok=True)
+        log(f"removed {stale.name}, left by an interrupted run")
+
+
 def _load(file: Path | TarMember, size: int, clip: tuple[int, int], upsample: bool) -> torch.Tensor:
     """One image as 3×H×W, or one clip of clip[0] frames every clip[1] as 3×T×H×W, uint8."""
     if isinstance(file, TarMember):
@@ -238,11 +305,15 @@ def _encode_shard(model, shard_items: list[tuple[Path, int]], number: int, root:
     """Write shard `number` (skipped when a shard of the same inputs is already on disk)."""
     path, fingerprint = out / shard_name(number), _fingerprint(shard_items, root, size, clip)
     if path.is_file():
-        if _shard_metadata(path).get("fingerprint") != fingerprint:
-            raise ValueError(f"{path} was written from other images or another size; delete {out} "
-                             f"or pass another --out")
-        log(f"{path.name}: already written, skipped")
-        return
+        problem = shard_problem(path)
+        if problem is None:
+            if _shard_metadata(path).get("fingerprint") != fingerprint:
+                raise ValueError(f"{path} was written from other images or another size; delete {out} "
+                                 f"or pass another --out")
+            log(f"{path.name}: already written, skipped")
+            return
+        # A shard that does not read back is unfinished work, not data: encoding it again loses nothing.
+        log(f"{path.name}: on disk but unreadable ({problem}); encoding it again")
     latents, stds, labels, skipped = [], [], [], []
     for start in range(0, len(shard_items), batch_size):
         pixels, batch_labels = [], []
@@ -319,12 +390,30 @@ class LatentStore(Dataset):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.index = read_index(path)
+        self._check_shards()
         shards = [load_file(self.path / shard_name(n)) for n in range(self.index["num_shards"])]
         self.latents = torch.cat([s["latents"] for s in shards])  # N×L×c, storage dtype
         self.labels = torch.cat([s["labels"] for s in shards])  # N
         self.std = torch.cat([s["std"] for s in shards]) if all("std" in s for s in shards) else None
+        if len(self.labels) != self.index["count"]:
+            raise ValueError(f"latent store {self.path}: the shards hold {len(self.labels)} latents but "
+                             f"{INDEX_FILE} counts {self.index['count']}; {self._fix()}")
         self.mean_c = torch.tensor(self.index["mean"], dtype=torch.float32)
         self.std_c = torch.tensor(self.index["std"], dtype=torch.float32).clamp(min=1e-8)
+
+    def _fix(self) -> str:
+        """The command that repairs the store: a `vitok latents` rerun into it."""
+        return (f"rerun `vitok latents {self.index.get('tokenizer', 'TOKENIZER')} --data DATA --out {self.path}` "
+                f"(with the data it was built from), which encodes missing or unreadable shards again, keeps the "
+                f"good ones and rewrites {INDEX_FILE}")
+
+    def _check_shards(self) -> None:
+        """Every shard index.json counts is on disk and reads back, before any is loaded (and before training)."""
+        for number in range(self.index["num_shards"]):
+            path = self.path / shard_name(number)
+            problem = "is missing" if not path.is_file() else shard_problem(path)
+            if problem is not None:
+                raise ValueError(f"latent store {self.path}: shard {path} {problem}; {self._fix()}")
 
     def __len__(self) -> int:
         return len(self.labels)

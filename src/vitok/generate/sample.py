@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .checks import check_device, check_out_folder, check_sampling_args, check_steps_within
 from .diffusion import GaussianDiffusion
 from .dit import DiT
 from .latents import denormalise
@@ -71,10 +72,13 @@ def generate(run: str | Path, num: int, cfg: float = 1.5, steps: int = 250, meth
     from ..model import ViTok
     from .train import load_dit, run_model_folder
 
+    check_sampling_args(num, cfg, steps, eta, batch_size)
+    check_device(device)
     model, document = load_dit(run_model_folder(run), device)
     info = document["latents"]
     if class_id is not None and not 0 <= class_id < info["num_classes"]:
         raise ValueError(f"--class-id {class_id} is outside [0, {info['num_classes']}); classes are {info['classes']}")
+    check_steps_within(steps, document["diffusion"]["timesteps"], run)
     tokenizer_folder = Path(info["tokenizer"])
     if not tokenizer_folder.is_dir():
         raise ValueError(f"the run's tokenizer {tokenizer_folder} is missing; restore it there to decode samples")
@@ -91,7 +95,7 @@ def generate(run: str | Path, num: int, cfg: float = 1.5, steps: int = 250, meth
 
 def write_samples(images: torch.Tensor, labels: torch.Tensor, out: str | Path, fps: int = 8) -> list[Path]:
     """sample_NNNNN_classK.png per image (.mp4 per clip, at `fps`) and grid.png; returns the sample paths."""
-    out = Path(out)
+    out = check_out_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (img, y) in enumerate(zip(images, labels.tolist())):

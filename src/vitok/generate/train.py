@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,16 +32,19 @@ import torch
 import yaml
 
 from ..model.pretrained import atomic_write
+from ..model.variants import dataclass_from_dict
 from ..train.distributed import out_of_time
 from ..train.checkpoint import latest_checkpoint, load_checkpoint, prune, save_checkpoint
 from ..train.optim import EMA
 from ..train.report import RunLogger, dumps, loss_plot, progress_bar
-from .diffusion import GaussianDiffusion
-from .dit import DiT, dit_config
+from .checks import check_out_folder
+from .diffusion import SCHEDULES, GaussianDiffusion, check_timesteps
+from .dit import DiT, DiTConfig, dit_config
 from .latents import LatentStore
 
 MODEL_CONFIG = "config.json"
 MODEL_WEIGHTS = "model.safetensors"
+DIT_FORMAT = "vitok-dit"
 
 
 @dataclass
@@ -79,18 +83,62 @@ class DiTTrainConfig:
     progress: bool = True  # a tqdm bar on rank 0 (loss and samples/s at each log step)
 
     def validate(self) -> None:
-        """Reject values that cannot work, naming the fix."""
+        """Reject values that cannot work, naming the fix: every field's type and range, before any work."""
+        self._check_types()
         if not self.latents:
             raise ValueError("no latent store given: pass --latents DIR (built by `vitok latents`)")
-        for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "timesteps"):
+        for key in POSITIVE_INTS:
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
-        if not self.time_limit_minutes >= 0:  # also rejects NaN
-            raise ValueError(f"time_limit_minutes must be >= 0 (0 = no limit), got {self.time_limit_minutes}")
+        for key in ("width", "depth", "heads", "warmup_steps", "sample_every", "seed"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        for key, low, high in FLOAT_RANGES:
+            self._check_range(key, low, high)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if self.precision not in ("bf16", "fp32"):
             raise ValueError(f"precision must be bf16 or fp32, got {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        check_timesteps(self.schedule, self.timesteps)
+        if self.preview_steps > self.timesteps:  # else the run trains, then fails at its first preview
+            raise ValueError(f"preview_steps={self.preview_steps} exceeds timesteps={self.timesteps}: a sampler "
+                             f"visits at most one step per timestep; raise timesteps or lower preview_steps")
+        # The DiT's own checks (name, width divisible by heads, prediction, class_dropout) without the store.
+        build_config(self, channels=1, num_classes=1)
+
+    def _check_types(self) -> None:
+        """Each field holds its declared type (a config.yaml edited by hand can hold anything)."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not FIELD_TYPES[field.type](value):
+                raise ValueError(f"{field.name} takes a {field.type}, got {value!r}")
+
+    def _check_range(self, key: str, low: float, high: float) -> None:
+        """low <= value < high; NaN and infinities are refused."""
+        value = getattr(self, key)
+        if not (math.isfinite(value) and low <= value < high):
+            wanted = f">= {low:g} and finite" if high == math.inf else f"in [{low:g}, {high:g})"
+            raise ValueError(f"{key} must be {wanted}, got {value}")
+
+
+# The declared field types (strings under `from __future__ import annotations`) and their checks; True and
+# False are no numbers here.
+FIELD_TYPES = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+               "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+               "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str)}
+# Fields that count something and need at least one.
+POSITIVE_INTS = ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "timesteps",
+                 "num_preview", "preview_steps")
+# (field, low, high): low <= value < high. ema_decay 1 (or more) would keep the EMA model at its initial
+# weights, the model the run saves; lr is checked apart (> 0).
+FLOAT_RANGES = (("ema_decay", 0.0, 1.0), ("class_dropout", 0.0, 1.0), ("weight_decay", 0.0, math.inf),
+                ("grad_clip", 0.0, math.inf), ("preview_cfg", 0.0, math.inf), ("time_limit_minutes", 0.0, math.inf))
+# What defines the trained model and what it learns to predict: fixed for the life of a run.
+FIXED_ON_RESUME = ("width", "depth", "heads", "group", "prediction", "schedule", "timesteps")
 
 
 def parse_overrides(config: DiTTrainConfig, overrides: list[str]) -> DiTTrainConfig:
@@ -114,11 +162,16 @@ def parse_overrides(config: DiTTrainConfig, overrides: list[str]) -> DiTTrainCon
     return dataclasses.replace(config, **changes)
 
 
+def build_config(config: DiTTrainConfig, channels: int, num_classes: int) -> DiTConfig:
+    """The DiTConfig the train config names, sized for the store's channels and classes."""
+    sizes = {k: getattr(config, k) for k in ("width", "depth", "heads") if getattr(config, k)}
+    return dit_config(config.model, in_channels=channels, num_classes=num_classes,
+                      prediction=config.prediction, class_dropout=config.class_dropout, **sizes)
+
+
 def build_model(config: DiTTrainConfig, channels: int, num_classes: int) -> DiT:
     """The DiT the config names, sized for the store's channels and classes."""
-    sizes = {k: getattr(config, k) for k in ("width", "depth", "heads") if getattr(config, k)}
-    return DiT(dit_config(config.model, in_channels=channels, num_classes=num_classes,
-                          prediction=config.prediction, class_dropout=config.class_dropout, **sizes))
+    return DiT(build_config(config, channels, num_classes))
 
 
 def save_dit(folder: Path, model: DiT, extra: dict) -> None:
@@ -127,35 +180,94 @@ def save_dit(folder: Path, model: DiT, extra: dict) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(tensors, str(folder / MODEL_WEIGHTS))
-    document = {"format": "vitok-dit", "dit": model.config.to_dict(), **extra}
-    (folder / MODEL_CONFIG).write_text(json.dumps(document, indent=2) + "\n")
+    # Each file through a temporary and a rename: a run killed while saving leaves the previous model whole.
+    atomic_write(folder / MODEL_WEIGHTS, lambda tmp: save_file(tensors, tmp))
+    text = json.dumps({"format": DIT_FORMAT, "dit": model.config.to_dict(), **extra}, indent=2) + "\n"
+    atomic_write(folder / MODEL_CONFIG, lambda tmp: Path(tmp).write_text(text))
 
 
 def load_dit(folder: str | Path, device: str | torch.device = "cpu") -> tuple[DiT, dict]:
     """(EMA DiT in eval mode, its config.json document) from a folder written by save_dit."""
     from safetensors.torch import load_file
 
-    from .dit import DiTConfig
-
     folder = Path(folder)
     if not (folder / MODEL_CONFIG).is_file() or not (folder / MODEL_WEIGHTS).is_file():
         raise ValueError(f"{folder} holds no DiT ({MODEL_CONFIG} + {MODEL_WEIGHTS}); pass a run folder of "
                          f"`vitok dit train` that has finished or written a checkpoint")
-    document = json.loads((folder / MODEL_CONFIG).read_text())
+    document = _read_json(folder / MODEL_CONFIG)
+    if not isinstance(document, dict) or document.get("format") != DIT_FORMAT or "dit" not in document:
+        raise ValueError(f"{folder / MODEL_CONFIG} is not a DiT's config (no format={DIT_FORMAT!r} with a "
+                         f"'dit' section); pass a run folder written by `vitok dit train`")
     model = DiT(DiTConfig.from_dict(document["dit"]))
-    model.load_state_dict(load_file(str(folder / MODEL_WEIGHTS)))
+    try:
+        state = load_file(str(folder / MODEL_WEIGHTS))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+        raise ValueError(f"{folder / MODEL_WEIGHTS} cannot be read ({err}); it is damaged: use an earlier "
+                         f"checkpoint's model/ folder under checkpoints/") from err
+    bad = [k for k, v in state.items() if not v.is_floating_point() or not bool(v.isfinite().all())]
+    if bad:
+        raise ValueError(f"{folder / MODEL_WEIGHTS}: weights {bad[:3]} are not finite floating-point values; "
+                         f"the run diverged or the file is damaged: use an earlier checkpoint's model/")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise ValueError(f"{folder}: {MODEL_WEIGHTS} does not fit the DiT that {MODEL_CONFIG} describes "
+                         f"({first}); the folder is inconsistent: use the run's other model/ folders") from err
     return model.to(device).eval(), document
 
 
+def _read_json(path: Path) -> object:
+    """A JSON file's content, or None when it is missing or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _format(path: Path) -> str | None:
+    """The "format" a vitok JSON file declares (None: no such file, or none declared)."""
+    document = _read_json(path)
+    return document.get("format") if isinstance(document, dict) else None
+
+
+def what_folder(path: Path) -> str | None:
+    """What a vitok folder that holds no DiT is, from the files vitok writes there (None: unrecognised)."""
+    if _format(path / "index.json") == "vitok-latents":
+        return "a latent store (written by vitok latents)"
+    if _format(path / "config.json") == "vitok":
+        return "a tokenizer checkpoint folder (ViTok.save_pretrained)"
+    if _format(path / "model" / "config.json") == "vitok":
+        return "a tokenizer run folder (vitok train)"
+    config = _read_yaml(path / "config.yaml")
+    if isinstance(config, dict) and "latents" not in config and isinstance(config.get("model"), dict):
+        return "a tokenizer run folder (vitok train)"
+    return None
+
+
+def _read_yaml(path: Path) -> object:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
 def run_model_folder(run: str | Path) -> Path:
-    """The newest DiT of a run: its final model/, else the newest checkpoint's."""
+    """The newest DiT of a run: its final model/, else the newest checkpoint's; a DiT model folder is itself."""
     run = Path(run)
-    if (run / "model" / MODEL_CONFIG).is_file():
-        return run / "model"
+    if not run.is_dir():
+        state = "is a file" if run.exists() else "does not exist"
+        raise ValueError(f"{run} {state}; pass a run folder written by `vitok dit train`")
+    for folder in (run, run / "model"):
+        if _format(folder / MODEL_CONFIG) == DIT_FORMAT:
+            return folder
+    kind = what_folder(run)
+    if kind is not None:
+        raise ValueError(f"{run} is {kind}, not a DiT run; pass a folder written by `vitok dit train`")
     latest = latest_checkpoint(run / "checkpoints")
-    if latest is None:
-        raise ValueError(f"{run} has neither model/ nor checkpoints/; pass a run folder of `vitok dit train`")
+    if latest is None or _format(latest / "model" / MODEL_CONFIG) != DIT_FORMAT:
+        raise ValueError(f"{run} is not a DiT run: it has neither model/ nor checkpoints/ with a DiT; pass a "
+                         f"folder written by `vitok dit train` (after its first checkpoint)")
     return latest / "model"
 
 
@@ -224,11 +336,36 @@ class DiTTrainer:
         latest = latest_checkpoint(self.run_dir / "checkpoints")
         if latest is None:
             return
+        self._check_checkpoint_matches(latest)
         state = load_checkpoint(latest, map_location=self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.ema.load_state_dict(state["ema"])
         self.step = int(state["step"])
+
+    def _check_checkpoint_matches(self, latest: Path) -> None:
+        """The model, diffusion and latent statistics this config builds are the checkpoint's, before loading.
+
+        The checkpoint's exported model/config.json records all three; a different store (other
+        channels, classes or statistics) or architecture would load as a raw shape error or, worse,
+        continue training on latents normalised another way."""
+        document = _read_json(latest / "model" / MODEL_CONFIG)
+        if not isinstance(document, dict) or document.get("format") != DIT_FORMAT:
+            return  # nothing recorded to compare with; load_state_dict still checks the shapes
+        info = self.export_info()
+        # name is informational and class_dropout only steers training: both may differ.
+        built = self.model.config.to_dict()
+        pairs = [(key, document.get("dit", {}).get(key), value) for key, value in built.items()
+                 if key not in ("name", "class_dropout")]
+        pairs += [(key, document.get("diffusion", {}).get(key), value) for key, value in info["diffusion"].items()]
+        pairs += [(f"latent store {key}", document.get("latents", {}).get(key), info["latents"][key])
+                  for key in ("grid", "num_classes", "image_size", "frames", "mean", "std")]
+        differ = [f"{key} {_short(old)} -> {_short(new)}" for key, old, new in pairs if old != new]
+        if differ:
+            raise ValueError(f"--resume {self.run_dir}: checkpoint {latest.name} holds another model than this "
+                             f"config builds ({'; '.join(differ)}); these cannot change on resume: drop the "
+                             f"overrides that change them (and pass the run's own latent store), or start a new "
+                             f"run with --out")
 
     # ---- one step -----------------------------------------------------------------------------
 
@@ -398,6 +535,10 @@ def train_dit(config: DiTTrainConfig, out: str | Path | None = None, resume: str
     from ..train.distributed import teardown
     from ..train.report import new_run_dir
 
+    if resume is not None and out is not None and Path(out) != Path(resume):
+        raise ValueError(f"--resume {resume} continues that run in its own folder; drop --out {out}")
+    if resume is None and out is not None:
+        check_fresh_run_folder(Path(out))
     run_dir = Path(resume or out or new_run_dir(f"dit-{config.model.replace('/', '_')}"))
     finished = False
     try:
@@ -408,9 +549,48 @@ def train_dit(config: DiTTrainConfig, out: str | Path | None = None, resume: str
         teardown(synchronise=finished)
 
 
+def check_fresh_run_folder(out: Path) -> None:
+    """A new run writes only into a new or empty folder: never over another run or the user's files."""
+    check_out_folder(out)
+    if out.is_dir() and any(out.iterdir()):
+        hint = (f"continue that run with `vitok dit train --resume {out}`" if (out / "config.yaml").is_file()
+                else "pass a new or empty folder")
+        shown = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+        raise ValueError(f"--out {out} already holds files ({shown}); a new run writes only into a new or empty "
+                         f"folder: {hint}")
+
+
 def load_run_config(run: str | Path, overrides: list[str]) -> DiTTrainConfig:
-    """A run's config.yaml with key=value overrides on top (for --resume)."""
+    """A run's config.yaml with key=value overrides on top (for --resume); overrides that would change the
+    model or its diffusion are refused, before anything is loaded or written."""
     path = Path(run) / "config.yaml"
     if not path.is_file():
-        raise ValueError(f"--resume {run}: no config.yaml there; pass a run folder written by `vitok dit train`")
-    return parse_overrides(DiTTrainConfig(**yaml.safe_load(path.read_text())), overrides)
+        kind = what_folder(Path(run)) if Path(run).is_dir() else None
+        what = f"{run} is {kind}, not a DiT run" if kind else f"no config.yaml in {run}"
+        raise ValueError(f"--resume {run}: {what}; pass a run folder written by `vitok dit train`")
+    data = _read_yaml(path)
+    if data is None:
+        raise ValueError(f"--resume {run}: {path} cannot be read as YAML; restore it from the run's report.json "
+                         f"settings or start a new run")
+    stored = dataclass_from_dict(DiTTrainConfig, data, f"{path} field")
+    config = parse_overrides(stored, overrides)
+    config.validate()
+    before, after = architecture(stored), architecture(config)
+    differ = [f"{key} {before[key]!r} -> {after[key]!r}" for key in FIXED_ON_RESUME if before[key] != after[key]]
+    if differ:
+        raise ValueError(f"--resume {run}: {', '.join(differ)}: these define the run's model and cannot change on "
+                         f"resume; drop those overrides, or start a new run with --out")
+    return config
+
+
+def architecture(config: DiTTrainConfig) -> dict:
+    """The FIXED_ON_RESUME values a config resolves to (width 0 is the named size's width, ...)."""
+    dit = build_config(config, channels=1, num_classes=1)
+    return {"width": dit.width, "depth": dit.depth, "heads": dit.heads, "group": dit.group,
+            "prediction": config.prediction, "schedule": config.schedule, "timesteps": config.timesteps}
+
+
+def _short(value: object) -> str:
+    """A value for a message: long lists (latent statistics) are cut."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 CONFIG_FILE = "config.json"
@@ -43,9 +43,54 @@ def write_checkpoint(path: str | Path, config: dict, state: dict[str, torch.Tens
     atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
 
 
+# Weights are floating point; anything else (an integer or bool tensor) is a damaged or foreign file.
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """Read (config dict, state dict) from a folder written by write_checkpoint, with clear errors."""
+    config, _ = inspect_checkpoint(path)
+    return config, load_weights(path)
+
+
+def inspect_checkpoint(path: str | Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    """(config dict, tensor shapes) of a checkpoint folder, reading only config.json and the weights' header.
+
+    Cheap whatever the model's size: no tensor data is read. Raises ValueError for a missing or
+    damaged file, a foreign or newer format, a weights file whose metadata disagrees with config.json
+    and a tensor that is not floating point.
+    """
     folder = Path(path)
+    document = _read_document(folder)
+    header, metadata = _read_header(folder)
+    _check_metadata(folder, document, metadata)
+    for name, (dtype, _) in header.items():
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"{folder / WEIGHTS_FILE}: tensor {name!r} is stored as {dtype}; ViTok weights are "
+                             f"floating point ({', '.join(FLOAT_DTYPES)}): the file is damaged or not a ViTok model")
+    return document["config"], {name: shape for name, (_, shape) in header.items()}
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of model.safetensors; a tensor holding NaN or infinity is an error naming it."""
+    file = Path(path) / WEIGHTS_FILE
+    try:
+        state = load_file(file)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{file} is not a readable safetensors file ({err}); "
+                         f"it may be truncated: re-save the model") from None
+    for name, tensor in state.items():
+        # One pass per tensor at load time (not a hot path): a NaN weight would turn every output NaN.
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{file}: tensor {name!r} holds {bad} NaN or infinite values of {tensor.numel()}; "
+                             f"the model diverged before it was saved or the file is damaged: use an earlier "
+                             f"checkpoint")
+    return state
+
+
+def _read_document(folder: Path) -> dict:
+    """config.json, checked: a vitok document of a format this vitok reads, with no repeated keys."""
     if not folder.is_dir():
         hint = " (pass the folder, not the file inside it)" if folder.is_file() else ""
         raise ValueError(f"checkpoint folder {folder} does not exist{hint}")
@@ -54,7 +99,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise ValueError(f"checkpoint folder {folder} is missing {', '.join(missing)}; a ViTok checkpoint holds "
                          f"{CONFIG_FILE} and {WEIGHTS_FILE}, as written by ViTok.save_pretrained")
     try:
-        document = json.loads((folder / CONFIG_FILE).read_text())
+        document = json.loads((folder / CONFIG_FILE).read_text(), object_pairs_hook=_unique_keys)
+    except _RepeatedKey as err:
+        raise ValueError(f"{folder / CONFIG_FILE} gives the key {err.args[0]!r} twice; which value is meant is "
+                         f"unclear: keep one") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{folder / CONFIG_FILE} is not valid JSON ({err}); re-save the model") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT or "config" not in document:
@@ -62,12 +110,50 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
                          f"it may belong to another library")
     if document.get("architecture") != "ViTok":
         raise ValueError(f"{folder} holds a {document.get('architecture')!r} model, not a ViTok tokenizer")
-    if int(document.get("format_version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{folder} was written by a newer vitok (format {document['format_version']}); "
-                         f"upgrade vitok to read it")
+    version = document.get("format_version", 0)  # files from before versioning carry none
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError(f"{folder / CONFIG_FILE}: format_version is {version!r}, expected a whole number "
+                         f"(this vitok writes {FORMAT_VERSION}); the file was damaged or edited by hand")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{folder} was written by a newer vitok (format {version}); upgrade vitok to read it")
+    return document
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json object hook: a repeated key would silently keep its last value."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _RepeatedKey(key)
+        out[key] = value
+    return out
+
+
+def _read_header(folder: Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, str]]:
+    """{name: (dtype, shape)} and the metadata of model.safetensors, from its header alone."""
+    file = folder / WEIGHTS_FILE
     try:
-        state = load_file(folder / WEIGHTS_FILE)
+        with safe_open(file, framework="pt") as f:
+            header = {name: (f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape()))
+                      for name in f.keys()}
+            metadata = f.metadata() or {}
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"{folder / WEIGHTS_FILE} is not a readable safetensors file ({err}); "
+        raise ValueError(f"{file} is not a readable safetensors file ({err}); "
                          f"it may be truncated: re-save the model") from None
-    return document["config"], state
+    return header, metadata
+
+
+def _check_metadata(folder: Path, document: dict, metadata: dict[str, str]) -> None:
+    """The weights file's own format stamp (when it has one) must agree with config.json."""
+    fmt, version = metadata.get("format"), metadata.get("format_version")
+    if fmt is not None and fmt != FORMAT:
+        raise ValueError(f"{folder / WEIGHTS_FILE} says format {fmt!r}, but {CONFIG_FILE} says {FORMAT!r}; "
+                         f"the two files come from different places: re-save the model")
+    if version is not None and "format_version" in document and version != str(document["format_version"]):
+        raise ValueError(f"{folder / WEIGHTS_FILE} says format_version {version}, but {CONFIG_FILE} says "
+                         f"{document['format_version']}; the two files were written by different saves: "
+                         f"re-save the model")

@@ -7,16 +7,18 @@ Shapes: x is B×3×H×W (image model) or B×3×T×H×W (video model) in [-1, 1];
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import RopeCache, Transformer
-from .checks import check_latents, check_pixels, grid_for
+from .blocks import RopeCache, Transformer, swiglu_hidden
+from .checks import check_latents, check_pixels, check_token_count, grid_for
 from .distributions import DiagonalGaussian
-from .pretrained import read_checkpoint, write_checkpoint
+from .pretrained import inspect_checkpoint, load_weights, write_checkpoint
 from .variants import ViTokConfig, config_from_name
 
 
@@ -51,28 +53,40 @@ class ViTok(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: torch.device | str = "cpu") -> "ViTok":
-        """Load a folder written by save_pretrained (config.json + model.safetensors)."""
-        config_dict, state = read_checkpoint(path)
-        try:
-            config = ViTokConfig.from_dict(config_dict)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"checkpoint folder {path} has an invalid config.json: {err}") from None
-        with torch.device("meta"):
+        """Load a folder written by save_pretrained (config.json + model.safetensors).
+
+        Everything that can disagree is checked, in order of cost, before a module is built:
+        config.json (format, types and ranges, size limits), the weights' header (names, shapes,
+        floating-point dtypes) against the config, then the tensor data (finite values).
+        """
+        device = _parse_device(device)
+        config_dict, shapes = inspect_checkpoint(path)
+        config = _config_of_checkpoint(path, config_dict)
+        _check_shapes(path, config, shapes)
+        state = load_weights(path)
+        with torch.device("meta"):  # sizes now match the file on disk, so building is bounded by it
             model = cls(config)
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        found = {k: tuple(v.shape) for k, v in state.items()}
-        if expected != found:
-            missing = sorted(set(expected) - set(found))[:5]
-            extra = sorted(set(found) - set(expected))[:5]
-            shapes = [f"{k}: config says {expected[k]}, weights have {found[k]}"
-                      for k in sorted(set(expected) & set(found)) if expected[k] != found[k]][:5]
-            raise ValueError(f"checkpoint folder {path}: the weights were written by a different architecture "
-                             f"than its config.json describes (missing {missing}, unexpected {extra}, "
-                             f"mismatched {shapes}); re-save the model with save_pretrained")
         model = model.to_empty(device=device)
         model.load_state_dict(state)
         model._rope.clear()
         return model.eval()
+
+    @staticmethod
+    def state_shapes(config: ViTokConfig) -> dict[str, tuple[int, ...]]:
+        """The name and shape of every weight a model of `config` holds, without building it.
+
+        from_pretrained compares these with a weights file's header before any module exists;
+        a test keeps them equal to a built model's state_dict.
+        """
+        c = config
+        tubelet = (c.temporal_patch, c.patch_size, c.patch_size)
+        shapes = {"embed.weight": (c.encoder_width, 3, *tubelet), "embed.bias": (c.encoder_width,)}
+        shapes.update(_stack_shapes("encoder", c.encoder_width, c.encoder_depth, c.encoder_heads, c.qk_norm))
+        shapes.update({"to_moments.weight": (2 * c.channels, c.encoder_width), "to_moments.bias": (2 * c.channels,),
+                       "from_latent.weight": (c.decoder_width, c.channels), "from_latent.bias": (c.decoder_width,)})
+        shapes.update(_stack_shapes("decoder", c.decoder_width, c.decoder_depth, c.decoder_heads, c.qk_norm))
+        shapes.update({"unembed.weight": (c.decoder_width, 3, *tubelet), "unembed.bias": (3,)})
+        return shapes
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write config.json and model.safetensors into a folder (created if needed), atomically."""
@@ -118,7 +132,13 @@ class ViTok(nn.Module):
     # ---- the model ----------------------------------------------------------------------------
 
     def encode(self, x: torch.Tensor, check: bool = True) -> DiagonalGaussian:
-        """Pixels (B×3×H×W or B×3×T×H×W, [-1, 1]) -> posterior over B×L×c latents."""
+        """Pixels (B×3×H×W or B×3×T×H×W, [-1, 1]) -> posterior over B×L×c latents.
+
+        check=True validates x first (layout, dtype, range, finite values) and refuses a sample of
+        more than 16,384 tokens on a CPU or 65,536 on a GPU (checks.MAX_TOKENS_CPU / MAX_TOKENS:
+        attention grows with the square of L, so larger inputs run for minutes); check=False skips
+        every check and never synchronises with the device (the training hot path).
+        """
         if check:
             check_pixels(x, self.config)
         moments, _ = self._encode(x)
@@ -126,10 +146,17 @@ class ViTok(nn.Module):
         return DiagonalGaussian(mean, logvar.clamp(self.config.logvar_min, self.config.logvar_max))
 
     def decode(self, z: torch.Tensor, size: tuple[int, ...] | None = None, check: bool = True) -> torch.Tensor:
-        """Latents B×L×c -> pixels. size=(H, W) or (T, H, W) when the grid is not the nominal or a square one."""
+        """Latents B×L×c -> pixels. size=(H, W) or (T, H, W) when the grid is not the nominal or a square one.
+
+        The size is always checked against L (shape arithmetic only); check=True also validates z and
+        applies encode's token limit.
+        """
         if check:
             check_latents(z, self.config)
-        return self._decode(z, grid_for(z.shape[1], size, self.config))
+        grid = grid_for(z.shape[1], size, self.config)
+        if check:
+            check_token_count(grid, z.device, f"latents of shape {tuple(z.shape)}", self.config)
+        return self._decode(z, grid)
 
     def forward(self, x: torch.Tensor, sample: bool = True, check: bool = True,
                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, DiagonalGaussian]:
@@ -137,6 +164,8 @@ class ViTok(nn.Module):
 
         `noise` (B×L×c standard normal) replaces the internal draw: training passes noise cut from
         a per-step global draw, so the result does not depend on how the batch is split over ranks.
+        check=True validates x as encode does, token limit included (16,384 tokens per sample on a
+        CPU, 65,536 on a GPU); check=False runs anything without a host sync.
         """
         if check:
             check_pixels(x, self.config)
@@ -209,3 +238,93 @@ class ViTok(nn.Module):
         enc = sum(p.numel() for m in (self.embed, self.encoder, self.to_moments) for p in m.parameters())
         dec = sum(p.numel() for m in (self.from_latent, self.decoder, self.unembed) for p in m.parameters())
         return {"encoder": enc, "decoder": dec, "total": enc + dec}
+
+
+def _stack_shapes(prefix: str, width: int, depth: int, heads: int, qk_norm: bool) -> dict[str, tuple[int, ...]]:
+    """Weight shapes of one Transformer stack (blocks.Transformer), in state_dict order."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    hidden = swiglu_hidden(width)
+    for i in range(depth):
+        block = f"{prefix}.blocks.{i}."
+        shapes[block + "norm1.weight"] = (width,)
+        shapes[block + "attn.qkv.weight"] = (3 * width, width)
+        shapes[block + "attn.proj.weight"] = (width, width)
+        if qk_norm:
+            shapes[block + "attn.q_norm.weight"] = (width // heads,)
+            shapes[block + "attn.k_norm.weight"] = (width // heads,)
+        shapes[block + "norm2.weight"] = (width,)
+        shapes[block + "mlp.w13.weight"] = (2 * hidden, width)
+        shapes[block + "mlp.w2.weight"] = (width, hidden)
+    shapes[f"{prefix}.norm.weight"] = (width,)
+    return shapes
+
+
+def _config_of_checkpoint(path: str | Path, data) -> ViTokConfig:
+    """The ViTokConfig of config.json; every field must be there (a missing one would silently take its default)."""
+    try:
+        config = ViTokConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint folder {path} has an invalid config.json: {err}") from None
+    defaults = ViTokConfig()
+    missing = [f.name for f in dataclasses.fields(ViTokConfig) if f.name != "name" and f.name not in data]
+    if missing:
+        fill = ", ".join(f'"{key}": {json.dumps(getattr(defaults, key))}' for key in missing)
+        raise ValueError(f"checkpoint folder {path}: config.json lacks the fields {missing}; save_pretrained writes "
+                         f"every field, so the file was edited or written elsewhere. Add the values the model was "
+                         f"trained with (the defaults would be {fill})")
+    return config
+
+
+def _check_shapes(path: str | Path, config: ViTokConfig, found: dict[str, tuple[int, ...]]) -> None:
+    """The weights' header must hold exactly the tensors config.json describes: names and shapes."""
+    expected = ViTok.state_shapes(config)
+    if expected == found:
+        return
+    missing = sorted(set(expected) - set(found))[:5]
+    extra = sorted(set(found) - set(expected))[:5]
+    shapes = [f"{k}: config says {expected[k]}, weights have {found[k]}"
+              for k in sorted(set(expected) & set(found)) if expected[k] != found[k]][:5]
+    fields = _size_disagreements(config, found)
+    summary = f"{'; '.join(fields)}; " if fields else ""
+    raise ValueError(f"checkpoint folder {path}: the weights were written by a different architecture than its "
+                     f"config.json describes ({summary}missing {missing}, unexpected {extra}, mismatched {shapes}); "
+                     f"re-save the model with save_pretrained, or make config.json match the weights")
+
+
+def _size_disagreements(config: ViTokConfig, found: dict[str, tuple[int, ...]]) -> list[str]:
+    """Config fields whose value the weights' shapes contradict, e.g. "encoder_depth is 12 in config.json
+    but 6 in the weights": the summary a user can act on, before the list of tensor names."""
+    def depth(prefix: str) -> int:
+        parts = (k.split(".") for k in found if k.startswith(f"{prefix}.blocks."))
+        blocks = {int(p[2]) for p in parts if p[2].isdigit()}
+        return max(blocks) + 1 if blocks else 0
+
+    facts = {"encoder_depth": depth("encoder"), "decoder_depth": depth("decoder")}
+    embed, moments, latent = (found.get(k, ()) for k in ("embed.weight", "to_moments.weight", "from_latent.weight"))
+    if len(embed) == 5:
+        facts.update(encoder_width=embed[0], temporal_patch=embed[2], patch_size=embed[3])
+    if len(latent) == 2:
+        facts.update(decoder_width=latent[0], channels=latent[1])
+    elif len(moments) == 2:
+        facts["channels"] = moments[0] // 2
+    qk = any(".attn.q_norm." in k for k in found)
+    if qk != config.qk_norm:
+        facts["qk_norm"] = qk
+    return [f"{key} is {getattr(config, key)} in config.json but {value} in the weights"
+            for key, value in facts.items() if getattr(config, key) != value]
+
+
+def _parse_device(device: torch.device | str) -> torch.device:
+    """A torch.device that exists here, or a ValueError naming the device and the ones available."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a torch device ({err}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r} was asked for, but this torch sees no CUDA GPU; use cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {str(device)!r} does not exist: this machine has {count} CUDA GPU(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    return device

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
+
+from .blocks import swiglu_hidden
 
 # (width, depth, heads), as the ViTok authors define them. S is a shallow B, not ViT-S.
 # T (tiny) is ours, not the paper's: for CPU demos, tests and quick sweeps.
@@ -18,6 +21,19 @@ SIZES: dict[str, tuple[int, int, int]] = {
 
 # The variants the paper studies; any encoder/decoder/patch combination parses.
 PAPER_VARIANTS = ("S-B/16", "S-L/16", "L-B/16", "S-B/8", "S-B/32", "S-B/4x8", "S-B/4x16")
+
+# Upper bounds that no real tokenizer comes near (the paper's largest, H, is 1296 wide and 32 deep) and
+# that refuse a typo such as 10**9 before anything is allocated. Patch sizes and heads are bounded
+# through image_size, frames and the widths, which they must divide.
+MAX_SIZES: dict[str, int] = {
+    "encoder_width": 65536, "decoder_width": 65536, "encoder_depth": 1024, "decoder_depth": 1024,
+    "channels": 65536, "image_size": 16384, "frames": 16384,
+}
+MAX_PARAMS = 50_000_000_000  # 200 GB of float32 weights
+# exp(logvar) must stay finite (and above zero) in float32: |logvar| <= 80.
+LOGVAR_BOUND = 80.0
+_POSITIVE = ("encoder_width", "encoder_depth", "encoder_heads", "decoder_width", "decoder_depth",
+             "decoder_heads", "patch_size", "temporal_patch", "channels", "image_size", "frames")
 
 _NAME = re.compile(r"^(?P<enc>[A-Z])-(?P<dec>[A-Z])/(?:(?P<q>\d+)x)?(?P<p>\d+)$")
 
@@ -67,17 +83,25 @@ class ViTokConfig:
             n *= g
         return n
 
+    @property
+    def num_params(self) -> int:
+        """Exact parameter count, from the sizes alone (ViTok.num_params()["total"] of a built model)."""
+        def stack(width: int, depth: int, heads: int) -> int:
+            qk = 2 * (width // heads) if self.qk_norm else 0
+            block = 2 * width + 4 * width * width + 3 * width * swiglu_hidden(width) + qk
+            return depth * block + width  # blocks, then the final norm
+        tubelet = 3 * self.temporal_patch * self.patch_size ** 2
+        encoder = tubelet * self.encoder_width + self.encoder_width \
+            + stack(self.encoder_width, self.encoder_depth, self.encoder_heads) \
+            + (self.encoder_width + 1) * 2 * self.channels
+        decoder = (self.channels + 1) * self.decoder_width \
+            + stack(self.decoder_width, self.decoder_depth, self.decoder_heads) + self.decoder_width * tubelet + 3
+        return encoder + decoder
+
     def validate(self) -> None:
         """Reject impossible configurations with the fix in the message."""
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"config field {field.name!r} must be an integer, got {value!r}")
-        positive = ("encoder_width", "encoder_depth", "encoder_heads", "decoder_width", "decoder_depth",
-                    "decoder_heads", "patch_size", "temporal_patch", "channels", "image_size", "frames")
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise ValueError(f"config field {key!r} must be >= 1, got {getattr(self, key)}")
+        self._check_types()
+        self._check_ranges()
         for part in ("encoder", "decoder"):
             width, heads = getattr(self, f"{part}_width"), getattr(self, f"{part}_heads")
             if width % heads:
@@ -96,6 +120,48 @@ class ViTokConfig:
                              f"use {_nearest_multiples(self.frames, self.temporal_patch)}")
         if self.logvar_min >= self.logvar_max:
             raise ValueError(f"logvar_min {self.logvar_min} must be below logvar_max {self.logvar_max}")
+        # Last, once every size is known to be sane: the count is cheap arithmetic, nothing is built.
+        if self.num_params > MAX_PARAMS:
+            raise ValueError(f"this config describes {self.num_params:.3g} parameters, above vitok's limit of "
+                             f"{MAX_PARAMS:.3g} ({4 * MAX_PARAMS / 1e9:.0f} GB in float32); check the widths and "
+                             f"depths for a typo")
+
+    def _check_types(self) -> None:
+        """Every field has its declared type (bools are not ints; ints are accepted as floats)."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            kind = field.type if isinstance(field.type, str) else field.type.__name__
+            if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"config field {field.name!r} must be an integer, got {value!r}")
+            if kind == "bool" and not isinstance(value, bool):
+                raise ValueError(f"config field {field.name!r} must be true or false, got {value!r}")
+            if kind == "str" and not isinstance(value, str):
+                raise ValueError(f"config field {field.name!r} must be a string, got {value!r}")
+            if kind == "float":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"config field {field.name!r} must be a number, got {value!r}")
+                if not math.isfinite(value):
+                    raise ValueError(f"config field {field.name!r} must be a finite number, got {value!r}")
+                setattr(self, field.name, float(value))  # JSON's 10000 and 10000.0 are one config
+
+    def _check_ranges(self) -> None:
+        """Sizes in [1, limit], floats in their meaningful range; each message names field, value and range."""
+        for key in _POSITIVE:
+            value, limit = getattr(self, key), MAX_SIZES.get(key)
+            if value < 1:
+                raise ValueError(f"config field {key!r} must be >= 1, got {value}")
+            if limit is not None and value > limit:
+                raise ValueError(f"config field {key!r} is {value}, above vitok's limit of {limit}; "
+                                 f"this looks like a typo (use a value in [1, {limit}])")
+        if not self.rope_theta > 1.0:
+            raise ValueError(f"config field 'rope_theta' must be > 1 (the base of the rotary frequency ladder; "
+                             f"usually 10000), got {self.rope_theta}")
+        if not 0.0 < self.norm_eps < 1.0:
+            raise ValueError(f"config field 'norm_eps' must be in (0, 1) (usually 1e-6), got {self.norm_eps}")
+        for key in ("logvar_min", "logvar_max"):
+            if not -LOGVAR_BOUND <= getattr(self, key) <= LOGVAR_BOUND:
+                raise ValueError(f"config field {key!r} must be in [-{LOGVAR_BOUND:g}, {LOGVAR_BOUND:g}] "
+                                 f"(exp(logvar) must stay finite in float32), got {getattr(self, key)}")
 
     def to_dict(self) -> dict:
         """Plain-JSON form."""
@@ -109,6 +175,8 @@ class ViTokConfig:
 
 def dataclass_from_dict(cls, data: dict, what: str):
     """cls(**data) for a config dataclass, with unknown keys an error naming them and the known ones."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must be a mapping of field names to values, got {type(data).__name__} {data!r:.80}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -14,6 +14,7 @@ run killed at any moment leaves either the complete new checkpoint or none, neve
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -21,9 +22,32 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 BEST_FILE = "best.json"
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, a quota, a lost mount); earlier ones are intact."""
+
+
+def _write_failure(what: str, root: Path, err: BaseException) -> CheckpointWriteError:
+    """The error for a failed write: what failed, why in plain words, and where the last good checkpoint is."""
+    message = str(err)
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason = "no space left on device" if err.errno == errno.ENOSPC else "disk quota exceeded"
+    elif "unexpected pos" in message or "No space left" in message:
+        # torch's zip writer reports a short write as "unexpected pos": the disk filled up mid-file.
+        reason = f"no space left on device (the file was cut short: {message.strip().splitlines()[-1]})"
+    elif isinstance(err, OSError) and err.strerror:
+        reason = err.strerror + (f" ({err.filename})" if err.filename else "")
+    else:
+        reason = message
+    last = latest_checkpoint(root)
+    return CheckpointWriteError(f"could not write {what} to {root}: {reason}; the last good checkpoint is "
+                                f"{last or 'none (no checkpoint was written yet)'}; resume from it once the "
+                                f"cause is fixed (e.g. space freed)")
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -66,8 +90,8 @@ def save_checkpoint(root: str | Path, step: int, state: dict, export=None) -> Pa
     final = step_dir(root, step)
     recover(root)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         torch.save(state, tmp / "state.pt")
         if export is not None:
             export(tmp / "model")
@@ -80,42 +104,77 @@ def save_checkpoint(root: str | Path, step: int, state: dict, export=None) -> Pa
         else:
             os.replace(tmp, final)
         _fsync_dir(root)
+    except (OSError, RuntimeError, SafetensorError) as err:
+        # torch.save reports a full disk as a RuntimeError from its zip writer, safetensors as its own
+        # error; the finally below removes the half-written folder.
+        raise _write_failure(f"checkpoint step {step}", root, err) from err
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
-def load_checkpoint(folder: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint's state.pt (tensors and plain containers only)."""
+def load_checkpoint(folder: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
+    """Read a checkpoint's state.pt (tensors and plain containers only).
+
+    mmap=True maps the tensors instead of reading them: cheap when only the small entries are needed.
+    """
     path = Path(folder) / "state.pt"
     if not path.is_file():
         raise ValueError(f"{folder} is not a training checkpoint (no state.pt)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # a damaged file surfaces as many different exception types
         raise ValueError(f"checkpoint {path} cannot be read ({err}); resume from an earlier one "
                          f"by deleting this folder") from None
 
 
-def recover(root: str | Path) -> None:
-    """Tidy what a run killed while saving left behind (only the run's writer may call this).
+def read_header(folder: str | Path) -> dict:
+    """A checkpoint's small entries (step, stage, parallel layout, the training config as a dict), tensors unread."""
+    state = load_checkpoint(folder, mmap=True)
+    try:
+        config = json.loads(state["config"]) if "config" in state else None
+    except (TypeError, json.JSONDecodeError):
+        config = None
+    return {"step": int(state.get("step", 0)), "stage": int(state.get("stage", 1)),
+            "parallel": state.get("parallel", "replicated"), "config": config}
 
-    A `.tmp-` folder was never complete: deleted. An `.old-` folder is a complete checkpoint
-    that was being replaced by a re-save of the same step: put back if the new one never
-    arrived, else deleted.
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "state.pt").is_file()
+
+
+def recover(root: str | Path) -> None:
+    """Tidy what a run killed while saving left behind (only the holder of the run folder's lock may call this).
+
+    A `.tmp-` folder or `.best.json.tmp` file was never complete: deleted. An `.old-` folder is a
+    complete checkpoint that was being replaced by a re-save of the same step: put back if the new
+    one never arrived (or is not complete), else deleted. An empty `step_*` folder is no checkpoint:
+    deleted (a non-empty incomplete one is left alone, and never counted as a checkpoint).
     """
     root = Path(root)
     if not root.is_dir():
         return
-    for path in root.glob(".tmp-step_*"):
-        shutil.rmtree(path, ignore_errors=True)
+    for path in [*root.glob(".tmp-step_*"), *root.glob(f".{BEST_FILE}.tmp")]:
+        _remove(path)
     for path in root.glob(".old-step_*"):
         final = root / path.name[len(".old-"):].rsplit("-", 1)[0]
-        if not final.exists() and (path / "state.pt").is_file():
+        if _complete(path) and not _complete(final):
+            if final.exists() or final.is_symlink():
+                _remove(final)
             os.replace(path, final)
         else:
-            shutil.rmtree(path, ignore_errors=True)
+            _remove(path)
+    for path in root.iterdir():
+        if _STEP_DIR.match(path.name) and path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+            path.rmdir()
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
@@ -138,8 +197,12 @@ def write_best(root: str | Path, record: dict) -> None:
     """Atomically record which checkpoint is the best ({"step", "metric", "value", ...}; train/guard.py decides)."""
     root = Path(root)
     tmp = root / f".{BEST_FILE}.tmp"
-    tmp.write_text(json.dumps(record) + "\n")
-    os.replace(tmp, root / BEST_FILE)
+    try:
+        tmp.write_text(json.dumps(record) + "\n")
+        os.replace(tmp, root / BEST_FILE)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise _write_failure(BEST_FILE, root, err) from err
 
 
 def prune(root: str | Path, keep_last: int) -> list[Path]:

@@ -8,6 +8,7 @@ config is written into every run folder, so a run can always be reproduced from 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,18 +224,28 @@ def _coerce(key: str, value, tp):
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif base is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            _check_finite(key, number)
+            return number
     elif base is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     raise ValueError(f"config field {key} must be a {base.__name__}{' or null' if optional else ''}, "
                      f"got {value!r} ({type(value).__name__})")
+
+
+def _check_finite(key: str, value: float) -> None:
+    """NaN passes every range check (it compares False with any bound), so non-finite floats are refused first."""
+    if not math.isfinite(value):
+        raise ValueError(f"config field {key} must be a finite number, got {value}")
 
 
 def apply(config: TrainConfig, updates: dict, origin: str) -> None:
@@ -327,13 +338,72 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-def check_data_paths(config: TrainConfig) -> None:
-    """Fail before any model is built when a data path does not exist (shipped configs hold placeholders)."""
+def check_data_paths(config: TrainConfig, run_dir: str | Path | None = None) -> None:
+    """Fail before any model is built when a data path does not exist (shipped configs hold placeholders),
+    or when the run folder lies inside a data folder (folders are read recursively: the run's own
+    images, reconstructions.png and the plots, would become training or held-out data)."""
     for key in ("source", "val_source"):
         value = getattr(config.data, key)
         if value and not any(ch in value for ch in "*?[") and not Path(value).exists():
             raise ValueError(f"data.{key} {value} does not exist; point it at an image or video folder or at "
                              f".tar shards (a path or a glob), e.g. data.{key}=/data/train")
+        if value and run_dir is not None and Path(value).is_dir():
+            data, run = Path(value).resolve(), Path(run_dir).resolve()
+            if run == data or data in run.parents:
+                raise ValueError(f"the run folder {run_dir} is inside data.{key} {value}: the images the run "
+                                 f"writes would be read as data; choose an --out outside {value}")
+
+
+# Fields a resumed run cannot change: they fix the shapes of the weights and optimizer state in
+# the checkpoint (train.parallel: how the optimizer state is laid out).
+FIXED_ON_RESUME = ("model.name", "model.channels", "model.image_size", "model.frames", "model.qk_norm",
+                   "model.encoder_width", "model.encoder_depth", "model.encoder_heads", "model.decoder_width",
+                   "model.decoder_depth", "model.decoder_heads", "model.patch_size", "model.temporal_patch",
+                   "train.parallel")
+# The discriminator's shape, fixed once a checkpoint holds one (stage 2).
+FIXED_IN_STAGE2 = ("loss.disc_channels", "loss.disc_max_channels", "loss.disc_video")
+MAY_CHANGE_ON_RESUME = ("the loss weights and loss settings other than the discriminator's, optim.* (lr, betas, "
+                        "warm-up, ...), train.stage1_steps/stage2_steps, the eval, log, image and checkpoint "
+                        "intervals, keep_last, time_limit_minutes, guard.*, data.*, and model.grad_checkpointing/"
+                        "compile/residual_dtype")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resume_compatible(config: TrainConfig, stored: dict | None, stage: int, checkpoint: str | Path) -> None:
+    """Refuse, before anything is written, a resumed config that the checkpoint's weights cannot fit.
+
+    stored: the training config saved in the checkpoint (state.pt's "config"); stage: the checkpoint's stage.
+    """
+    if stored is None:
+        return  # written before configs were stored: the load itself checks the shapes
+    fixed = FIXED_ON_RESUME + (FIXED_IN_STAGE2 if stage == 2 else ())
+    if stage == 2 and config.model.frames <= 1:
+        fixed = tuple(k for k in fixed if k != "loss.disc_video")  # an image model has no video discriminator
+    now, before, defaults = _flat(config.to_dict()), _flat(stored), _flat(TrainConfig().to_dict())
+    differ = [k for k in fixed if before.get(k, defaults[k]) != now[k]]
+    if differ:
+        details = "; ".join(f"{k} is {before.get(k, defaults[k])!r} there, {now[k]!r} now" for k in differ)
+        restore = " ".join(f"{k}={_yaml_scalar(before.get(k, defaults[k]))}" for k in differ)
+        raise ValueError(f"--resume: the config differs from checkpoint {checkpoint} in fields that cannot change "
+                         f"on resume ({details}); drop those overrides (or pass {restore}), or start a new run "
+                         f"to change them. What may change on resume: {MAY_CHANGE_ON_RESUME}")
+    if stage == 2 and config.train.stage2_steps == 0:
+        raise ValueError(f"--resume: checkpoint {checkpoint} is in stage 2 (it holds a discriminator) but "
+                         f"train.stage2_steps is 0 now; keep train.stage2_steps > 0 (it was "
+                         f"{before.get('train.stage2_steps')})")
+
+
+def _yaml_scalar(value) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def validate(config: TrainConfig, world: int = 1) -> None:
@@ -341,6 +411,10 @@ def validate(config: TrainConfig, world: int = 1) -> None:
     from ..model import config_from_name
 
     flat = {f"{s}.{k}": v for s in SECTIONS for k, v in dataclasses.asdict(getattr(config, s)).items()}
+    # Before any range check: a config built in Python (not through _coerce) may hold NaN or inf.
+    for key, value in flat.items():
+        if isinstance(value, float):
+            _check_finite(key, value)
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             raise ValueError(f"{key} is {flat[key]!r}; choose one of {', '.join(allowed)}")

@@ -28,7 +28,7 @@ from ..model import ViTok, config_from_name
 from ..model.pretrained import write_checkpoint
 from . import checkpoint as ckpt
 from . import parallel
-from .config import TrainConfig, check_data_paths, save_config, validate
+from .config import TrainConfig, check_data_paths, check_resume_compatible, validate
 from .distributed import Dist, all_reduce_mean, average_gradients, barrier, broadcast_object, out_of_time
 from .guard import Guard
 from .optim import EMA, build_adamw, warmup_constant, warmup_cosine
@@ -696,36 +696,66 @@ def _set_numpy_state(state: list) -> None:
 def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path | None = None) -> dict:
     """`vitok train`: set up processes and the run folder, train, and return the report (rank 0)."""
     from . import distributed
-    from .report import new_run_dir
 
     dist_info = distributed.setup(config.train.device)
     finished = False
+    lock = None
     try:
-        resume_from = None
-        if resume is not None:
-            run_dir = Path(resume)
-            # Rank 0 chooses, so every rank loads the same checkpoint (the run folder must be on a
-            # file system all nodes share).
-            if dist_info.main:
-                ckpt.recover(run_dir / "checkpoints")
-            resume_from = distributed.broadcast_object(ckpt.latest_checkpoint(run_dir / "checkpoints"))
-            if resume_from is None:
-                raise ValueError(f"--resume {run_dir}: no complete checkpoint under {run_dir / 'checkpoints'}; "
-                                 f"start a new run instead")
-        else:
-            run_dir = Path(out) if out else distributed.broadcast_object(new_run_dir(config.name))
-            if ckpt.list_checkpoints(run_dir / "checkpoints"):
-                raise ValueError(f"{run_dir} already holds a run with checkpoints; continue it with --resume {run_dir}, "
-                                 f"or choose another --out")
         validate(config, dist_info.world)
-        check_data_paths(config)
+        # Rank 0 alone checks and takes the run folder (it must be on a file system all nodes share),
+        # then tells every rank where to work, or why not to.
+        opened, error = None, None
         if dist_info.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, run_dir / "config.yaml")
+            try:
+                run_dir, resume_from, lock = open_run_dir(config, out, resume)
+                opened = (run_dir, resume_from)
+            except Exception as err:  # every rank must leave, not wait for a broadcast that never comes
+                error = err
+        shared = distributed.broadcast_object((opened, None if error is None else str(error)))
+        if error is not None:
+            raise error
+        if shared[1] is not None:
+            raise ValueError(shared[1])
+        run_dir, resume_from = shared[0]
         barrier()
         trainer = Trainer(config, run_dir, dist_info)
         document = trainer.run(resume_from)
         finished = True
         return document
     finally:
+        if lock is not None:
+            lock.release()
         distributed.teardown(synchronise=finished)
+
+
+def open_run_dir(config: TrainConfig, out: str | Path | None, resume: str | Path | None):
+    """Check the run folder and take its lock, then write config.yaml: (run_dir, checkpoint or None, lock).
+
+    Everything that can refuse the run is checked before config.yaml (the one file written here):
+    a resumed config is compared with the checkpoint's, so a refused resume leaves the run as it was.
+    """
+    from . import rundir
+    from .report import new_run_dir
+
+    if resume is not None:
+        run_dir = Path(resume)
+        if out is not None and Path(out).resolve() != run_dir.resolve():
+            raise ValueError(f"--resume continues {run_dir} in place; drop --out {out}")
+    else:
+        run_dir = Path(out) if out else new_run_dir(config.name)
+    check_data_paths(config, run_dir)
+    lock = rundir.claim(run_dir, fresh=resume is None, config=config.to_dict())
+    try:
+        resume_from = None
+        if resume is not None:
+            resume_from = ckpt.latest_checkpoint(run_dir / "checkpoints")
+            if resume_from is None:
+                raise ValueError(f"--resume {run_dir}: no complete checkpoint under {run_dir / 'checkpoints'}; "
+                                 f"start a new run instead")
+            header = ckpt.read_header(resume_from)
+            check_resume_compatible(config, header["config"], header["stage"], resume_from)
+        rundir.write_config(run_dir, config.to_dict())
+    except BaseException:
+        lock.release()
+        raise
+    return run_dir, resume_from, lock

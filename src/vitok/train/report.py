@@ -20,7 +20,10 @@ TRACKED_METRICS = ("psnr", "ssim", "ms_ssim", "gmsd", "sharpness", "swd")
 
 
 def new_run_dir(name: str) -> Path:
-    """runs/<name>-<timestamp>/ (a suffix is added if that folder already exists)."""
+    """runs/<name>-<timestamp>/ (a suffix is added if that folder already exists); name must be a plain name."""
+    from .rundir import check_run_name
+
+    check_run_name(name)  # "../x" or "a/b" would put the folder outside runs/
     base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, n = base, 1
     while path.exists():
