@@ -202,3 +202,17 @@ def test_reconstruct_on_a_full_disk_says_so_and_leaves_no_partial_png(recon, tmp
     err = capsys.readouterr().err
     assert f"could not write {tmp_path / 'o' / 'coffee.png'}: No space left on device (the disk is full?" in err
     assert list((tmp_path / "o").iterdir()) == []  # no 0-byte PNG, no temporary file
+
+
+def test_reconstruct_skips_an_image_above_the_token_limit_with_the_size_that_fits(recon, tmp_path, capsys,
+                                                                                 monkeypatch):
+    import vitok.model.checks as checks
+
+    ckpt, photos = recon
+    monkeypatch.setattr(checks, "MAX_TOKENS_CPU", 8)  # a 32x32 photo at patch 8 makes 16 tokens
+    args = ["reconstruct", str(ckpt), str(photos / "coffee.png"), "--out", str(tmp_path / "o")]
+    assert main(args) == 1  # nothing reconstructed
+    err = capsys.readouterr().err
+    assert "skipped" in err and "32x32 pixels make 16 tokens, above the limit of 8" in err and "--size 16" in err
+    assert main(args + ["--size", "16"]) == 0
+    assert (tmp_path / "o" / "coffee.png").is_file()

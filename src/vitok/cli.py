@@ -41,6 +41,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_size_for_reconstruct(size: tuple[int, int], patch: int, device) -> None:
+    """Refuse an image the model's token limit would refuse, with the CLI's way around it (--size)."""
+    import math
+
+    from .model.checks import token_limit
+
+    limit, tokens = token_limit(device), (size[0] // patch) * (size[1] // patch)
+    if limit is not None and tokens > limit:
+        side = patch * math.isqrt(limit)
+        raise ValueError(f"{size[1]}x{size[0]} pixels make {tokens:,} tokens, above the limit of {limit:,} per image "
+                         f"on {device.type} (attention cost grows with the square of the token count); pass "
+                         f"--size {side} or less to reconstruct a centre crop resized to that size")
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     """Encode and decode image files through a checkpoint; write PNGs and print PSNR/SSIM per image."""
     import io
@@ -48,10 +62,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
+    from .arguments import check_device, check_out_folder
     from .data.images import (center_crop_to_multiple, from_tensor, load_image, resize_center_crop, to_tensor,
                               write_atomic)
     from .data.outputs import METRICS_FILE, check_outputs, plan_outputs
-    from .generate.checks import check_device, check_out_folder
     from .metrics.image import psnr, ssim
     from .model import ViTok
 
@@ -78,6 +92,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             img = load_image(path)
             img = resize_center_crop(img, args.size) if args.size else img
             img = center_crop_to_multiple(img, model.config.patch_size)
+            check_size_for_reconstruct(img.shape[:2], patch, torch.device(args.device))
         except (ValueError, OSError) as err:
             skipped.append({"file": str(path), "reason": str(err)})
             print(f"skipped {path}: {err}", file=sys.stderr)
@@ -286,7 +301,7 @@ def cmd_dit(args: argparse.Namespace) -> int:
             print(f"run folder: {document['run']}  steps {document['steps']}  final loss {document['final_loss']:.4f}")
         return 0
     if args.dit_command == "sample":
-        from .generate.checks import check_out_folder
+        from .arguments import check_out_folder
         from .generate.sample import generate, write_samples
 
         out = check_out_folder(args.out) if args.out else Path(args.run) / "generated"  # before sampling

@@ -390,3 +390,24 @@ def test_latents_from_labelled_tar_shards(store, tmp_path):
     (tmp_path / "packed.tar.gz").rename(tmp_path / "gz" / "packed.tar")
     with pytest.raises(ValueError, match="unpack compressed shards first"):
         encode_folder(store / "tok", tmp_path / "gz" / "packed.tar", tmp_path / "g")
+
+
+def test_a_labelled_shard_cut_between_two_members_is_refused(store, tmp_path):
+    import tarfile
+
+    blobs = [p.read_bytes() for p in sorted((store / "data").rglob("*.png"))[:2]]
+    whole = tmp_path / "whole.tar"
+    with tarfile.open(whole, "w") as tar:
+        for i, blob in enumerate(blobs):
+            _add(tar, f"s{i}.png", blob)
+            _add(tar, f"s{i}.cls", b"0")
+    # Cut right after the first sample's two members: tarfile alone would read one sample and stop.
+    with tarfile.open(whole) as tar:
+        members = tar.getmembers()
+    end = members[2].offset
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(whole.read_bytes()[:end])
+    with pytest.raises(ValueError, match=r"cut.tar: truncated or damaged tar shard: no end-of-archive marker .*"
+                                         r"A latent store is built from whole shards"):
+        encode_folder(store / "tok", cut, tmp_path / "lat")
+    assert not (tmp_path / "lat" / "index.json").exists()

@@ -310,3 +310,18 @@ def test_a_checkpoint_without_the_informational_name_still_loads(tiny_image_mode
     tiny_image_model.save_pretrained(tmp_path)
     drop_fields("name")(tmp_path)
     assert ViTok.from_pretrained(tmp_path).config == tiny_image_model.config
+
+
+def test_saved_weights_honour_the_umask(tmp_path):
+    import os
+
+    from conftest import tiny_config
+    from vitok.model import ViTok
+
+    old = os.umask(0o022)
+    try:
+        ViTok(tiny_config()).save_pretrained(tmp_path / "ckpt")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "ckpt").iterdir()}
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644}

@@ -44,7 +44,7 @@ def run_eval(checkpoint: str | Path, data: str, device: str | None = None, out: 
              **options) -> dict | None:
     """`vitok eval`: evaluate a saved checkpoint; rank 0 writes the report (default CKPT-eval/)."""
     if device is not None:
-        from ..generate.checks import check_device
+        from ..arguments import check_device
 
         try:
             check_device(device)

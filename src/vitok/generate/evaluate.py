@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from .checks import check_device, check_out_folder, check_sampling_args, check_steps_within
+from ..arguments import check_device, check_out_folder
+from .checks import check_sampling_args, check_steps_within
 
 
 def _run_document(run: str | Path) -> dict:

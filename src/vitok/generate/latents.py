@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 from ..data.datasets import list_images, prepare_image, to_model_range
 from ..data.images import decode_image, load_image
 from ..model.pretrained import atomic_write
-from .checks import check_device, check_out_folder
+from ..arguments import check_device, check_out_folder
 
 INDEX_FILE = "index.json"
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -94,14 +94,15 @@ def labelled_shard_items(shards: list[Path]) -> tuple[list[str], list[tuple[TarM
     """
     import tarfile
 
-    from ..data.datasets import IMAGE_SUFFIXES
+    from ..data.datasets import IMAGE_SUFFIXES, tar_end_problem
 
     samples: list[tuple[TarMember, str]] = []
     for shard in shards:
         images, labels = {}, {}
         try:
             with tarfile.open(shard, "r:") as tar:  # uncompressed: members are read by offset below
-                for member in tar:
+                count = 0
+                for count, member in enumerate(tar, start=1):
                     if not member.isfile():
                         continue
                     folder, _, base = member.name.rpartition("/")
@@ -111,6 +112,12 @@ def labelled_shard_items(shards: list[Path]) -> tuple[list[str], list[tuple[TarM
                         labels[key] = tar.extractfile(member).read().decode().strip()
                     elif "." + extension.lower() in IMAGE_SUFFIXES:  # "KEY.seg.png" is no sample image
                         images[key] = TarMember(shard, member.name, member.offset_data, member.size)
+                # A shard cut between two members reads as a shorter one: a store built from it would
+                # silently lack the samples after the cut.
+                problem = tar_end_problem(tar, count)
+                if problem:
+                    raise ValueError(f"{shard}: {problem}. A latent store is built from whole shards: repair it, "
+                                     f"or leave it out of --data")
         except tarfile.ReadError as err:
             raise ValueError(f"{shard} cannot be read as an uncompressed .tar shard ({err}); latent stores read "
                              f"plain .tar files, so unpack compressed shards first") from err

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checks import check_device, check_out_folder, check_sampling_args, check_steps_within
+from ..arguments import check_device, check_out_folder
+from .checks import check_sampling_args, check_steps_within
 from .diffusion import GaussianDiffusion
 from .dit import DiT
 from .latents import denormalise

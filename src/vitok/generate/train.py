@@ -37,7 +37,7 @@ from ..train.distributed import out_of_time
 from ..train.checkpoint import latest_checkpoint, load_checkpoint, prune, save_checkpoint
 from ..train.optim import EMA
 from ..train.report import RunLogger, dumps, loss_plot, progress_bar
-from .checks import check_out_folder
+from ..arguments import check_out_folder
 from .diffusion import SCHEDULES, GaussianDiffusion, check_timesteps
 from .dit import DiT, DiTConfig, dit_config
 from .latents import LatentStore

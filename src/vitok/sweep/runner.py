@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from ..train import TrainConfig, TrainingDiverged, train
-from ..train.config import save_config
+from ..train.config import flatten, save_config
 from .spec import Point, SweepSpec
 from .state import ERROR_FILE, read_state
 
@@ -87,22 +87,12 @@ def check_unchanged(config: TrainConfig, run_dir: Path, point: Point) -> None:
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    saved, wanted = _flatten(yaml.safe_load(saved_path.read_text()) or {}), _flatten(config.to_dict())
+    saved, wanted = flatten(yaml.safe_load(saved_path.read_text()) or {}), flatten(config.to_dict())
     differ = sorted(k for k in set(saved) | set(wanted) if k not in WATCHING_ONLY and saved.get(k) != wanted.get(k))
     if differ:
         details = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in differ[:6])
         raise ValueError(f"point {point.name} in {run_dir} was trained with other settings ({details}); "
                          f"restore the spec and overrides, delete that folder to retrain it, or use another --out")
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _record_failure(run_dir: Path, reason: str) -> None:

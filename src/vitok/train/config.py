@@ -368,11 +368,12 @@ MAY_CHANGE_ON_RESUME = ("the loss weights and loss settings other than the discr
                         "compile/residual_dtype")
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"steps": 5}} -> {"train.steps": 5}: a nested config as dotted keys."""
     out = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -388,7 +389,7 @@ def check_resume_compatible(config: TrainConfig, stored: dict | None, stage: int
     fixed = FIXED_ON_RESUME + (FIXED_IN_STAGE2 if stage == 2 else ())
     if stage == 2 and config.model.frames <= 1:
         fixed = tuple(k for k in fixed if k != "loss.disc_video")  # an image model has no video discriminator
-    now, before, defaults = _flat(config.to_dict()), _flat(stored), _flat(TrainConfig().to_dict())
+    now, before, defaults = flatten(config.to_dict()), flatten(stored), flatten(TrainConfig().to_dict())
     differ = [k for k in fixed if before.get(k, defaults[k]) != now[k]]
     if differ:
         details = "; ".join(f"{k} is {before.get(k, defaults[k])!r} there, {now[k]!r} now" for k in differ)
