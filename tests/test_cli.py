@@ -216,3 +216,12 @@ def test_reconstruct_skips_an_image_above_the_token_limit_with_the_size_that_fit
     assert "skipped" in err and "32x32 pixels make 16 tokens, above the limit of 8" in err and "--size 16" in err
     assert main(args + ["--size", "16"]) == 0
     assert (tmp_path / "o" / "coffee.png").is_file()
+
+
+def test_reconstruct_announces_a_large_image_before_the_long_work(recon, tmp_path, capsys, monkeypatch):
+    import vitok.cli as cli
+
+    ckpt, photos = recon
+    monkeypatch.setattr(cli, "LARGE_IMAGE_TOKENS", 8)  # a 32x32 photo at patch 8 makes 16 tokens
+    assert main(["reconstruct", str(ckpt), str(photos / "coffee.png"), "--out", str(tmp_path / "o")]) == 0
+    assert "note: 32x32 pixels make 16 tokens; on a CPU this takes a while" in capsys.readouterr().err

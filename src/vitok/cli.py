@@ -41,18 +41,26 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# Above this many tokens an image takes long enough on a CPU that reconstruct says so before starting.
+LARGE_IMAGE_TOKENS = 4096
+
+
 def check_size_for_reconstruct(size: tuple[int, int], patch: int, device) -> None:
-    """Refuse an image the model's token limit would refuse, with the CLI's way around it (--size)."""
+    """Refuse an image the model's token limit would refuse, with the CLI's way around it (--size);
+    announce one large enough to take a while, so a long run is never silent."""
     import math
 
     from .model.checks import token_limit
 
     limit, tokens = token_limit(device), (size[0] // patch) * (size[1] // patch)
+    side = patch * math.isqrt(limit) if limit else None
     if limit is not None and tokens > limit:
-        side = patch * math.isqrt(limit)
         raise ValueError(f"{size[1]}x{size[0]} pixels make {tokens:,} tokens, above the limit of {limit:,} per image "
                          f"on {device.type} (attention cost grows with the square of the token count); pass "
                          f"--size {side} or less to reconstruct a centre crop resized to that size")
+    if tokens > LARGE_IMAGE_TOKENS and device.type == "cpu":
+        print(f"note: {size[1]}x{size[0]} pixels make {tokens:,} tokens; on a CPU this takes a while (up to minutes). "
+              f"--size N reconstructs a smaller centre crop, --device cuda uses a GPU", file=sys.stderr)
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:

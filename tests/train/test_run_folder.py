@@ -324,3 +324,24 @@ def test_files_of_a_run_folder_honour_the_umask(tmp_path):
         assert oct(path.stat().st_mode & 0o777) == "0o755"
     finally:
         os.umask(old)
+
+
+def test_a_full_disk_on_any_training_write_names_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import vitok.train.report as report
+
+    args = TINY + ["train.stage1_steps=4", "train.stage2_steps=0", "train.checkpoint_every=2"]
+    real = report.RunLogger.log
+    calls = {"n": 0}
+
+    def log_until_full(self, record):
+        calls["n"] += 1
+        if calls["n"] > 3:  # metrics.jsonl appends fail once the disk fills, after the step-2 checkpoint
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, record)
+
+    monkeypatch.setattr(report.RunLogger, "log", log_until_full)
+    with pytest.raises(ckpt.CheckpointWriteError) as err:
+        train(load_config(None, args), out=tmp_path / "run")
+    message = str(err.value)
+    assert message.startswith(f"could not write into {tmp_path / 'run'}: No space left on device")
+    assert "step_00000002" in message and f"vitok train --resume {tmp_path / 'run'}" in message

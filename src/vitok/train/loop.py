@@ -9,6 +9,7 @@ the global step, so a resumed run sees exactly the batches an uninterrupted run 
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import math
@@ -719,7 +720,18 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path
         run_dir, resume_from = shared[0]
         barrier()
         trainer = Trainer(config, run_dir, dist_info)
-        document = trainer.run(resume_from)
+        try:
+            document = trainer.run(resume_from)
+        except OSError as err:
+            # Checkpoint writes say this themselves; any other write (metrics.jsonl, a plot, the
+            # report) that meets a full disk gets the same answer instead of a raw traceback.
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            last = ckpt.latest_checkpoint(run_dir / "checkpoints")
+            raise ckpt.CheckpointWriteError(
+                f"could not write into {run_dir}: {err.strerror or err}; the last good checkpoint is "
+                f"{last or 'none (no checkpoint was written yet)'}: free some space, then vitok train --resume "
+                f"{run_dir}") from None
         finished = True
         return document
     finally:
