@@ -2,6 +2,7 @@
 before any work is done and before anything is written (issue 14)."""
 
 import math
+import os
 import shutil
 
 import pytest
@@ -405,3 +406,15 @@ def test_load_dit_refuses_an_inconsistent_model_folder(made, tmp_path, damage, m
         config.write_text(json.dumps({"format": "vitok", "config": {}}))
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         load_dit(folder)
+
+
+def test_a_dit_run_folder_in_use_is_refused(made, capsys):
+    from vitok.train.rundir import RunLock
+
+    lock = RunLock.acquire(made / "run")  # as if another `dit train --resume` were running there
+    lock.record()
+    try:
+        err = error_of(capsys, ["dit", "train", "--resume", str(made / "run"), "steps=99"])
+    finally:
+        lock.release()
+    assert f"{made / 'run'} is in use by the run of pid {os.getpid()}" in err

@@ -284,6 +284,7 @@ class DiTTrainer:
 
         config.validate()
         self.config, self.run_dir = config, Path(run_dir)
+        self.lock = None  # the run folder's lock, taken by run() on rank 0
         self.dist = setup(config.device)
         self.device = self.dist.device
         self.amp = self.device.type == "cuda" and config.precision == "bf16"
@@ -403,13 +404,30 @@ class DiTTrainer:
 
     # ---- the loop -----------------------------------------------------------------------------
 
+    def take_run_dir(self) -> None:
+        """Rank 0 creates the run folder and takes its lock (as tokenizer runs do); every rank learns why not."""
+        from ..train.distributed import broadcast_object
+        from ..train.rundir import RunLock
+
+        error = None
+        if self.dist.main:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self.lock = RunLock.acquire(self.run_dir)
+                self.lock.record()
+            except (OSError, ValueError) as err:
+                error = str(err)
+        error = broadcast_object(error)
+        if error is not None:
+            raise ValueError(error)
+
     def run(self) -> dict | None:
         """Train to config.steps, logging, previewing and checkpointing; rank 0 returns the report."""
         from ..train.distributed import all_reduce_mean, barrier
 
         c, main = self.config, self.dist.main
+        self.take_run_dir()
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(c), sort_keys=False))
         logger = RunLogger(self.run_dir, main, tensorboard=False, start_step=self.step)
         bar = progress_bar(c.steps, self.step, enabled=main and c.progress)
@@ -540,12 +558,15 @@ def train_dit(config: DiTTrainConfig, out: str | Path | None = None, resume: str
     if resume is None and out is not None:
         check_fresh_run_folder(Path(out))
     run_dir = Path(resume or out or new_run_dir(f"dit-{config.model.replace('/', '_')}"))
-    finished = False
+    finished, trainer = False, None
     try:
-        document = DiTTrainer(config, run_dir, resume=resume is not None).run()
+        trainer = DiTTrainer(config, run_dir, resume=resume is not None)
+        document = trainer.run()
         finished = True
         return document
     finally:
+        if trainer is not None and trainer.lock is not None:
+            trainer.lock.release()
         teardown(synchronise=finished)
 
 
