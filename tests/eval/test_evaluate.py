@@ -19,7 +19,7 @@ from fake_networks import FakeTokenizer, random_inception, random_networks, save
 from vitok.data import bundled_photos, from_tensor, load_image
 from vitok.data.datasets import ImageFolder, collate, prepare_image, to_model_range
 from vitok.eval import run as run_module
-from vitok.eval.evaluate import evaluate, make_loader
+from vitok.eval.evaluate import content_keys, evaluate, make_loader
 from vitok.eval.run import evaluate_model, run_eval
 from vitok.metrics import weights as weights_module
 from vitok.metrics.frechet import FeatureStats, inception_score
@@ -101,7 +101,7 @@ def test_weight_free_metrics_are_the_metric_functions_over_the_set(checkpoint, p
     with torch.no_grad():
         x_hat = model(x, sample=False)[0].clamp(-1, 1)
     swd = PatchSWD()
-    swd.update([item["key"] for item in items], x, x_hat)
+    swd.update(content_keys(x), x, x_hat)
     assert doc["num_samples"] == len(items) == 13
     assert doc["metrics"]["ms_ssim"] == pytest.approx(ms_ssim(x, x_hat).mean().item(), rel=1e-9)
     assert doc["metrics"]["gmsd"] == pytest.approx(gmsd(x, x_hat).mean().item(), rel=1e-9)
@@ -112,6 +112,17 @@ def test_weight_free_metrics_are_the_metric_functions_over_the_set(checkpoint, p
     assert {"ms_ssim", "gmsd", "sharpness", "hf_energy_original", "hf_energy_reconstruction"} <= set(rows[0])
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "MS-SSIM" in markdown and "SWD x1e3" in markdown and "sharpness ratio" in markdown
+
+
+def test_swd_does_not_depend_on_where_the_files_are(checkpoint, photo_folder, tmp_path):
+    moved = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(photo_folder, moved)
+    for path in sorted(moved.rglob("*.jpg"))[:3]:
+        path.rename(path.with_name("x" + path.name))
+    model = ViTok.from_pretrained(checkpoint)
+    swd = [evaluate_model(model, str(folder), torch.device("cpu"), image_size=64, batch_size=4, workers=0,
+                          metrics=["swd"])["metrics"]["swd"] for folder in (photo_folder, moved)]
+    assert swd[0] == swd[1]
 
 
 def _strict_json(text: str):

@@ -6,6 +6,7 @@ few example images: feature moments are accumulated, images are dropped after ea
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 import time
@@ -176,7 +177,7 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
             scores.update(sharpness=energy_hat / energy, hf_energy_original=energy,
                           hf_energy_reconstruction=energy_hat)
         if swd is not None:
-            swd.update(batch["keys"], x, x_hat)
+            swd.update(content_keys(x), x, x_hat)
         if use_lpips:
             # On the 8-bit images, like every other metric here: what a saved file would score.
             scores["lpips"] = networks.lpips(_quantised(x), _quantised(x_hat)).double()
@@ -293,6 +294,13 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
         plumbing = name in LEARNED_METRICS and not networks.published_weights
         (result.plumbing_only if plumbing else result.metrics)[name] = value
     return result
+
+
+def content_keys(x: torch.Tensor) -> list[str]:
+    """One key per sample from its 8-bit pixels (BLAKE2b): SWD's patch positions then follow the image
+    itself, so the same images give the same SWD wherever their files are stored or however they are named."""
+    pixels = to_uint8(x).cpu().numpy()
+    return [hashlib.blake2b(sample.tobytes(), digest_size=16).hexdigest() for sample in pixels]
 
 
 def _no_samples_message(skipped: list[dict], show: int = 5) -> str:
