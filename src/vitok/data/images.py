@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import secrets
 import stat
 import struct
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..metrics.image import to_uint8
+from ..model.pretrained import atomic_write
 
 __all__ = [
     "bundled_photos",
@@ -134,26 +134,15 @@ def _is_folder(entry: os.DirEntry) -> bool:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder, renamed over `path` once complete.
+    """Write `data` to `path` with the package's atomic_write (temporary file in the same folder, synced,
+    renamed over `path`; created 0666 less the umask), a failure as a ValueError naming the file.
 
-    A failed write (a full disk, ...) leaves whatever was at `path` untouched and removes the
-    temporary file; it raises ValueError naming the file and the reason. The file is created
-    0666 less the umask, the permissions of any ordinary file (mkstemp would give 0600).
+    A failed write (a full disk, ...) leaves whatever was at `path` untouched and no temporary file.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # the error that matters is the write's, reported below
         full = e.errno in (errno.ENOSPC, errno.EDQUOT)
         hint = " (the disk is full? free some space, or write somewhere else)" if full else ""
         raise ValueError(f"could not write {path}: {e.strerror or e}{hint}") from None
