@@ -219,7 +219,7 @@ class VitokTokenizer(Tokenizer):
                 if n.split(".")[0] in ("from_latent", "decoder", "unembed")}
 
     def freeze_encoder(self) -> None:
-        for part in (self.module.embed, self.module.encoder, self.module.to_moments):
+        for part in self.module.encoder_modules():
             part.requires_grad_(False)
 
     def compile(self, mode: str | None, scope: str = "blocks") -> None:

@@ -1,5 +1,8 @@
 """Transformer building blocks: RMSNorm, SwiGLU, axial rotary embedding, attention, block.
 
+Two block layouts: the paper's sequential pre-norm block, and the parallel block with LayerScale
+of the authors' ViTok v2 release (model/vitok_v2.py).
+
 Shapes: B batch, L tokens, D width, H heads, d = D / H head width.
 """
 
@@ -32,6 +35,14 @@ def swiglu_hidden(width: int, multiple_of: int = 256) -> int:
     """Hidden width of a SwiGLU MLP: 2/3 of 4*width (same parameters as a GELU MLP), rounded up."""
     hidden = int(2 * 4 * width / 3)
     return multiple_of * math.ceil(hidden / multiple_of)
+
+
+def v2_swiglu_hidden(width: int, mlp_factor: float = 2.67) -> int:
+    """Hidden width of ViTok v2's SwiGLU: int(factor * width) rounded to the nearest multiple of 16.
+
+    The authors round for float8-friendly kernels; 1024 wide gives 2736, 3072 wide 8208.
+    """
+    return 16 * ((int(width * mlp_factor) + 8) // 16)
 
 
 class SwiGLU(nn.Module):
@@ -138,27 +149,39 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm Transformer block, sequential or parallel.
 
-    def __init__(self, dim: int, heads: int, qk_norm: bool = False, eps: float = 1e-6) -> None:
+    sequential (the paper's): x + attn(norm1(x)), then x + mlp(norm2(x)).
+    parallel (ViTok v2): x + gamma * (attn(h) + mlp(h)) with h = norm1(x): one norm, both branches
+    read the same input, and a learned per-channel LayerScale gamma weighs their sum.
+    """
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool = False, eps: float = 1e-6, parallel: bool = False,
+                 hidden: int | None = None) -> None:
         super().__init__()
+        self.parallel = parallel
         self.norm1 = RMSNorm(dim, eps)
         self.attn = Attention(dim, heads, qk_norm, eps)
-        self.norm2 = RMSNorm(dim, eps)
-        self.mlp = SwiGLU(dim, swiglu_hidden(dim))
+        self.norm2 = None if parallel else RMSNorm(dim, eps)
+        self.mlp = SwiGLU(dim, hidden or swiglu_hidden(dim))
+        self.layer_scale = nn.Parameter(torch.ones(dim)) if parallel else None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        if self.parallel:
+            h = self.norm1(x)
+            return x + (self.attn(h, rope) + self.mlp(h)) * self.layer_scale
         x = x + self.attn(self.norm1(x), rope)
         return x + self.mlp(self.norm2(x))
 
 
 class Transformer(nn.Module):
-    """A stack of blocks with rotary positions and a final norm; B×L×D -> B×L×D."""
+    """A stack of blocks with rotary positions and (unless final_norm=False) a final norm; B×L×D -> B×L×D."""
 
-    def __init__(self, dim: int, depth: int, heads: int, qk_norm: bool = False, eps: float = 1e-6) -> None:
+    def __init__(self, dim: int, depth: int, heads: int, qk_norm: bool = False, eps: float = 1e-6,
+                 parallel: bool = False, hidden: int | None = None, final_norm: bool = True) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList([Block(dim, heads, qk_norm, eps) for _ in range(depth)])
-        self.norm = RMSNorm(dim, eps)
+        self.blocks = nn.ModuleList([Block(dim, heads, qk_norm, eps, parallel, hidden) for _ in range(depth)])
+        self.norm = RMSNorm(dim, eps) if final_norm else nn.Identity()
         self.head_dim = dim // heads
         self.grad_checkpointing = False
 

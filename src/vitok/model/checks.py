@@ -35,7 +35,8 @@ def check_pixels(x: torch.Tensor, config: ViTokConfig) -> None:
                          f"convert 8-bit images with x.float() / 127.5 - 1")
     p, q = config.patch_size, config.temporal_patch
     H, W = x.shape[-2:]
-    bad = [(name, n, p) for name, n in (("height", H), ("width", W)) if n % p or n == 0]
+    # A v2 model pads height and width to whole patches itself, as the authors' preprocessing does.
+    bad = [(name, n, p) for name, n in (("height", H), ("width", W)) if n == 0 or (n % p and not config.is_v2)]
     if config.is_video and (x.shape[2] % q or x.shape[2] == 0):
         bad.append(("frames", x.shape[2], q))
     if bad:
@@ -45,7 +46,7 @@ def check_pixels(x: torch.Tensor, config: ViTokConfig) -> None:
         last = "; the last axis is 3: if channels are last, permute them to axis 1" if W == 3 else ""
         raise ValueError(f"input shape {tuple(x.shape)} does not fit patch {q}x{p}x{p}: " + "; ".join(parts)
                          + f"; crop or resize to those sizes{last}")
-    grid = (x.shape[2] // q, H // p, W // p) if config.is_video else (H // p, W // p)
+    grid = (x.shape[2] // q, -(-H // p), -(-W // p)) if config.is_video else (-(-H // p), -(-W // p))
     check_token_count(grid, x.device, f"input of shape {tuple(x.shape)}", config)
     if x.device.type != "meta":
         finite = torch.isfinite(x)
@@ -117,11 +118,14 @@ def _grid_of_size(size, config: ViTokConfig) -> tuple[int, ...]:
         raise ValueError(f"size must hold whole numbers of pixels {want}, got {tuple(size)!r}") from None
     steps = (q, p, p) if config.is_video else (p, p)
     names = ("frames", "height", "width")[-len(steps):]
+    # A v2 model's height and width may end inside a patch: the grid covers them, decode crops.
+    padded = (False, True, True)[-len(steps):] if config.is_v2 else (False,) * len(steps)
     bad = [f"{name} {s} is not positive" if s <= 0 else f"{name} {s} is not a multiple of {k} "
-           f"(use {_nearest_multiples(s, k)})" for name, s, k in zip(names, size, steps) if s <= 0 or s % k]
+           f"(use {_nearest_multiples(s, k)})" for name, s, k, pad in zip(names, size, steps, padded)
+           if s <= 0 or (s % k and not pad)]
     if bad:
         raise ValueError(f"size {size} must hold positive multiples of the tubelet {steps}: {'; '.join(bad)}")
-    return tuple(s // k for s, k in zip(size, steps))
+    return tuple(-(-s // k) for s, k in zip(size, steps))
 
 
 def _check_some_tokens(num_tokens: int, shape: tuple[int, ...] | None) -> None:

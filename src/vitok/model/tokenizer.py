@@ -1,7 +1,12 @@
-"""ViTok: tubelet embed -> ViT encoder -> Gaussian bottleneck -> ViT decoder -> tubelet unembed.
+"""ViTok: tubelet embed -> ViT encoder -> bottleneck -> ViT decoder -> tubelet unembed.
 
 Shapes: x is B×3×H×W (image model) or B×3×T×H×W (video model) in [-1, 1]; the token grid is
 (h, w) = (H/p, W/p) or (t, h, w) = (T/q, H/p, W/p); L = prod(grid); latents z are B×L×c.
+
+Two architectures share this class (config.architecture): the paper's "vitok" (sequential blocks,
+a Gaussian bottleneck) and the authors' "vitok-v2" release (parallel blocks with LayerScale, no
+final norms, a deterministic LayerNorm bottleneck, a bias per output pixel, and inputs of any size:
+pixels are padded to whole patches at the bottom and right, and decode crops them off again).
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import RopeCache, Transformer, swiglu_hidden
+from .blocks import Block, RopeCache, Transformer
 from .checks import check_latents, check_pixels, check_token_count, grid_for
-from .distributions import DiagonalGaussian
+from .distributions import DeterministicLatent, DiagonalGaussian
 from .pretrained import inspect_checkpoint, load_weights, write_checkpoint
 from .variants import ViTokConfig, config_from_name
 
@@ -31,11 +36,20 @@ class ViTok(nn.Module):
         c = config
         tubelet = (c.temporal_patch, c.patch_size, c.patch_size)
         self.embed = nn.Conv3d(3, c.encoder_width, kernel_size=tubelet, stride=tubelet)
-        self.encoder = Transformer(c.encoder_width, c.encoder_depth, c.encoder_heads, c.qk_norm, c.norm_eps)
-        self.to_moments = nn.Linear(c.encoder_width, 2 * c.channels)
+        stack = dict(qk_norm=c.qk_norm, eps=c.norm_eps, parallel=c.is_v2, final_norm=not c.is_v2)
+        self.encoder = Transformer(c.encoder_width, c.encoder_depth, c.encoder_heads,
+                                   hidden=c.mlp_hidden(c.encoder_width), **stack)
+        if c.is_v2:  # z = LayerNorm(to_latent(h)), no affine: every token's c values have mean 0, variance 1
+            self.to_latent = nn.Linear(c.encoder_width, c.channels)
+        else:  # (mean, logvar) of the Gaussian posterior
+            self.to_moments = nn.Linear(c.encoder_width, 2 * c.channels)
         self.from_latent = nn.Linear(c.channels, c.decoder_width)
-        self.decoder = Transformer(c.decoder_width, c.decoder_depth, c.decoder_heads, c.qk_norm, c.norm_eps)
-        self.unembed = nn.ConvTranspose3d(c.decoder_width, 3, kernel_size=tubelet, stride=tubelet)
+        self.decoder = Transformer(c.decoder_width, c.decoder_depth, c.decoder_heads,
+                                   hidden=c.mlp_hidden(c.decoder_width), **stack)
+        if c.is_v2:  # a bias per output value of the tubelet, not per colour channel
+            self.unembed = nn.Linear(c.decoder_width, c.tubelet_pixels)
+        else:
+            self.unembed = nn.ConvTranspose3d(c.decoder_width, 3, kernel_size=tubelet, stride=tubelet)
         # Autocast dtype for the Transformer work (e.g. torch.bfloat16); None runs in the weights' dtype.
         self.amp_dtype: torch.dtype | None = None
         # The residual stream's dtype under autocast. float32 (default) keeps the sum of 2·depth
@@ -81,11 +95,18 @@ class ViTok(nn.Module):
         c = config
         tubelet = (c.temporal_patch, c.patch_size, c.patch_size)
         shapes = {"embed.weight": (c.encoder_width, 3, *tubelet), "embed.bias": (c.encoder_width,)}
-        shapes.update(_stack_shapes("encoder", c.encoder_width, c.encoder_depth, c.encoder_heads, c.qk_norm))
-        shapes.update({"to_moments.weight": (2 * c.channels, c.encoder_width), "to_moments.bias": (2 * c.channels,),
-                       "from_latent.weight": (c.decoder_width, c.channels), "from_latent.bias": (c.decoder_width,)})
-        shapes.update(_stack_shapes("decoder", c.decoder_width, c.decoder_depth, c.decoder_heads, c.qk_norm))
-        shapes.update({"unembed.weight": (c.decoder_width, 3, *tubelet), "unembed.bias": (3,)})
+        shapes.update(_stack_shapes("encoder", c, c.encoder_width, c.encoder_depth, c.encoder_heads))
+        if c.is_v2:
+            shapes.update({"to_latent.weight": (c.channels, c.encoder_width), "to_latent.bias": (c.channels,)})
+        else:
+            shapes.update({"to_moments.weight": (2 * c.channels, c.encoder_width),
+                           "to_moments.bias": (2 * c.channels,)})
+        shapes.update({"from_latent.weight": (c.decoder_width, c.channels), "from_latent.bias": (c.decoder_width,)})
+        shapes.update(_stack_shapes("decoder", c, c.decoder_width, c.decoder_depth, c.decoder_heads))
+        if c.is_v2:
+            shapes.update({"unembed.weight": (c.tubelet_pixels, c.decoder_width), "unembed.bias": (c.tubelet_pixels,)})
+        else:
+            shapes.update({"unembed.weight": (c.decoder_width, 3, *tubelet), "unembed.bias": (3,)})
         return shapes
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -93,8 +114,13 @@ class ViTok(nn.Module):
         write_checkpoint(path, self.config.to_dict(), self.state_dict())
 
     def reset_parameters(self) -> None:
-        """ViT-style init: truncated-normal linears, Xavier tubelet convolutions, zero biases."""
+        """ViT-style init: truncated-normal linears, Xavier tubelet convolutions, zero biases.
+
+        v2's LayerScale gammas start at 1e-4, the authors' value: each block begins near the identity.
+        """
         for module in self.modules():
+            if isinstance(module, Block) and module.layer_scale is not None:
+                nn.init.constant_(module.layer_scale, 1e-4)
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
@@ -131,8 +157,8 @@ class ViTok(nn.Module):
 
     # ---- the model ----------------------------------------------------------------------------
 
-    def encode(self, x: torch.Tensor, check: bool = True) -> DiagonalGaussian:
-        """Pixels (B×3×H×W or B×3×T×H×W, [-1, 1]) -> posterior over B×L×c latents.
+    def encode(self, x: torch.Tensor, check: bool = True) -> DiagonalGaussian | DeterministicLatent:
+        """Pixels (B×3×H×W or B×3×T×H×W, [-1, 1]) -> posterior over B×L×c latents (v2: a deterministic z).
 
         check=True validates x first (layout, dtype, range, finite values) and refuses a sample of
         more than 16,384 tokens on a CPU or 65,536 on a GPU (checks.MAX_TOKENS_CPU / MAX_TOKENS:
@@ -141,26 +167,31 @@ class ViTok(nn.Module):
         """
         if check:
             check_pixels(x, self.config)
-        moments, _ = self._encode(x)
-        mean, logvar = moments.float().chunk(2, dim=-1)
-        return DiagonalGaussian(mean, logvar.clamp(self.config.logvar_min, self.config.logvar_max))
+        out, _ = self._encode(x)
+        return self._latent(out)
 
     def decode(self, z: torch.Tensor, size: tuple[int, ...] | None = None, check: bool = True) -> torch.Tensor:
         """Latents B×L×c -> pixels. size=(H, W) or (T, H, W) when the grid is not the nominal or a square one.
 
         The size is always checked against L (shape arithmetic only); check=True also validates z and
-        applies encode's token limit.
+        applies encode's token limit. A v2 model crops its output to `size` (encode padded it to whole
+        patches).
         """
         if check:
             check_latents(z, self.config)
         grid = grid_for(z.shape[1], size, self.config)
         if check:
             check_token_count(grid, z.device, f"latents of shape {tuple(z.shape)}", self.config)
-        return self._decode(z, grid)
+        pixels = self._decode(z, grid)
+        if size is not None and tuple(pixels.shape[-2:]) != tuple(size[-2:]):
+            pixels = pixels[..., :size[-2], :size[-1]]
+        return pixels
 
     def forward(self, x: torch.Tensor, sample: bool = True, check: bool = True,
-                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, DiagonalGaussian]:
+                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, DiagonalGaussian | DeterministicLatent]:
         """Reconstruct x through a sampled (or, with sample=False, the mean) latent; returns (x_hat, posterior).
+
+        A v2 model's latent is deterministic: `sample` and `noise` change nothing.
 
         `noise` (B×L×c standard normal) replaces the internal draw: training passes noise cut from
         a per-step global draw, so the result does not depend on how the batch is split over ranks.
@@ -169,36 +200,56 @@ class ViTok(nn.Module):
         """
         if check:
             check_pixels(x, self.config)
-        moments, grid = self._encode(x)
-        mean, logvar = moments.float().chunk(2, dim=-1)
-        posterior = DiagonalGaussian(mean, logvar.clamp(self.config.logvar_min, self.config.logvar_max))
-        if noise is not None:
-            if noise.shape != mean.shape:
-                raise ValueError(f"noise has shape {tuple(noise.shape)}; the latents are {tuple(mean.shape)}")
+        out, grid = self._encode(x)
+        posterior = self._latent(out)
+        mean = posterior.mean
+        if noise is not None and noise.shape != mean.shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}; the latents are {tuple(mean.shape)}")
+        if posterior.deterministic:
+            z = mean
+        elif noise is not None:
             z = mean + posterior.std * noise
         else:
             z = posterior.sample() if sample else posterior.mode()
-        return self._decode(z, grid), posterior
+        x_hat = self._decode(z, grid)
+        if x_hat.shape[-2:] != x.shape[-2:]:  # v2: x was padded to whole patches
+            x_hat = x_hat[..., :x.shape[-2], :x.shape[-1]]
+        return x_hat, posterior
+
+    def _latent(self, out: torch.Tensor) -> DiagonalGaussian | DeterministicLatent:
+        """The bottleneck on the encoder's B×L×(2c or c) output."""
+        c = self.config
+        if c.is_v2:  # in float32, as the authors do, whatever the autocast dtype
+            return DeterministicLatent(F.layer_norm(out.float(), (c.channels,), eps=c.norm_eps))
+        mean, logvar = out.float().chunk(2, dim=-1)
+        return DiagonalGaussian(mean, logvar.clamp(c.logvar_min, c.logvar_max))
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         with self._autocast(x.device):
             if self.amp_dtype is None:  # e.g. float32 pixels into a model cast to bf16
                 x = x.to(self.embed.weight.dtype)
+            p = self.config.patch_size
+            if self.config.is_v2 and (x.shape[-2] % p or x.shape[-1] % p):
+                # The authors' preprocessing: zeros (mid-grey in [-1, 1]) below and to the right.
+                x = F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))
             patches, grid = self._patchify(x if x.dim() == 5 else x.unsqueeze(2))
             # The tubelet "convolution" as one matmul over flattened tubelets: the same weights
             # and result, but a GEMM instead of a strided 3-D convolution (slow in cuDNN at bf16).
             weight = self.embed.weight.flatten(1)  # D×(3·q·p·p), in the (c, t, y, x) order of a tubelet
             tokens = F.linear(patches, weight, self.embed.bias).to(self._stream_dtype())  # B×L×D
             tokens = self.encoder(tokens, self._rope(grid, self.encoder.head_dim, x.device))
-            return self.to_moments(tokens), grid  # B×L×2c
+            bottleneck = self.to_latent if self.config.is_v2 else self.to_moments
+            return bottleneck(tokens), grid  # B×L×c (v2) or B×L×2c
 
     def _decode(self, z: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
         with self._autocast(z.device):
             tokens = self.from_latent(z.to(self.from_latent.weight.dtype)).to(self._stream_dtype())  # B×L×D
             tokens = self.decoder(tokens, self._rope(grid, self.decoder.head_dim, z.device))
-            # The transposed tubelet convolution as one matmul to per-token tubelets, then unpatchify.
-            weight = self.unembed.weight.flatten(1).t()  # (3·q·p·p)×D
-            bias = self.unembed.bias.repeat_interleave(weight.shape[0] // self.unembed.bias.shape[0])
+            if self.config.is_v2:
+                weight, bias = self.unembed.weight, self.unembed.bias  # (3·q·p·p)×D, one bias per value
+            else:  # the transposed tubelet convolution as one matmul to per-token tubelets
+                weight = self.unembed.weight.flatten(1).t()  # (3·q·p·p)×D
+                bias = self.unembed.bias.repeat_interleave(weight.shape[0] // self.unembed.bias.shape[0])
             pixels = self._unpatchify(F.linear(tokens, weight, bias), grid)  # B×3×T×H×W
         pixels = pixels.float()
         return pixels if self.config.is_video else pixels.squeeze(2)
@@ -233,40 +284,60 @@ class ViTok(nn.Module):
 
     # ---- bookkeeping --------------------------------------------------------------------------
 
+    def encoder_modules(self) -> list[nn.Module]:
+        """The modules from pixels to latents: what stage 2 freezes."""
+        return [self.embed, self.encoder, self.to_latent if self.config.is_v2 else self.to_moments]
+
+    def decoder_modules(self) -> list[nn.Module]:
+        """The modules from latents to pixels."""
+        return [self.from_latent, self.decoder, self.unembed]
+
     def num_params(self) -> dict[str, int]:
-        """Parameter counts: encoder side (embed, encoder, to_moments), decoder side, total."""
-        enc = sum(p.numel() for m in (self.embed, self.encoder, self.to_moments) for p in m.parameters())
-        dec = sum(p.numel() for m in (self.from_latent, self.decoder, self.unembed) for p in m.parameters())
+        """Parameter counts: encoder side (embed, encoder, bottleneck), decoder side, total."""
+        enc = sum(p.numel() for m in self.encoder_modules() for p in m.parameters())
+        dec = sum(p.numel() for m in self.decoder_modules() for p in m.parameters())
         return {"encoder": enc, "decoder": dec, "total": enc + dec}
 
 
-def _stack_shapes(prefix: str, width: int, depth: int, heads: int, qk_norm: bool) -> dict[str, tuple[int, ...]]:
+def _stack_shapes(prefix: str, config: ViTokConfig, width: int, depth: int, heads: int) -> dict[str, tuple[int, ...]]:
     """Weight shapes of one Transformer stack (blocks.Transformer), in state_dict order."""
     shapes: dict[str, tuple[int, ...]] = {}
-    hidden = swiglu_hidden(width)
+    hidden = config.mlp_hidden(width)
     for i in range(depth):
         block = f"{prefix}.blocks.{i}."
+        if config.is_v2:
+            shapes[block + "layer_scale"] = (width,)
         shapes[block + "norm1.weight"] = (width,)
         shapes[block + "attn.qkv.weight"] = (3 * width, width)
         shapes[block + "attn.proj.weight"] = (width, width)
-        if qk_norm:
+        if config.qk_norm:
             shapes[block + "attn.q_norm.weight"] = (width // heads,)
             shapes[block + "attn.k_norm.weight"] = (width // heads,)
-        shapes[block + "norm2.weight"] = (width,)
+        if not config.is_v2:
+            shapes[block + "norm2.weight"] = (width,)
         shapes[block + "mlp.w13.weight"] = (2 * hidden, width)
         shapes[block + "mlp.w2.weight"] = (width, hidden)
-    shapes[f"{prefix}.norm.weight"] = (width,)
+    if not config.is_v2:
+        shapes[f"{prefix}.norm.weight"] = (width,)
     return shapes
+
+
+# Fields added to ViTokConfig after checkpoints were first written, with the value that an older
+# config.json (written before the field existed) implies.
+ADDED_FIELDS = {"architecture": "vitok"}
 
 
 def _config_of_checkpoint(path: str | Path, data) -> ViTokConfig:
     """The ViTokConfig of config.json; every field must be there (a missing one would silently take its default)."""
+    if isinstance(data, dict):
+        data = {**ADDED_FIELDS, **data}
     try:
         config = ViTokConfig.from_dict(data)
     except (TypeError, ValueError) as err:
         raise ValueError(f"checkpoint folder {path} has an invalid config.json: {err}") from None
     defaults = ViTokConfig()
-    missing = [f.name for f in dataclasses.fields(ViTokConfig) if f.name != "name" and f.name not in data]
+    missing = [f.name for f in dataclasses.fields(ViTokConfig)
+               if f.name not in ("name", *ADDED_FIELDS) and f.name not in data]
     if missing:
         fill = ", ".join(f'"{key}": {json.dumps(getattr(defaults, key))}' for key in missing)
         raise ValueError(f"checkpoint folder {path}: config.json lacks the fields {missing}; save_pretrained writes "
@@ -300,6 +371,7 @@ def _size_disagreements(config: ViTokConfig, found: dict[str, tuple[int, ...]]) 
         return max(blocks) + 1 if blocks else 0
 
     facts = {"encoder_depth": depth("encoder"), "decoder_depth": depth("decoder")}
+    facts["architecture"] = "vitok-v2" if "to_latent.weight" in found else "vitok"
     embed, moments, latent = (found.get(k, ()) for k in ("embed.weight", "to_moments.weight", "from_latent.weight"))
     if len(embed) == 5:
         facts.update(encoder_width=embed[0], temporal_patch=embed[2], patch_size=embed[3])

@@ -7,7 +7,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from .blocks import swiglu_hidden
+from .blocks import swiglu_hidden, v2_swiglu_hidden
 
 # (width, depth, heads), as the ViTok authors define them. S is a shallow B, not ViT-S.
 # T (tiny) is ours, not the paper's: for CPU demos, tests and quick sweeps.
@@ -35,6 +35,11 @@ LOGVAR_BOUND = 80.0
 _POSITIVE = ("encoder_width", "encoder_depth", "encoder_heads", "decoder_width", "decoder_depth",
              "decoder_heads", "patch_size", "temporal_patch", "channels", "image_size", "frames")
 
+# "vitok": the paper's model (sequential blocks, a final norm per stack, a Gaussian bottleneck).
+# "vitok-v2": the authors' later release (parallel blocks with LayerScale, no final norm, a
+# deterministic LayerNorm bottleneck, a bias per output pixel); see model/vitok_v2.py.
+ARCHITECTURES = ("vitok", "vitok-v2")
+
 _NAME = re.compile(r"^(?P<enc>[A-Z])-(?P<dec>[A-Z])/(?:(?P<q>\d+)x)?(?P<p>\d+)$")
 
 
@@ -59,6 +64,7 @@ class ViTokConfig:
     # Log-variance clamp keeps exp(logvar) finite in bf16 and the KL bounded early in training.
     logvar_min: float = -30.0
     logvar_max: float = 20.0
+    architecture: str = "vitok"  # one of ARCHITECTURES
     name: str = ""  # "S-B/16" when built from a name; informational only
 
     def __post_init__(self) -> None:
@@ -84,24 +90,44 @@ class ViTokConfig:
         return n
 
     @property
+    def is_v2(self) -> bool:
+        """The authors' v2 layout (parallel blocks, deterministic latent); see ARCHITECTURES."""
+        return self.architecture == "vitok-v2"
+
+    @property
+    def tubelet_pixels(self) -> int:
+        """Values per token in pixel space: 3·q·p·p."""
+        return 3 * self.temporal_patch * self.patch_size ** 2
+
+    def mlp_hidden(self, width: int) -> int:
+        """The SwiGLU hidden width of a stack this wide, by the architecture's rounding rule."""
+        return v2_swiglu_hidden(width) if self.is_v2 else swiglu_hidden(width)
+
+    @property
     def num_params(self) -> int:
         """Exact parameter count, from the sizes alone (ViTok.num_params()["total"] of a built model)."""
         def stack(width: int, depth: int, heads: int) -> int:
             qk = 2 * (width // heads) if self.qk_norm else 0
-            block = 2 * width + 4 * width * width + 3 * width * swiglu_hidden(width) + qk
-            return depth * block + width  # blocks, then the final norm
-        tubelet = 3 * self.temporal_patch * self.patch_size ** 2
+            # v2: one norm and a LayerScale gamma per block, no final norm; vitok: two norms per block.
+            block = 2 * width + 4 * width * width + 3 * width * self.mlp_hidden(width) + qk
+            return depth * block + (0 if self.is_v2 else width)
+        tubelet = self.tubelet_pixels
+        latent_out = self.channels if self.is_v2 else 2 * self.channels  # z, or (mean, logvar)
         encoder = tubelet * self.encoder_width + self.encoder_width \
             + stack(self.encoder_width, self.encoder_depth, self.encoder_heads) \
-            + (self.encoder_width + 1) * 2 * self.channels
+            + (self.encoder_width + 1) * latent_out
+        unembed_bias = tubelet if self.is_v2 else 3
         decoder = (self.channels + 1) * self.decoder_width \
-            + stack(self.decoder_width, self.decoder_depth, self.decoder_heads) + self.decoder_width * tubelet + 3
+            + stack(self.decoder_width, self.decoder_depth, self.decoder_heads) + self.decoder_width * tubelet \
+            + unembed_bias
         return encoder + decoder
 
     def validate(self) -> None:
         """Reject impossible configurations with the fix in the message."""
         self._check_types()
         self._check_ranges()
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"config field 'architecture' is {self.architecture!r}; use one of {list(ARCHITECTURES)}")
         for part in ("encoder", "decoder"):
             width, heads = getattr(self, f"{part}_width"), getattr(self, f"{part}_heads")
             if width % heads:

@@ -149,7 +149,7 @@ class Trainer:
         if stage == 1:
             named = list(self.model.named_parameters())
         else:
-            for module in (self.model.embed, self.model.encoder, self.model.to_moments):
+            for module in self.model.encoder_modules():
                 module.requires_grad_(False)
             named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
             self.ema_model = ViTok(self.model_config).to(self.device)
