@@ -70,6 +70,7 @@ from vitok.losses import (Discriminator, PerceptualLoss, discriminator_loss, gen
                           kl_loss, r1_penalty, reconstruction_loss)
 from vitok.metrics.lpips import build_lpips  # noqa: E402
 from vitok.model import DiagonalGaussian, ViTok  # noqa: E402
+from vitok.model import vitok_v2  # noqa: E402
 from vitok.train.config import TrainConfig  # noqa: E402
 from vitok.train.loop import leading_count  # noqa: E402
 from vitok.train.optim import EMA, build_adamw  # noqa: E402
@@ -93,7 +94,8 @@ class Spec:
     frames: int  # frames per sample fed to the model; 1 means images (B×3×H×W)
     batch: int  # encode / decode batch
     train_batch: int
-    name: str = ""  # ViTok variant ("S-B/16")
+    name: str = ""  # ViTok variant ("S-B/16") or a released v2 checkpoint ("vitok-v2/350M-f16x16")
+    architecture: str = "vitok"  # ViTokConfig.architecture of a named variant
     baseline: str = ""  # key of the baseline row a ViTok row is compared with
     tiny: bool = False  # smoke-sized architectures (baselines, discriminator)
     # Batch of the +LPIPS and stage-2 steps (0: train_batch): their extra networks need more memory,
@@ -112,6 +114,10 @@ FULL = (
     # S-L's 24-block decoder holds about 2.8x S-B's activations: half the training batch.
     Spec("S-L/16@256", "vitok", 256, 1, 256, 128, name="S-L/16", baseline="SD-VAE@256", stage_batch=64),
     Spec("S-B/4x8@16x128", "vitok", 128, 16, 64, 32, name="S-B/4x8", baseline="CogVideoX@17x128", stage_batch=16),
+    # The authors' released v2 architecture (random weights: speed does not depend on them), 2.9x
+    # S-B/16's FLOPs per image: batches as S-L/16's.
+    Spec("v2-350M@256", "vitok", 256, 1, 256, 128, name="vitok-v2/350M-f16x16", baseline="SD-VAE@256", stage_batch=64),
+    Spec("v2-350M@512", "vitok", 512, 1, 64, 32, name="vitok-v2/350M-f16x16", baseline="SD-VAE@512", stage_batch=16),
     # The conv VAEs keep full-resolution feature maps of 128-512 channels: smaller training batches.
     Spec("SD-VAE@256", "sd-vae", 256, 1, 128, 32),
     Spec("SD-VAE@512", "sd-vae", 512, 1, 32, 8),
@@ -120,6 +126,8 @@ FULL = (
 SMOKE = (
     Spec("T-T/8@32", "vitok", 32, 1, 2, 2, name="T-T/8", baseline="SD-VAE-tiny@32", tiny=True),
     Spec("T-T/2x8@8x32", "vitok", 32, 8, 2, 2, name="T-T/2x8", baseline="CogVideoX-tiny@9x32", tiny=True),
+    Spec("T-T/8-v2@32", "vitok", 32, 1, 2, 2, name="T-T/8", architecture="vitok-v2", baseline="SD-VAE-tiny@32",
+         tiny=True),
     Spec("SD-VAE-tiny@32", "sd-vae", 32, 1, 2, 2, tiny=True),
     Spec("CogVideoX-tiny@9x32", "cogvideox", 32, 9, 2, 2, tiny=True),
 )
@@ -185,8 +193,13 @@ class VitokTokenizer(Tokenizer):
         overrides = dict(channels=16, image_size=spec.size)
         if spec.frames > 1:
             overrides["frames"] = spec.frames
+        if spec.architecture == "vitok-v2":
+            overrides.update(architecture="vitok-v2", qk_norm=True)
         with torch.device(device):
-            self.module = ViTok.from_name(spec.name, **overrides)
+            if spec.name.startswith(vitok_v2.PREFIX):
+                self.module = ViTok(vitok_v2.RELEASED[spec.name[len(vitok_v2.PREFIX):]].config(spec.size))
+            else:
+                self.module = ViTok.from_name(spec.name, **overrides)
         self.amp_dtype = amp_dtype
         self.module.residual_dtype = residual_dtype
         self.compiled = False
@@ -341,7 +354,7 @@ class TrainingStep:
         lo, x = self.loss, self.x
         x_hat, posterior = self.tok.reconstruct(x)
         loss = lo.reconstruction_weight * reconstruction_loss(x_hat, x, lo.reconstruction)
-        if self.kind != "stage2":
+        if self.kind != "stage2" and not posterior.deterministic:  # v2's latent has no KL term
             loss = loss + lo.kl_weight * kl_loss(posterior)
         if self.perceptual is not None:
             k = leading_count(x.shape[0], lo.lpips_fraction)

@@ -7,13 +7,18 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import ViTokConfig
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print parameters, bottleneck and FLOPs of one variant, or of every paper variant."""
-    from .info import describe, format_description
+    from .info import describe, format_description, released_config
     from .model import PAPER_VARIANTS, config_from_name
     from .model.variants import MAX_SIZES
+    from .model.vitok_v2 import PREFIX, RELEASED
 
     # Named after the options (the config's own errors name its fields): checked before any model.
     for option, value, field in (("--image-size", args.image_size, "image_size"), ("--frames", args.frames, "frames"),
@@ -22,22 +27,75 @@ def cmd_info(args: argparse.Namespace) -> int:
             raise ValueError(f"{option} {value} is out of range; info describes models with {option} from 1 to "
                              f"{MAX_SIZES[field]:,}: pass a value in that range")
 
-    names = [args.name] if args.name else list(PAPER_VARIANTS)
-    results = []
-    for name in names:
-        overrides = {"channels": args.channels}
-        video = "x" in name.split("/")[-1] or (args.frames or 1) > 1
-        if args.image_size is not None:
-            overrides["image_size"] = args.image_size
-        elif args.name is None:
-            overrides["image_size"] = 128 if video else 256
-        if args.frames is not None:
-            overrides["frames"] = args.frames
-        results.append(describe(config_from_name(name, **overrides)))
+    if args.name and (args.name.startswith(PREFIX) or args.name in RELEASED):
+        # A released v2 checkpoint: its sizes come from vitok_v2.RELEASED, so nothing is downloaded.
+        results = [describe(released_config(args.name, args.image_size, args.channels, args.frames))]
+    else:
+        results = []
+        for name in [args.name] if args.name else list(PAPER_VARIANTS):
+            overrides = {"channels": 16 if args.channels is None else args.channels}
+            video = "x" in name.split("/")[-1] or (args.frames or 1) > 1
+            if args.image_size is not None:
+                overrides["image_size"] = args.image_size
+            elif args.name is None:
+                overrides["image_size"] = 128 if video else 256
+            if args.frames is not None:
+                overrides["frames"] = args.frames
+            results.append(describe(config_from_name(name, **overrides)))
     if args.json:
         print(json.dumps(results if args.name is None else results[0], indent=2))
     else:
         print("\n\n".join(format_description(r) for r in results))
+    return 0
+
+
+def _convert_vitok_v2(src: str, dst: Path, image_size: int, name: str, revision: str | None) -> ViTokConfig:
+    """The authors' v2 weights (a folder, one file, or a released name) -> vitok folder `dst`; its config."""
+    from .model import vitok_v2
+
+    if Path(src).exists():
+        if revision is not None:
+            raise ValueError(f"--revision picks a version of a released checkpoint; {src} is a local path: "
+                             f"drop --revision")
+        return vitok_v2.convert(src, dst, image_size, name)
+    if src.startswith(vitok_v2.PREFIX) or src in vitok_v2.RELEASED:
+        short = vitok_v2.released_name(src)
+        # Converted from the Hub snapshot straight into DST, not through the load cache: --image-size and
+        # --name land in DST's config.json, and a 5B checkpoint is not written twice.
+        snapshot = vitok_v2.download_released(short, revision)
+        return vitok_v2.convert(snapshot, dst, image_size, name or vitok_v2.PREFIX + short)
+    raise ValueError(f"SRC {src} does not exist; pass a folder holding {vitok_v2.ENCODER_FILE} and "
+                     f"{vitok_v2.DECODER_FILE}, one .safetensors file holding both, or a released checkpoint's "
+                     f"name ({', '.join(vitok_v2.PREFIX + n for n in vitok_v2.RELEASED)})")
+
+
+# Source formats `vitok convert` reads: the first positional argument picks one.
+CONVERTERS = {"vitok-v2": _convert_vitok_v2}
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert another implementation's tokenizer weights into a vitok checkpoint folder; print what it holds."""
+    import math
+
+    from .arguments import check_out_folder
+    from .model.pretrained import CONFIG_FILE, WEIGHTS_FILE, inspect_checkpoint
+    from .model.variants import MAX_SIZES
+
+    # Checked before anything is read or downloaded.
+    if not 1 <= args.image_size <= MAX_SIZES["image_size"]:
+        raise ValueError(f"--image-size {args.image_size} is out of range; pass a value from 1 to "
+                         f"{MAX_SIZES['image_size']:,} (the nominal size recorded in config.json; any size runs)")
+    dst = check_out_folder(args.dst, flag="DST")
+    config = CONVERTERS[args.source](args.src, dst, args.image_size, args.name, args.revision)
+    # Counted from the written file's header, so the number printed is what DST holds.
+    _, shapes = inspect_checkpoint(dst)
+    params = sum(math.prod(shape) for shape in shapes.values())
+    c = config
+    print(f"wrote {dst / CONFIG_FILE} and {dst / WEIGHTS_FILE}: {c.name or 'unnamed'} ({c.architecture})")
+    print(f"  encoder  {c.encoder_width} wide x {c.encoder_depth} blocks, {c.encoder_heads} heads")
+    print(f"  decoder  {c.decoder_width} wide x {c.decoder_depth} blocks, {c.decoder_heads} heads")
+    print(f"  patch p={c.patch_size}  channels c={c.channels}  nominal image size {c.image_size}")
+    print(f"  parameters {params:,} ({params / 1e6:.1f}M)")
     return 0
 
 
@@ -338,13 +396,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     info = sub.add_parser("info", help="parameters, bottleneck size and GFLOPs of a variant",
-                          description="Without NAME, prints every variant the paper studies.")
-    info.add_argument("name", nargs="?", help='variant name such as "S-B/16" or "S-B/4x8"')
-    info.add_argument("--channels", type=int, default=16, help="latent channels c (default 16)")
+                          description="Without NAME, prints every variant the paper studies. A released v2 "
+                                      "checkpoint's name (vitok-v2/350M-f16x64, ...) describes its architecture "
+                                      "without downloading it.")
+    info.add_argument("name", nargs="?", help='variant name such as "S-B/16" or "S-B/4x8", or a released '
+                                              'checkpoint such as "vitok-v2/350M-f16x64"')
+    info.add_argument("--channels", type=int, default=None,
+                      help="latent channels c (default 16; a released checkpoint has its own)")
     info.add_argument("--image-size", type=int, default=None, help="H = W in pixels (default 256; 128 for video)")
     info.add_argument("--frames", type=int, default=None, help="frames T for video variants (default 16)")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(func=cmd_info)
+
+    cv = sub.add_parser("convert", help="convert another implementation's tokenizer weights into a vitok checkpoint",
+                        description="Writes DST (config.json + model.safetensors), loadable with "
+                                    "ViTok.from_pretrained(DST) and every command that takes a checkpoint. "
+                                    "vitok-v2: the ViTok authors' v2 tokenizers (github Na-VAE/vitok-release); "
+                                    "a released name is downloaded from the Hugging Face Hub (needs "
+                                    "huggingface_hub: pip install 'vitok[hub]'; HF_HUB_OFFLINE=1 uses its cache).")
+    cv.add_argument("source", choices=list(CONVERTERS), help="format of SRC: vitok-v2")
+    cv.add_argument("src", metavar="SRC",
+                    help="folder holding encoder.safetensors and decoder.safetensors, one .safetensors file "
+                         "holding both, or a released checkpoint such as vitok-v2/350M-f16x64")
+    cv.add_argument("dst", metavar="DST", help="checkpoint folder to write (created if needed)")
+    cv.add_argument("--image-size", type=int, default=256,
+                    help="nominal image size recorded in the config (default 256; any size runs)")
+    cv.add_argument("--name", default="", help="name recorded in the config (default: the release's name, if any)")
+    cv.add_argument("--revision", default=None,
+                    help="Hub branch, tag or commit of a released checkpoint (default main)")
+    cv.set_defaults(func=cmd_convert)
 
     rec = sub.add_parser("reconstruct", help="reconstruct images through a checkpoint and report PSNR/SSIM")
     rec.add_argument("checkpoint", help="folder written by ViTok.save_pretrained")

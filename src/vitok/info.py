@@ -28,6 +28,28 @@ def check_size(config: ViTokConfig) -> None:
                      f"{f' and {config.frames} frames' if config.is_video else ''})")
 
 
+def released_config(name: str, image_size: int | None = None, channels: int | None = None,
+                    frames: int | None = None) -> ViTokConfig:
+    """The architecture of a released v2 checkpoint ("vitok-v2/350M-f16x64"), from vitok_v2.RELEASED alone.
+
+    Nothing is downloaded: the table holds every size. Channels and frames are fixed by the
+    weights, so an option asking for others is refused rather than silently ignored.
+    """
+    from .model.vitok_v2 import PREFIX, RELEASED, released_name
+
+    release = RELEASED[released_name(name)]
+    if channels is not None and channels != release.channels:
+        others = [PREFIX + n for n, r in RELEASED.items() if r.channels == channels]
+        hint = f" or describe a release with {channels}: {', '.join(others)}" if others else ""
+        raise ValueError(f"{name} has c={release.channels} latent channels, fixed by its weights; drop --channels "
+                         f"{channels}{hint}")
+    if frames is not None and frames != 1:
+        raise ValueError(f"{name} is an image tokenizer; drop --frames {frames}")
+    config = release.config(256 if image_size is None else image_size)
+    config.name = PREFIX + released_name(name)
+    return config
+
+
 def count_flops(model: ViTok) -> tuple[int, int]:
     """FLOPs (2 per multiply-add) of encode and of decode for one sample at the nominal size.
 

@@ -66,14 +66,28 @@ class ViTok(nn.Module):
         return cls(config_from_name(name, **overrides))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: torch.device | str = "cpu") -> "ViTok":
-        """Load a folder written by save_pretrained (config.json + model.safetensors).
+    def from_pretrained(cls, path: str | Path, device: torch.device | str = "cpu", *,
+                        revision: str | None = None) -> "ViTok":
+        """Load a folder written by save_pretrained (config.json + model.safetensors), or a release by name.
+
+        A released v2 checkpoint ("vitok-v2/350M-f16x64"; model/vitok_v2.py's RELEASED) is downloaded
+        from the Hugging Face Hub (the huggingface_hub package; `revision` picks a branch, tag or
+        commit, default main) and converted once into a cached folder, which is then loaded like any
+        other folder; an existing folder of that name wins over the release.
 
         Everything that can disagree is checked, in order of cost, before a module is built:
         config.json (format, types and ranges, size limits), the weights' header (names, shapes,
         floating-point dtypes) against the config, then the tensor data (finite values).
         """
         device = _parse_device(device)
+        from . import vitok_v2
+
+        if isinstance(path, str) and path.startswith(vitok_v2.PREFIX) and not Path(path).exists():
+            path = vitok_v2.released_folder(path, revision)
+        elif revision is not None:
+            raise ValueError(f"revision={revision!r} picks a version of a released checkpoint "
+                             f"({vitok_v2.PREFIX}NAME), and {path} is a folder path, not such a name: "
+                             f"leave revision out")
         config_dict, shapes = inspect_checkpoint(path)
         config = _config_of_checkpoint(path, config_dict)
         _check_shapes(path, config, shapes)

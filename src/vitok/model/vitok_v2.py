@@ -201,16 +201,22 @@ def cache_root() -> Path:
     return Path(os.environ.get("VITOK_CACHE") or Path.home() / ".cache" / "vitok")
 
 
-def released_folder(name: str, revision: str | None = None, image_size: int = 256) -> Path:
-    """A vitok checkpoint folder for released checkpoint `name` ("vitok-v2/350M-f16x64" or "350M-f16x64").
-
-    Downloads the two files through huggingface_hub (its cache; HF_HUB_OFFLINE=1 uses only the
-    cache), converts them once per Hub commit into cache_root()/vitok-v2/NAME@COMMIT, and returns that.
-    """
+def released_name(name: str) -> str:
+    """The RELEASED key of `name` ("vitok-v2/350M-f16x64" or "350M-f16x64"); ValueError listing them if unknown."""
     short = name[len(PREFIX):] if name.startswith(PREFIX) else name
     if short not in RELEASED:
         raise ValueError(f"unknown released v2 checkpoint {name!r}; the released ones are "
                          f"{', '.join(PREFIX + n for n in RELEASED)}")
+    return short
+
+
+def download_released(name: str, revision: str | None = None) -> Path:
+    """The Hub snapshot folder holding the reference files of released checkpoint `name`.
+
+    Downloads through huggingface_hub into its own cache (HF_HUB_OFFLINE=1 uses only that cache);
+    the folder's name is the Hub commit (huggingface_hub's layout: .../snapshots/<commit>/<file>).
+    """
+    short = released_name(name)
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
@@ -222,22 +228,34 @@ def released_folder(name: str, revision: str | None = None, image_size: int = 25
     try:
         files = [Path(hf_hub_download(repo, f, revision=revision)) for f in (ENCODER_FILE, DECODER_FILE)]
     except Exception as err:  # network, authentication, offline cache miss: all end here, with the cause
-        raise ValueError(f"cannot fetch {repo} from the Hugging Face Hub ({type(err).__name__}: {err}); check the "
-                         f"network, or set HF_HUB_OFFLINE=1 to use a cached copy") from None
-    commit = files[0].parent.name  # hub cache layout: .../snapshots/<commit>/<file>
-    out = cache_root() / "vitok-v2" / f"{short}@{commit}"
+        from huggingface_hub import constants
+
+        fix = ("HF_HUB_OFFLINE is set and the Hugging Face cache lacks them: unset it to download, or point "
+               "HF_HUB_CACHE at the cache that holds them" if getattr(constants, "HF_HUB_OFFLINE", False)
+               else "check the network, or set HF_HUB_OFFLINE=1 to use a cached copy")
+        raise ValueError(f"cannot fetch {ENCODER_FILE} and {DECODER_FILE} of {repo} from the Hugging Face Hub "
+                         f"({type(err).__name__}: {err}); {fix}") from None
+    return files[0].parent
+
+
+def released_folder(name: str, revision: str | None = None, image_size: int = 256) -> Path:
+    """A vitok checkpoint folder for released checkpoint `name` ("vitok-v2/350M-f16x64" or "350M-f16x64").
+
+    Downloads the two files (download_released), converts them once per Hub commit (and nominal
+    image size) into cache_root()/vitok-v2/NAME@COMMIT, and returns that folder.
+    """
+    short = released_name(name)
+    snapshot = download_released(short, revision)
+    commit = snapshot.name
+    # The image size is part of config.json, so another size is another folder (256 keeps the plain name).
+    out = cache_root() / "vitok-v2" / (f"{short}@{commit}" + ("" if image_size == 256 else f"@{image_size}px"))
     if (out / "config.json").is_file():
         return out
     # Converted in a private folder, then renamed: a killed conversion never leaves a half folder
     # that a later load would take for a complete one.
     tmp = out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        state = {}
-        for f in files:
-            state.update(load_file(str(f)))
-        config = config_of_reference(state, image_size)
-        config.name = PREFIX + short
-        write_checkpoint(tmp, config.to_dict(), convert_state(state, config))
+        convert(snapshot, tmp, image_size, PREFIX + short)
         try:
             os.replace(tmp, out)
         except OSError:  # another process converted it first: theirs is as good
