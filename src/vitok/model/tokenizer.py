@@ -88,9 +88,7 @@ class ViTok(nn.Module):
             raise ValueError(f"revision={revision!r} picks a version of a released checkpoint "
                              f"({vitok_v2.PREFIX}NAME), and {path} is a folder path, not such a name: "
                              f"leave revision out")
-        config_dict, shapes = inspect_checkpoint(path)
-        config = _config_of_checkpoint(path, config_dict)
-        _check_shapes(path, config, shapes)
+        config = cls.read_config(path)
         state = load_weights(path)
         with torch.device("meta"):  # sizes now match the file on disk, so building is bounded by it
             model = cls(config)
@@ -98,6 +96,14 @@ class ViTok(nn.Module):
         model.load_state_dict(state)
         model._rope.clear()
         return model.eval()
+
+    @staticmethod
+    def read_config(path: str | Path) -> ViTokConfig:
+        """The config of a checkpoint folder, checked against its weights' header; no tensor data is read."""
+        config_dict, shapes = inspect_checkpoint(path)
+        config = _config_of_checkpoint(path, config_dict)
+        _check_shapes(path, config, shapes)
+        return config
 
     @staticmethod
     def state_shapes(config: ViTokConfig) -> dict[str, tuple[int, ...]]:

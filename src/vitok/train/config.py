@@ -15,11 +15,20 @@ from pathlib import Path
 
 import yaml
 
+if typing.TYPE_CHECKING:
+    from ..model import ViTokConfig
+
 
 @dataclass
 class ModelSection:
-    """The tokenizer: a named variant ("S-B/16", "S-B/4x8") plus optional explicit sizes."""
+    """The tokenizer: a named variant ("S-B/16", "S-B/4x8") plus optional explicit sizes, or an existing
+    tokenizer to fine-tune (init), whose own config then fixes the architecture and sizes."""
 
+    # "" = random init. Else a checkpoint folder (save_pretrained, `vitok convert`) or a released name
+    # ("vitok-v2/350M-f16x64"): its architecture, sizes and weights; image_size stays the training crop.
+    # The fields below that fix the model's shape (name, channels, frames, qk_norm, explicit sizes) must
+    # then be left at their defaults or agree with the checkpoint.
+    init: str = ""
     name: str = "S-B/16"
     channels: int = 16  # c: latent channels per token
     image_size: int = 256
@@ -327,8 +336,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         apply(config, data, str(path))
         if "name" not in data:
             config.name = path.stem
-    for text in overrides:
-        apply(config, parse_override(text), f"override {text!r}")
+    parsed = [(text, parse_override(text)) for text in overrides]
+    if path is not None and any("init" in (p.get("model") or {}) for _, p in parsed):
+        # model.init on the command line takes the architecture from that checkpoint: the file's model
+        # shape (written for a random init, e.g. the demo's T-T/8) gives way, unless an override sets it.
+        for key in INIT_FIXED:
+            setattr(config.model, key, getattr(ModelSection(), key))
+    for text, parsed_override in parsed:
+        apply(config, parsed_override, f"override {text!r}")
     validate(config)
     return config
 
@@ -364,8 +379,9 @@ FIXED_ON_RESUME = ("model.name", "model.channels", "model.image_size", "model.fr
 FIXED_IN_STAGE2 = ("loss.disc_channels", "loss.disc_max_channels", "loss.disc_video")
 MAY_CHANGE_ON_RESUME = ("the loss weights and loss settings other than the discriminator's, optim.* (lr, betas, "
                         "warm-up, ...), train.stage1_steps/stage2_steps, the eval, log, image and checkpoint "
-                        "intervals, keep_last, time_limit_minutes, guard.*, data.*, and model.grad_checkpointing/"
-                        "compile/residual_dtype")
+                        "intervals, keep_last, time_limit_minutes, guard.*, data.*, model.grad_checkpointing/"
+                        "compile/residual_dtype, and model.init as long as it describes the same model (a "
+                        "resumed run reads only its architecture and sizes)")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -397,20 +413,102 @@ def check_resume_compatible(config: TrainConfig, stored: dict | None, stage: int
         raise ValueError(f"--resume: the config differs from checkpoint {checkpoint} in fields that cannot change "
                          f"on resume ({details}); drop those overrides (or pass {restore}), or start a new run "
                          f"to change them. What may change on resume: {MAY_CHANGE_ON_RESUME}")
+    if config.model.init or before.get("model.init"):
+        _check_resume_model(config, Path(checkpoint), before.get("model.init", ""))
     if stage == 2 and config.train.stage2_steps == 0:
         raise ValueError(f"--resume: checkpoint {checkpoint} is in stage 2 (it holds a discriminator) but "
                          f"train.stage2_steps is 0 now; keep train.stage2_steps > 0 (it was "
                          f"{before.get('train.stage2_steps')})")
 
 
+def _check_resume_model(config: TrainConfig, checkpoint: Path, stored_init: str) -> None:
+    """With model.init, the model's shape comes from that folder, not from the config's own fields: on resume
+    it must still describe the weights in the run's checkpoint (the folder may have moved or changed)."""
+    from ..model import ViTok
+
+    folder = checkpoint / "model"
+    if not (folder / "config.json").is_file():
+        return  # no exported model to compare with: loading the weights checks their shapes
+    saved = ViTok.read_config(folder)
+    differ = model_differences(saved, resolve_model_config(config))
+    if differ:
+        was = f"{stored_init!r}" if stored_init else "'' (random init)"
+        raise ValueError(f"--resume: with model.init {config.model.init!r} (it was {was} when the run started) "
+                         f"the config describes another model than checkpoint {checkpoint} holds "
+                         f"({'; '.join(differ)}); pass model.init={folder} (the run's own model: on resume only "
+                         f"its architecture and sizes are read, the weights come from the checkpoint)")
+
+
 def _yaml_scalar(value) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def validate(config: TrainConfig, world: int = 1) -> None:
-    """Reject impossible configurations before any work, with the fix in the message."""
+# ModelSection fields that fix the model's shape; with model.init its checkpoint's config sets them.
+INIT_FIXED = ("name", "channels", "frames", "qk_norm", "encoder_width", "encoder_depth", "encoder_heads",
+              "decoder_width", "decoder_depth", "decoder_heads", "patch_size", "temporal_patch")
+
+
+def init_model_config(init: str) -> ViTokConfig:
+    """The ViTokConfig of model.init, read without loading weights: config.json and the weights' header of a
+    checkpoint folder (checked against each other), or the table of released v2 checkpoints."""
+    from ..model import ViTok, vitok_v2
+
+    released = ", ".join(vitok_v2.PREFIX + n for n in vitok_v2.RELEASED)
+    # A local folder of that name wins: ViTok.from_pretrained is given the same string and resolves it alike.
+    if init.startswith(vitok_v2.PREFIX) and not Path(init).exists():
+        entry = vitok_v2.RELEASED.get(init[len(vitok_v2.PREFIX):])
+        if entry is None:
+            raise ValueError(f"model.init {init!r} is not a released checkpoint; the released ones are {released}")
+        config = entry.config()
+        config.name = init  # the name released_folder gives the converted checkpoint
+        return config
+    try:
+        config = ViTok.read_config(init)
+    except ValueError as err:
+        raise ValueError(f"model.init: {err}. model.init takes a tokenizer folder written by save_pretrained, "
+                         f"`vitok train` (RUN/model) or `vitok convert`, or a released name ({released})") from None
+    return config
+
+
+def resolve_model_config(config: TrainConfig) -> ViTokConfig:
+    """The ViTokConfig a run trains: model.name with the explicit sizes, or, with model.init, that checkpoint's
+    config with image_size set to model.image_size (the training crop). Model fields that contradict the
+    checkpoint are refused; a field equal to its default counts as unset."""
     from ..model import config_from_name
 
+    m = config.model
+    if not m.init:
+        try:
+            return config_from_name(m.name, **config.model_overrides())
+        except ValueError as err:
+            raise ValueError(f"model section: {err}") from None
+    base, defaults = init_model_config(m.init), ModelSection()
+    conflicts = [key for key in INIT_FIXED if getattr(m, key) != getattr(defaults, key)
+                 and getattr(m, key) != getattr(base, key)]
+    if conflicts:
+        details = "; ".join(f"model.{k} is {getattr(m, k)!r} here but {getattr(base, k)!r} there" for k in conflicts)
+        unset = " ".join(f"model.{k}={_yaml_scalar(getattr(defaults, k))}" for k in conflicts)
+        demo = (". The config file's model fields give way when model.init is an override on the command "
+                "line; here model.init comes from the file, so its model fields must agree" if "name" in conflicts
+                else "")
+        raise ValueError(f"model.init {m.init} fixes the model's architecture and sizes, and the model section "
+                         f"contradicts that checkpoint: {details}. Drop those settings, or set them to the "
+                         f"checkpoint's values or to their defaults ({unset}), which take the checkpoint's "
+                         f"values{demo}")
+    try:
+        return dataclasses.replace(base, image_size=m.image_size)
+    except ValueError as err:
+        raise ValueError(f"model.image_size {m.image_size} with model.init {m.init}: {err}") from None
+
+
+def model_differences(a: ViTokConfig, b: ViTokConfig, ignore: tuple[str, ...] = ("name",)) -> list[str]:
+    """"field: A vs B" for every ViTokConfig field (but `ignore`) where two configs disagree."""
+    return [f"{f.name}: {getattr(a, f.name)!r} vs {getattr(b, f.name)!r}" for f in dataclasses.fields(a)
+            if f.name not in ignore and getattr(a, f.name) != getattr(b, f.name)]
+
+
+def validate(config: TrainConfig, world: int = 1) -> None:
+    """Reject impossible configurations before any work, with the fix in the message."""
     flat = {f"{s}.{k}": v for s in SECTIONS for k, v in dataclasses.asdict(getattr(config, s)).items()}
     # Before any range check: a config built in Python (not through _coerce) may hold NaN or inf.
     for key, value in flat.items():
@@ -419,10 +517,7 @@ def validate(config: TrainConfig, world: int = 1) -> None:
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             raise ValueError(f"{key} is {flat[key]!r}; choose one of {', '.join(allowed)}")
-    try:
-        model_config = config_from_name(config.model.name, **config.model_overrides())
-    except ValueError as err:
-        raise ValueError(f"model section: {err}") from None
+    model_config = resolve_model_config(config)
     t, d, o, lo = config.train, config.data, config.optim, config.loss
     positive = {"train.batch_size": t.batch_size, "train.log_every": t.log_every,
                 "train.checkpoint_every": t.checkpoint_every, "train.image_every": t.image_every,
@@ -447,6 +542,11 @@ def validate(config: TrainConfig, world: int = 1) -> None:
             raise ValueError(f"{key} must be >= 0, got {value}")
     if t.stage1_steps + t.stage2_steps == 0:
         raise ValueError("train.stage1_steps and train.stage2_steps are both 0; nothing to train")
+    if model_config.is_v2 and t.stage1_steps > 0 and lo.kl_weight > 0:
+        raise ValueError(f"model.init {config.model.init} has a deterministic latent (architecture 'vitok-v2', a "
+                         f"LayerNorm bottleneck): there is no KL term for loss.kl_weight={lo.kl_weight} to weigh in "
+                         f"stage 1; set loss.kl_weight=0 to fine-tune encoder and decoder, or train.stage1_steps=0 "
+                         f"to fine-tune the decoder alone")
     if not 0.0 < d.min_scale <= 1.0:
         raise ValueError(f"data.min_scale must be in (0, 1], got {d.min_scale}")
     for key in ("lpips_fraction", "disc_fraction"):

@@ -53,10 +53,16 @@ class Guard:
 
     # ---- recording ----------------------------------------------------------------------------
 
-    def set_reference(self, step: int, metrics: dict) -> None:
-        """The end-of-stage-1 evaluation every stage-2 evaluation is compared with."""
-        self.state.reference = {"step": step, "metrics": dict(metrics)}
+    def set_reference(self, step: int, metrics: dict, label: str = "the end of stage 1") -> None:
+        """The evaluation every stage-2 evaluation is compared with: the end of stage 1, or the initial
+        model of a run without stage 1 (label names it in every message)."""
+        self.state.reference = {"step": step, "metrics": dict(metrics), "label": label}
         self.record(step, 1, metrics)
+
+    @property
+    def reference_label(self) -> str:
+        """What the reference is, for messages ("the end of stage 1", "the initial model")."""
+        return (self.state.reference or {}).get("label", "the end of stage 1")
 
     def record(self, step: int, stage: int, metrics: dict) -> None:
         """Keep an evaluation as a selection candidate (its step must have a checkpoint)."""
@@ -78,7 +84,7 @@ class Guard:
         if math.isfinite(psnr) and drop <= self.config.margin_db:
             return None, None
         c, s = self.config, self.state
-        what = (f"held-out PSNR {psnr:.2f} dB at step {step} is {drop:.2f} dB below the end of stage 1 "
+        what = (f"held-out PSNR {psnr:.2f} dB at step {step} is {drop:.2f} dB below {self.reference_label} "
                 f"({ref:.2f} dB), beyond guard.margin_db={c.margin_db}")
         decision = None
         if final:
@@ -123,13 +129,13 @@ class Guard:
         candidates = [e for e in evals if e["step"] >= start and e["metrics"]["psnr"] >= floor]
         if not candidates:  # the reference's own checkpoint was pruned or never written
             best = max(evals, key=lambda e: (e["metrics"]["psnr"], e["step"]))
-            return _choice(best, "psnr", f"no checkpoint within guard.margin_db={self.config.margin_db} of the "
-                                         f"end of stage 1 ({ref:.2f} dB) remains: highest held-out PSNR")
+            return _choice(best, "psnr", f"no checkpoint within guard.margin_db={self.config.margin_db} of "
+                                         f"{self.reference_label} ({ref:.2f} dB) remains: highest held-out PSNR")
         metric = self.config.select
         # A sharpness ratio of 0 (a flat reconstruction) has no log: it cannot be the closest to 1.
         scored = [e for e in candidates if _finite(e["metrics"].get(metric))
                   and (metric != "sharpness" or e["metrics"][metric] > 0)]
-        within = f"within {self.config.margin_db} dB of the end of stage 1 ({ref:.2f} dB)"
+        within = f"within {self.config.margin_db} dB of {self.reference_label} ({ref:.2f} dB)"
         if metric == "psnr" or not scored:
             best = max(candidates, key=lambda e: (e["metrics"]["psnr"], e["step"]))
             reason = f"highest held-out PSNR {within}"

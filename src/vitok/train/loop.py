@@ -25,11 +25,12 @@ from ..data.datasets import to_model_range
 from ..data.training import make_train_loader
 from ..losses import (Discriminator, LeCam, discriminator_loss, generator_loss, kl_loss, load_perceptual_loss,
                       r1_penalty, reconstruction_loss)
-from ..model import ViTok, config_from_name
+from ..model import ViTok
 from ..model.pretrained import write_checkpoint
 from . import checkpoint as ckpt
 from . import parallel
-from .config import TrainConfig, check_data_paths, check_resume_compatible, validate
+from .config import (TrainConfig, check_data_paths, check_resume_compatible, model_differences,
+                     resolve_model_config, validate)
 from .distributed import Dist, all_reduce_mean, average_gradients, barrier, broadcast_object, out_of_time
 from .guard import Guard
 from .optim import EMA, build_adamw, warmup_constant, warmup_cosine
@@ -86,7 +87,8 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(t.seed)  # same initial weights on every rank
 
-        self.model_config = config_from_name(config.model.name, **config.model_overrides())
+        # From model.name and the explicit sizes, or from model.init's checkpoint (weights: load_init).
+        self.model_config = resolve_model_config(config)
         self.model = ViTok(self.model_config).to(self.device)
         self.model.amp_dtype = torch.bfloat16 if self.amp else None
         self.model.residual_dtype = getattr(torch, config.model.residual_dtype)
@@ -139,6 +141,19 @@ class Trainer:
                                 scale=(config.data.min_scale, 1.0), ratio=(3 / 4, 4 / 3),
                                 holdout=0 if config.data.val_source else config.data.holdout,
                                 pin_memory=self.device.type == "cuda")
+
+    def load_init(self) -> None:
+        """A fresh run's starting weights from model.init (a resumed run reads its own checkpoint instead)."""
+        init = self.config.model.init
+        source = ViTok.from_pretrained(init)
+        # The folder was read at validation; a change since (or another resolution of a released name)
+        # would load weights of a shape the run was not checked for.
+        differ = model_differences(source.config, self.model_config, ignore=("name", "image_size"))
+        if differ:
+            raise ValueError(f"model.init {init} now holds another model than when the config was checked "
+                             f"({'; '.join(differ)}); start the run again")
+        parallel.load_model_state(self.model, source.state_dict())
+        del source
 
     # ---- stages -------------------------------------------------------------------------------
 
@@ -213,10 +228,13 @@ class Trainer:
     def train_step(self, x: torch.Tensor, step: int, weight: float) -> dict[str, torch.Tensor]:
         """One optimizer step on a batch (weight 0 for a stand-in batch); returns loss terms on the device."""
         c = self.config.loss
-        x_hat, posterior = self.ddp_model(x, noise=self.step_noise(step, x.shape[0]), check=False)
+        # A deterministic latent (v2) draws no noise.
+        noise = None if self.model_config.is_v2 else self.step_noise(step, x.shape[0])
+        x_hat, posterior = self.ddp_model(x, noise=noise, check=False)
         terms = {"rec": reconstruction_loss(x_hat, x, c.reconstruction)}
         loss = c.reconstruction_weight * terms["rec"]
-        if self.stage == 1:
+        # A deterministic latent has no KL (validate refuses loss.kl_weight > 0 for it in stage 1).
+        if self.stage == 1 and not posterior.deterministic:
             terms["kl"] = kl_loss(posterior)
             loss = loss + c.kl_weight * terms["kl"]
         if self.perceptual is not None:
@@ -342,6 +360,8 @@ class Trainer:
         if resume_from is not None:
             self.load(resume_from)
         else:
+            if c.model.init:
+                self.load_init()
             self.enter_stage(1 if t.stage1_steps > 0 else 2)
         loader, heldout, data_info = make_train_loader(**self.loader_args, start_step=self.progress.step)
         if c.data.val_source:
@@ -360,6 +380,13 @@ class Trainer:
         sums = self.live_sums
         self.bad_in_row = torch.tensor(float(self.progress.bad_in_row), device=self.device)
         self.bad_total = torch.tensor(float(self.progress.bad_total), device=self.device)
+        if self.stage == 2 and self.progress.step == t.stage1_steps and self.guard.state.reference is None:
+            # A run that starts in stage 2 (train.stage1_steps=0, e.g. decoder fine-tuning from model.init):
+            # the initial model is the guard's reference, saved so that the selection can export it.
+            # (The condition is the same on every rank: save is a collective when the model is sharded.)
+            self.guard_evaluation(self.progress.step, True, logger)
+            if self.heldout is not None:
+                self.save()
         window_start, window_images = time.perf_counter(), 0
         last_good: torch.Tensor | None = None
         new_skips: list[dict] = []  # this rank's unreadable files since the last log step
@@ -513,7 +540,8 @@ class Trainer:
         if "psnr" not in metrics:
             return None
         if boundary:
-            self.guard.set_reference(step, metrics)
+            label = "the end of stage 1" if self.config.train.stage1_steps > 0 else "the initial model"
+            self.guard.set_reference(step, metrics, label)
             return None
         if self.stage == 1:
             self.guard.record(step, 1, metrics)

@@ -219,11 +219,12 @@ def heldout_plot(state, margin_db: float, path: Path) -> None:
             ax.axvline(ref["step"], color="grey", ls="--", lw=0.8)
             if key == "psnr" and "psnr" in ref["metrics"]:
                 ax.axhline(ref["metrics"]["psnr"] - margin_db, color="tab:red", ls=":", lw=1.0,
-                           label=f"guard floor (end of stage 1 - {margin_db} dB)")
+                           label=f"guard floor ({ref.get('label', 'end of stage 1')} - {margin_db} dB)")
                 for event in state.events:
                     ax.plot(event["step"], event["psnr"], "x", color="tab:red")
                 ax.legend(fontsize=7, loc="lower left")
-    axes[0, 0].set_title("held-out metrics (dashed: end of stage 1)", fontsize=9)
+    reference = (ref or {}).get("label", "the end of stage 1")
+    axes[0, 0].set_title(f"held-out metrics (dashed: {reference})", fontsize=9)
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -235,10 +236,16 @@ def loss_terms(trainer) -> dict[str, str]:
     c = trainer.config.loss
     stage2 = trainer.config.train.stage2_steps > 0
     t = trainer.config.train
+    if trainer.model_config.is_v2:
+        kl = ("inactive: the latent is deterministic (architecture 'vitok-v2', a LayerNorm bottleneck), so there "
+              "is no KL term")
+    elif t.stage1_steps > 0:
+        kl = f"active in stage 1: beta {c.kl_weight} (mean per latent element)"
+    else:
+        kl = "inactive: train.stage1_steps = 0 (the encoder is frozen in stage 2)"
     terms = {
         "reconstruction": f"active: {c.reconstruction} x {c.reconstruction_weight}",
-        "kl": (f"active in stage 1: beta {c.kl_weight} (mean per latent element)" if t.stage1_steps > 0
-               else "inactive: train.stage1_steps = 0 (the encoder is frozen in stage 2)"),
+        "kl": kl,
         "lpips": (f"active: eta {c.lpips_weight}" if trainer.perceptual is not None
                   else f"inactive: {trainer.perceptual_reason}"),
         "gan": (f"active in stage 2: {c.gan_loss}, lambda {c.gan_weight} (ramped in over {c.gan_warmup_steps} "
@@ -256,11 +263,14 @@ def stage2_summary(trainer) -> dict | None:
     if trainer.config.train.stage2_steps == 0:
         return None
     g, state = trainer.config.guard, trainer.guard.state
-    rule = (f"breach: held-out PSNR more than {g.margin_db} dB below the end of stage 1; action {g.action}"
+    # Without stage 1 the reference is the starting model (model.init's weights, or the random init).
+    start = "the end of stage 1" if trainer.config.train.stage1_steps > 0 else "the initial model (no stage 1)"
+    rule = (f"breach: held-out PSNR more than {g.margin_db} dB below {start}; action {g.action}"
             + (f" (x{g.backoff_factor} on lambda and the stage-2 lr, at most {g.max_backoffs} times, then stop)"
                if g.action == "backoff" else ""))
-    return {"guard_rule": rule if state.reference is not None else
-            "inactive: no held-out PSNR at the end of stage 1 (no held-out set, or stage 1 not trained here)",
+    inactive = (f"inactive: no held-out PSNR of {start} (no held-out set"
+                + (", or stage 1 not trained here)" if trainer.config.train.stage1_steps > 0 else ")"))
+    return {"guard_rule": rule if state.reference is not None else inactive, "reference_is": start,
             "reference": state.reference, "evaluations": sorted(state.evaluations, key=lambda e: e["step"]),
             "guard_events": state.events, "gan_scale": state.gan_scale, "lr_scale": state.lr_scale}
 
@@ -272,9 +282,13 @@ def write_run_report(trainer, exported_eval: dict, data_info: dict, selection: d
     config, run_dir = trainer.config, trainer.run_dir
     throughput = [r["images_per_second"] for r in trainer.history if r.get("images_per_second")]
     params = trainer.model.num_params()
+    init = config.model.init
     document = {
         "run": str(run_dir),
-        "model": config.model.name,
+        # With model.init, model.name is not what was trained: the checkpoint's own name (or path) is.
+        "model": (trainer.model_config.name or init) if init else config.model.name,
+        "init": init or None,
+        "architecture": trainer.model_config.architecture,
         "parameters": params,
         "tokens": trainer.model_config.num_tokens,
         "channels": trainer.model_config.channels,
@@ -312,6 +326,8 @@ def _markdown(doc: dict) -> str:
 
     lines = [f"# Training report: {doc['model']}", "",
              f"- run folder: `{doc['run']}`; tokenizer: `{doc['model_folder']}`",
+             f"- initialised from: `{doc['init']}`" if doc.get("init") else "- initialised at random",
+             f"- architecture: {doc.get('architecture', 'vitok')}",
              f"- steps: {doc['steps']} (stage 1: {doc['stage1_steps']}, stage 2: {doc['stage2_steps']}), "
              f"global batch {doc['global_batch']}, {doc['world_size']} process(es) on {doc['device']}, "
              f"{doc['precision']}",
@@ -348,6 +364,8 @@ def _markdown(doc: dict) -> str:
 def _stage2_markdown(stage2: dict) -> list[str]:
     """The guard's rule, its breaches and the held-out metrics from the end of stage 1 on."""
     lines = ["", "## Stage 2 and the guard", "", f"- rule: {stage2['guard_rule']}"]
+    if stage2.get("reference_is"):
+        lines.append(f"- reference: {stage2['reference_is']}")
     lines += [f"- step {e['step']}: PSNR {e['psnr']:.2f} dB, {e['drop_db']:.2f} dB below the reference; "
               f"{e['action']}" for e in stage2["guard_events"]] or ["- no breach"]
     ref = stage2["reference"]
