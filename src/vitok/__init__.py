@@ -1,7 +1,7 @@
 """vitok: Transformer visual tokenizers (ViTok) for images and video."""
 
-from .model import PAPER_VARIANTS, DiagonalGaussian, ViTok, ViTokConfig
+from .model import PAPER_VARIANTS, DeterministicLatent, DiagonalGaussian, ViTok, ViTokConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["DiagonalGaussian", "PAPER_VARIANTS", "ViTok", "ViTokConfig", "__version__"]
+__all__ = ["DeterministicLatent", "DiagonalGaussian", "PAPER_VARIANTS", "ViTok", "ViTokConfig", "__version__"]
