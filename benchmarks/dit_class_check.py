@@ -26,7 +26,7 @@ import torch
 from vitok.generate.diffusion import GaussianDiffusion
 from vitok.generate.latents import LatentStore
 from vitok.generate.sample import sample_latents
-from vitok.generate.train import load_dit, run_model_folder
+from vitok.generate.folders import load_dit, run_model_folder
 
 
 def split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

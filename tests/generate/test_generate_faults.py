@@ -16,7 +16,8 @@ from vitok.data.images import bundled_photos, load_image
 from vitok.generate.diffusion import GaussianDiffusion
 from vitok.generate.dit import DiTConfig
 from vitok.generate.latents import LatentStore, encode_folder, shard_problem
-from vitok.generate.train import DiTTrainConfig, load_dit, load_run_config, parse_overrides
+from vitok.generate.folders import load_dit
+from vitok.generate.train import DiTTrainConfig, load_run_config, parse_overrides
 from vitok.model import ViTok, ViTokConfig
 
 TINY_DIT = ["width=32", "depth=1", "heads=2", "batch_size=4", "log_every=1", "checkpoint_every=2",

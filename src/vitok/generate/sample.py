@@ -13,6 +13,7 @@ from ..arguments import check_device, check_out_folder
 from .checks import check_sampling_args, check_steps_within
 from .diffusion import GaussianDiffusion
 from .dit import DiT
+from .folders import load_dit, run_model_folder
 from .latents import denormalise
 
 
@@ -71,7 +72,6 @@ def generate(run: str | Path, num: int, cfg: float = 1.5, steps: int = 250, meth
     """(uint8 images N×3×H×W or clips N×3×T×H×W, labels N) from a run's EMA DiT; labels cycle over classes
     unless class_id."""
     from ..model import ViTok
-    from .train import load_dit, run_model_folder
 
     check_sampling_args(num, cfg, steps, eta, batch_size)
     check_device(device)
