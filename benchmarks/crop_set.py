@@ -17,6 +17,10 @@ resized to size x size with Lanczos filtering and written as JPEG quality 95 to
 OUT_DIR/<class>/<stem>-<k>.jpg. Photos are decoded with their EXIF orientation applied and
 converted to RGB.
 
+With `--class-by photo` every photo is its own class instead (named by its file stem): a set
+for class-conditional generation where a class is one scene; cut the held-out set from the same
+photos with another --seed.
+
 The crops of a photo depend only on --seed and the photo's path below SRC_DIR, never on
 --workers or the order photos are processed in. Photos Pillow cannot read are skipped and
 named in the summary.
@@ -103,19 +107,22 @@ def crop_one(job: Job) -> tuple[Job, str | None]:
 
 
 def plan(src: Path, out: Path, per_image: int, size: int, min_scale: float, seed: int,
-         default_class: str | None) -> list[Job]:
+         default_class: str | None, class_by: str = "collection") -> list[Job]:
     """Check the arguments and every file name before any crop is written."""
     if per_image < 1 or size < 1:
         raise ValueError(f"--per-image and --size must be at least 1, got {per_image} and {size}")
     if not 0 < min_scale <= 1:
         raise ValueError(f"--min-scale must be in (0, 1], got {min_scale}")
+    if class_by not in ("collection", "photo"):
+        raise ValueError(f"--class-by must be collection or photo, got {class_by!r}")
     sources = list_images(src)
     if not sources:
         raise ValueError(f"{src} holds no images Pillow can read (.jpg, .png, ...)")
     jobs, outputs = [], {}
     for path in sources:
         key = path.relative_to(src).as_posix()
-        job = Job(path, key, class_of(path.name, default_class), out, per_image, size, min_scale, seed)
+        label = path.stem if class_by == "photo" else class_of(path.name, default_class)
+        job = Job(path, key, label, out, per_image, size, min_scale, seed)
         # Crops are named by stem, so two photos with one stem in one class would overwrite each other.
         target = (job.label, path.stem)
         if target in outputs:
@@ -127,10 +134,11 @@ def plan(src: Path, out: Path, per_image: int, size: int, min_scale: float, seed
 
 
 def build_set(src: str | Path, out: str | Path, per_image: int = 64, size: int = 128, min_scale: float = 0.1,
-              seed: int = 0, workers: int | None = None, default_class: str | None = None) -> dict:
+              seed: int = 0, workers: int | None = None, default_class: str | None = None,
+              class_by: str = "collection") -> dict:
     """Crop every photo of src into out/<class>/; returns {"classes": {class: crops}, "photos", "skipped"}."""
     src, out = Path(src), Path(out)
-    jobs = plan(src, out, per_image, size, min_scale, seed, default_class)
+    jobs = plan(src, out, per_image, size, min_scale, seed, default_class, class_by)
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
@@ -162,9 +170,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all CPUs)")
     parser.add_argument("--default-class", default=None, help="class of photos whose name has no '--'")
+    parser.add_argument("--class-by", choices=("collection", "photo"), default="collection",
+                        help="a class per source collection (the name before '--'), or per photo")
     args = parser.parse_args(argv)
     summary = build_set(args.src, args.out, args.per_image, args.size, args.min_scale, args.seed, args.workers,
-                        args.default_class)
+                        args.default_class, args.class_by)
     for label, count in summary["classes"].items():
         print(f"{label}: {count} crops from {summary['photos'][label]} photo(s)")
     print(f"{sum(summary['classes'].values())} crops in {len(summary['classes'])} classes under {args.out}")

@@ -67,3 +67,10 @@ def test_name_without_class_needs_a_default(photos, tmp_path):
     assert not (tmp_path / "out").exists()  # names are checked before anything is written
     summary = crop_set.main([str(photos), str(tmp_path / "out"), *ARGS, "--workers", "1", "--default-class", "misc"])
     assert summary["classes"]["misc"] == 3 and len(list((tmp_path / "out" / "misc").glob("plain-*.jpg"))) == 3
+
+
+def test_class_by_photo_gives_every_photo_its_own_class(photos, tmp_path):
+    crop_set = load_script()
+    summary = crop_set.main([str(photos), str(tmp_path / "out"), *ARGS, "--workers", "1", "--class-by", "photo"])
+    assert summary["classes"] == {"mate-backgrounds--Dune": 3, "mate-backgrounds--Sea": 3, "unsplash--cat--1": 3}
+    assert (tmp_path / "out" / "mate-backgrounds--Sea" / "mate-backgrounds--Sea-2.jpg").is_file()
