@@ -27,6 +27,11 @@ and their reconstructions (fake):
    distance per direction (projections in float64). Reported × 1e3 as in the paper;
    ``swd`` = mean over levels.
 
+Unpaired sets (:func:`set_swd`, e.g. generated samples against real images): the same steps
+with each set's descriptors sampled on its own (positions keyed by each image's own key), and
+per level the k descriptors of smallest priority of each set, k the smaller set's count (capped
+at ``max_patches``): sorted projections need equal sizes.
+
 Streaming: :class:`PatchSWD` keeps per level at most ``max_patches`` descriptors per
 set, those of smallest priority (bottom-k sampling). A union followed by "keep the k
 smallest" is associative and commutative, so batches, sample order and torchrun ranks
@@ -48,7 +53,7 @@ from torch import Tensor
 from .image import _check_pair, to_uint8
 from .structure import _frames
 
-__all__ = ["PatchSWD", "laplacian_pyramid", "level_shapes", "random_directions", "sliced_wasserstein"]
+__all__ = ["PatchSWD", "laplacian_pyramid", "level_shapes", "random_directions", "set_swd", "sliced_wasserstein"]
 
 _NHOOD = 7
 _RADIUS = _NHOOD // 2
@@ -347,3 +352,63 @@ class PatchSWD:
             dist = sliced_wasserstein(_normalise(real), _normalise(fake), dirs)
             levels[str(min(shape))] = float(dist) * _SCALE
         return {"levels": levels, "swd": sum(levels.values()) / len(levels)}
+
+
+def _set_descriptors(images: Tensor, keys: list[str], shapes: list[tuple[int, int]], patches_per_image: int,
+                     max_patches: int, batch: int = 64) -> list[tuple[Tensor, Tensor]]:
+    """Per level (priority, descriptors) of uint8 images N×3×H×W, at most max_patches each, smallest priority."""
+    levels: list[tuple[Tensor, Tensor]] = []
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch].to(torch.float32)
+        pyramid = laplacian_pyramid(chunk, len(shapes))
+        for level, (lap, shape) in enumerate(zip(pyramid, shapes)):
+            picks = torch.stack([_sample_positions(keys[start + i], 0, level, shape, patches_per_image)
+                                 for i in range(len(chunk))]).to(chunk.device)
+            rows, cols, prio = picks.unbind(dim=2)
+            prio, desc = prio.reshape(-1), _extract(lap, rows, cols)
+            if level < len(levels):
+                prio, desc = torch.cat([levels[level][0], prio]), torch.cat([levels[level][1], desc])
+            order = torch.sort(prio, stable=True).indices[:max_patches]
+            entry = (prio[order], desc[order])
+            if level < len(levels):
+                levels[level] = entry
+            else:
+                levels.append(entry)
+    return levels
+
+
+@torch.no_grad()
+def set_swd(real: Tensor, fake: Tensor, real_keys: list[str] | None = None, fake_keys: list[str] | None = None,
+            patches_per_image: int = 128, max_patches: int = 65536, directions: int = 512, seed: int = 0,
+            min_size: int = 16) -> dict:
+    """SWD × 1e3 between two unpaired sets of uint8 images N×3×H×W and M×3×H×W (same H, W).
+
+    The protocol of :class:`PatchSWD` with each set sampled on its own; keys (default: a hash of each
+    image's bytes, so the result does not depend on order) seed every image's patch positions.
+    Returns {"levels": {"<smaller side px>": SWD, ...}, "swd": mean over levels, "patches": per level}.
+    """
+    for name, t in (("real", real), ("fake", fake)):
+        if t.dtype != torch.uint8 or t.dim() != 4 or t.shape[1] != _CHANNELS or len(t) == 0:
+            raise ValueError(f"set_swd takes non-empty uint8 image sets N×3×H×W; {name} is {t.dtype} "
+                             f"{tuple(t.shape)}")
+    if real.shape[-2:] != fake.shape[-2:]:
+        raise ValueError(f"both sets must have one image size, got {tuple(real.shape[-2:])} and "
+                         f"{tuple(fake.shape[-2:])}; resize one set first")
+    real_keys = real_keys or image_keys(real)
+    fake_keys = fake_keys or image_keys(fake)
+    shapes = level_shapes(*real.shape[-2:], min_size)
+    a = _set_descriptors(real, real_keys, shapes, patches_per_image, max_patches)
+    b = _set_descriptors(fake, fake_keys, shapes, patches_per_image, max_patches)
+    dirs = random_directions(_DIM, directions, seed)
+    levels, counts = {}, {}
+    for (_, da), (_, db), shape in zip(a, b, shapes):
+        k = min(len(da), len(db))
+        levels[str(min(shape))] = float(sliced_wasserstein(_normalise(da[:k]), _normalise(db[:k]), dirs)) * _SCALE
+        counts[str(min(shape))] = k
+    return {"levels": levels, "swd": sum(levels.values()) / len(levels), "patches": counts}
+
+
+def image_keys(images: Tensor) -> list[str]:
+    """A content key per uint8 image: a hash of its bytes (the same image gets the same patches)."""
+    data = images.contiguous().cpu().numpy()
+    return [hashlib.blake2b(x.tobytes(), digest_size=16).hexdigest() for x in data]

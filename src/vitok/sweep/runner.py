@@ -39,6 +39,8 @@ class SweepOutcome:
     started: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # point -> reason
+    generated: list[str] = field(default_factory=list)  # points whose generation phase finished in this call
+    generation_failed: dict[str, str] = field(default_factory=dict)
 
 
 def run_sweep(spec: SweepSpec, gpus: int = 1, log: Callable[[str], None] = print) -> SweepOutcome:
@@ -68,7 +70,40 @@ def run_sweep(spec: SweepSpec, gpus: int = 1, log: Callable[[str], None] = print
         _run_here(spec, todo, configs, outcome, log)
     else:
         _run_processes(spec, todo, configs, gpus, outcome, log)
+    if spec.generation is not None:
+        _run_generation(spec, points, outcome, log)
     return outcome
+
+
+def _run_generation(spec: SweepSpec, points: list[Point], outcome: SweepOutcome, log: Callable[[str], None]) -> None:
+    """The generation phase of every point whose tokenizer has finished, one after another in this process."""
+    from .generation import (GENERATION_ERROR_FILE, check_generation_unchanged, ensure_classifier,
+                             generation_finished, run_generation)
+
+    ready = [p for p in points if read_state(spec.point_dir(p)).finished]
+    for point in ready:
+        check_generation_unchanged(spec.generation, spec.point_dir(point), point.name)
+    waiting = [p.name for p in points if p not in ready]
+    todo = [p for p in ready if not generation_finished(spec.point_dir(p))]
+    log(f"generation: {len(ready) - len(todo)} of {len(points)} points done, {len(todo)} to run"
+        + (f"; waiting for their tokenizers: {', '.join(waiting)}" if waiting else ""))
+    classifier = ensure_classifier(spec.generation, spec.out, log) if todo else None
+    for i, point in enumerate(todo, 1):
+        run_dir = spec.point_dir(point)
+        (run_dir / GENERATION_ERROR_FILE).unlink(missing_ok=True)
+        log(f"[generation {i}/{len(todo)}] {point.name}")
+        try:
+            run_generation(spec.generation, spec.out, run_dir, point.name, log, classifier)
+            outcome.generated.append(point.name)
+        except torch.cuda.OutOfMemoryError as err:  # this point's problem; the sweep goes on
+            reason = f"{type(err).__name__}: {err}"
+            (run_dir / GENERATION_ERROR_FILE).write_text(reason + "\n")
+            outcome.generation_failed[point.name] = reason
+            log(f"  {point.name} generation failed: {reason}")
+        finally:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
 
 def check_data_sources(config: TrainConfig) -> None:

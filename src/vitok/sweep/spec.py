@@ -15,6 +15,12 @@ A spec is a small YAML file::
       decoder: [B]
       # temporal_patch: [2, 4]      # q, video only: a base config that trains on clips (model.frames > 1)
     out: sweeps/e_sweep             # optional; relative to the current folder
+    generation:                     # optional: also measure generation at every point (generation.py)
+      data: /data/labelled/train    # class sub-folders; the DiT's training set and the classifier's
+      val_data: /data/labelled/val  # held-out real images of the same classes
+      dit: [model=DiT-S, steps=5000, batch_size=256, lr=2e-4]   # `vitok dit train` settings
+      samples_per_class: 64
+      sampler: {method: ddim, steps: 50, cfg: 2.0}
 
 The points are the product of the axes. Each gets a folder named after it, ``p16-c8-S-B``
 (``q4-p8-c16-S-B`` for video), holding an ordinary training run whose config is the base
@@ -43,8 +49,9 @@ from typing import Sequence
 
 from ..model import SIZES, config_from_name, parse_name
 from ..train.config import TrainConfig, load_config, parse_override, read_yaml, resolve_shipped
+from .generation import GenerationSection, parse_generation
 
-SPEC_KEYS = ("name", "base_config", "overrides", "study", "grid", "out")
+SPEC_KEYS = ("name", "base_config", "overrides", "study", "grid", "out", "generation")
 STUDIES = ("e_sweep", "encoder", "decoder", "grid")
 AXES = ("encoder", "decoder", "temporal_patch", "patch_size", "channels")
 SHIPPED_SPECS = Path(__file__).resolve().parent.parent / "configs" / "sweeps"
@@ -97,6 +104,7 @@ class SweepSpec:
     study: str
     grid: dict[str, list]  # every axis of AXES, omitted ones filled from the base config
     out: Path
+    generation: GenerationSection | None = None  # the generation phase of every point, if any
 
     def points(self) -> list[Point]:
         """Every point, in the order of the axes' lists (encoder, decoder, q, p, c)."""
@@ -117,8 +125,11 @@ class SweepSpec:
     def to_dict(self) -> dict:
         """The resolved spec, as sweep.yaml records it."""
         grid = {axis: values for axis, values in self.grid.items() if values != [None]}
-        return {"name": self.name, "base_config": self.base_config, "overrides": list(self.overrides),
-                "study": self.study, "grid": grid, "out": str(self.out)}
+        document = {"name": self.name, "base_config": self.base_config, "overrides": list(self.overrides),
+                    "study": self.study, "grid": grid, "out": str(self.out)}
+        if self.generation is not None:
+            document["generation"] = self.generation.to_dict()
+        return document
 
 
 def shipped_specs() -> list[str]:
@@ -160,7 +171,10 @@ def parse_spec(data: object, origin: str = "sweep spec", overrides: Sequence[str
     if not isinstance(spec_overrides, list) or not all(isinstance(t, str) for t in spec_overrides):
         raise ValueError(f"{origin}: overrides must be a list of 'section.field=value' strings, "
                          f"got {spec_overrides!r}")
-    all_overrides = [*spec_overrides, *overrides]
+    # generation.KEY=VALUE on the command line sets a scalar of the generation section (its data folders,
+    # say), not a training field.
+    generation_overrides = [t for t in overrides if t.strip().startswith("generation.")]
+    all_overrides = [*spec_overrides, *(t for t in overrides if t not in generation_overrides)]
     for text in all_overrides:
         _check_override(text, origin)
     study = data.get("study", "grid")
@@ -172,7 +186,15 @@ def parse_spec(data: object, origin: str = "sweep spec", overrides: Sequence[str
         raise ValueError(f"{origin}: base config {base} with the overrides: {err}") from None
     _check_explicit_sizes(base_config, base, origin)
     out_dir = Path(out if out is not None else data.get("out") or Path("sweeps") / name)
-    spec = SweepSpec(name, base, all_overrides, study, _parse_grid(data.get("grid"), base_config, origin), out_dir)
+    raw_generation = data.get("generation")
+    if generation_overrides:
+        if raw_generation is None:
+            raise ValueError(f"{origin}: {generation_overrides[0]!r} sets the generation section, which this spec "
+                             f"has not; add a generation: section to the spec")
+        raw_generation = apply_generation_overrides(raw_generation, generation_overrides, origin)
+    generation = parse_generation(raw_generation, origin) if raw_generation is not None else None
+    spec = SweepSpec(name, base, all_overrides, study, _parse_grid(data.get("grid"), base_config, origin), out_dir,
+                     generation)
     bottlenecks = set()
     for point in spec.points():
         try:
@@ -184,6 +206,23 @@ def parse_spec(data: object, origin: str = "sweep spec", overrides: Sequence[str
         bottlenecks.add(model.num_tokens * model.channels)
     _check_study(spec, len(bottlenecks), origin)
     return spec
+
+
+def apply_generation_overrides(raw: object, overrides: list[str], origin: str) -> dict:
+    """The spec's generation section with generation.KEY=VALUE overrides applied (values parsed as YAML)."""
+    import yaml
+
+    if not isinstance(raw, dict):
+        return raw  # parse_generation names the problem
+    raw = dict(raw)
+    for text in overrides:
+        key, sep, value = text.strip().partition("=")
+        field = key[len("generation."):]
+        if not sep or not field or "." in field:
+            raise ValueError(f"{origin}: override {text!r} must look like generation.KEY=VALUE, e.g. "
+                             f"generation.data=/data/labelled/train")
+        raw[field] = yaml.safe_load(value) if value.strip() else ""
+    return raw
 
 
 def _check_override(text: str, origin: str) -> None:
