@@ -162,13 +162,13 @@ def train_classifier_on_folders(train_root: str | Path, val_root: str | Path, ou
     g = torch.Generator().manual_seed(config.seed)
     model = PixelClassifier(len(classes), config.width).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    base = to_input(train_x, 2 * config.size)  # augmented from a 2x copy, so crops keep detail
+    base = to_input(train_x, 2 * config.size).to(device)  # augmented from a 2x copy, so crops keep detail
     for step in range(config.steps):
         lr = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))  # cosine to 0
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(len(base), (min(config.batch_size, len(base)),), generator=g)
-        x = _augment(base[idx], config.size, config.min_scale, g).to(device)
+        x = _augment(base[idx.to(device)], config.size, config.min_scale, g)
         loss = F.cross_entropy(model(x), train_y[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
