@@ -24,9 +24,9 @@ if [ ! -f "$work/set/done" ]; then
     touch "$work/set/done"
 fi
 status=0
-timeout "$LIMIT" python3 -m vitok sweep gen_sweep_small --out "$work/sweep" \
-    data.source="$work/set/train" data.val_source="$work/set/val" data.crop=center data.workers=12 \
-    generation.data="$work/set/train" generation.val_data="$work/set/val" ${EXTRA:-} \
+timeout "$LIMIT" python3 -m vitok sweep gen_sweep_small \
+    data.source="$work/set/train" data.val_source="$work/set/val" data.crop=center data.workers=12 loss.require_lpips=false \
+    generation.data="$work/set/train" generation.val_data="$work/set/val" ${EXTRA:-} --out "$work/sweep" \
     2>&1 | grep -v "Warning\|warn(" | tee "$work/sweep.log" | tail -n 40 || status=$?
 echo "sweep exit status $status at ${SECONDS}s"
 tar czf "$out/gen_sweep_check.tgz" -C "$work" --exclude='checkpoints' --exclude='*.safetensors' \

@@ -23,7 +23,7 @@ def test_point_names_and_model_names():
 
 def test_shipped_specs_hold_the_papers_grids():
     assert set(shipped_specs()) == {"e_sweep", "e_sweep_small", "encoder", "encoder_small", "decoder",
-                                    "decoder_small", "tiny"}
+                                    "decoder_small", "tiny", "gen_sweep_small", "gen_sweep_tiny"}
     e = load_spec("e_sweep")
     assert e.study == "e_sweep" and len(e.points()) == 15
     assert {(p.patch_size, p.channels) for p in e.points()} == {(p, c) for p in (8, 16, 32) for c in (4, 8, 16, 32, 64)}
