@@ -473,12 +473,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="train a grid of tokenizers over p, c and model size; fit metrics against log E",
                         description="Trains every point of SPEC not yet finished (resuming interrupted ones), then "
-                                    "writes results.csv/md, fits.json and plots into the sweep folder. The spec "
-                                    "format is documented in vitok/sweep/spec.py.")
+                                    "writes results.csv/md, fits.json and plots into the sweep folder. A spec with a "
+                                    "generation: section also trains a DiT on every point's latents and scores its "
+                                    "samples (the paper's second law). The spec format is documented in "
+                                    "vitok/sweep/spec.py.")
     sw.add_argument("spec", help="sweep YAML, or a shipped spec's name: e_sweep, encoder, decoder (each also as "
-                                 "*_small), tiny")
+                                 "*_small), tiny; gen_sweep_small, gen_sweep_tiny (with generation)")
     sw.add_argument("overrides", nargs="*", metavar="key=value",
-                    help="config overrides for every point, after the spec's, e.g. data.source=/data/train")
+                    help="config overrides for every point, after the spec's, e.g. data.source=/data/train; "
+                         "generation.KEY=VALUE sets the generation section, e.g. generation.data=/data/labelled/train")
     sw.add_argument("--report", action="store_true", help="only rebuild the table, fits and plots; train nothing")
     sw.add_argument("--gpus", type=int, default=1,
                     help="train N points at once, one `vitok train` process per GPU (default 1: one after another "
