@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from vitok.cli import main
 from vitok.sweep import load_spec, parse_spec, run_sweep, write_report
 from vitok.sweep.generation import GENERATION_ERROR_FILE, parse_generation
-from vitok.sweep.report import GENERATION_COLUMNS, GENERATION_METRICS
+from vitok.sweep.report import GENERATION_COLUMNS
 
 DIT = ["model=DiT-S", "width=64", "depth=2", "heads=2", "steps=4", "batch_size=8", "compile=false"]
 
