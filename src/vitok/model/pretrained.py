@@ -15,6 +15,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "vitok"
 FORMAT_VERSION = 1
+STATS_KEY = "latent_stats"  # config.json's optional latent statistics (latent_stats.py); older readers ignore it
 
 
 def _umask() -> int:
@@ -40,14 +41,34 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def write_checkpoint(path: str | Path, config: dict, state: dict[str, torch.Tensor]) -> None:
-    """Save weights and config into folder ``path``."""
+def write_checkpoint(path: str | Path, config: dict, state: dict[str, torch.Tensor],
+                     latent_stats: dict | None = None) -> None:
+    """Save weights and config into folder ``path`` (config.json also holds the latent statistics, if any)."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
     atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta))
     document = {"format": FORMAT, "format_version": FORMAT_VERSION, "architecture": "ViTok", "config": config}
+    if latent_stats is not None:
+        document[STATS_KEY] = latent_stats
+    text = json.dumps(document, indent=2) + "\n"
+    atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_latent_stats(path: str | Path) -> dict | None:
+    """The latent statistics stored in a checkpoint folder's config.json (`vitok stats`), or None."""
+    return _read_document(Path(path)).get(STATS_KEY)
+
+
+def write_latent_stats(path: str | Path, latent_stats: dict | None) -> None:
+    """Set (or, with None, remove) the latent statistics in a checkpoint folder's config.json, atomically;
+    the weights are not touched."""
+    folder = Path(path)
+    document = _read_document(folder)
+    document.pop(STATS_KEY, None)
+    if latent_stats is not None:
+        document[STATS_KEY] = latent_stats
     text = json.dumps(document, indent=2) + "\n"
     atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
 

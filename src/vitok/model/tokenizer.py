@@ -23,7 +23,8 @@ from torch import nn
 from .blocks import Block, RopeCache, Transformer
 from .checks import check_latents, check_pixels, check_token_count, grid_for
 from .distributions import DeterministicLatent, DiagonalGaussian
-from .pretrained import inspect_checkpoint, load_weights, write_checkpoint
+from .latent_stats import LatentStats
+from .pretrained import inspect_checkpoint, load_weights, read_latent_stats, write_checkpoint
 from .variants import ViTokConfig, config_from_name
 
 
@@ -56,6 +57,8 @@ class ViTok(nn.Module):
         # branch outputs exact to bf16 rounding of each branch; bfloat16 halves its memory traffic.
         self.residual_dtype: torch.dtype = torch.float32
         self._rope = RopeCache(c.rope_theta)
+        # Statistics of the latents over a data set (`vitok stats`), saved in config.json; None until computed.
+        self.latent_stats: LatentStats | None = None
         self.reset_parameters()
 
     # ---- construction -------------------------------------------------------------------------
@@ -89,12 +92,18 @@ class ViTok(nn.Module):
                              f"({vitok_v2.PREFIX}NAME), and {path} is a folder path, not such a name: "
                              f"leave revision out")
         config = cls.read_config(path)
+        stats = read_latent_stats(path)
+        stats = LatentStats.from_dict(stats, f"{Path(path) / 'config.json'}: latent_stats") if stats else None
+        if stats is not None and stats.channels != config.channels:
+            raise ValueError(f"{path}: config.json's latent_stats have {stats.channels} channels, the model "
+                             f"{config.channels}; recompute them with `vitok stats {path} --data DIR`")
         state = load_weights(path)
         with torch.device("meta"):  # sizes now match the file on disk, so building is bounded by it
             model = cls(config)
         model = model.to_empty(device=device)
         model.load_state_dict(state)
         model._rope.clear()
+        model.latent_stats = stats
         return model.eval()
 
     @staticmethod
@@ -130,8 +139,10 @@ class ViTok(nn.Module):
         return shapes
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write config.json and model.safetensors into a folder (created if needed), atomically."""
-        write_checkpoint(path, self.config.to_dict(), self.state_dict())
+        """Write config.json (with the latent statistics, if any) and model.safetensors into a folder
+        (created if needed), atomically."""
+        stats = self.latent_stats.to_dict() if self.latent_stats is not None else None
+        write_checkpoint(path, self.config.to_dict(), self.state_dict(), stats)
 
     def reset_parameters(self) -> None:
         """ViT-style init: truncated-normal linears, Xavier tubelet convolutions, zero biases.
@@ -177,8 +188,13 @@ class ViTok(nn.Module):
 
     # ---- the model ----------------------------------------------------------------------------
 
-    def encode(self, x: torch.Tensor, check: bool = True) -> DiagonalGaussian | DeterministicLatent:
+    def encode(self, x: torch.Tensor, check: bool = True,
+               normalise: bool | str = False) -> DiagonalGaussian | DeterministicLatent:
         """Pixels (B×3×H×W or B×3×T×H×W, [-1, 1]) -> posterior over B×L×c latents (v2: a deterministic z).
+
+        normalise=True (or "channel") returns the posterior of the latents normalised with the
+        tokenizer's statistics, per channel; "global" with its single shift and scaling factor
+        (diffusers' convention). decode(z, normalised=...) undoes it.
 
         check=True validates x first (layout, dtype, range, finite values) and refuses a sample of
         more than 16,384 tokens on a CPU or 65,536 on a GPU (checks.MAX_TOKENS_CPU / MAX_TOKENS:
@@ -188,15 +204,48 @@ class ViTok(nn.Module):
         if check:
             check_pixels(x, self.config)
         out, _ = self._encode(x)
-        return self._latent(out)
+        posterior = self._latent(out)
+        if not normalise:
+            return posterior
+        stats, mode = self._stats(normalise)
+        mean = stats.normalise(posterior.mean, mode)
+        if posterior.deterministic:
+            return DeterministicLatent(mean)
+        _, scale = stats._factors(mean, mode)  # an affine map of a Gaussian: std scales, log-variance shifts
+        return DiagonalGaussian(mean, posterior.logvar - 2.0 * torch.log(scale))
 
-    def decode(self, z: torch.Tensor, size: tuple[int, ...] | None = None, check: bool = True) -> torch.Tensor:
+    def normalise_latents(self, z: torch.Tensor, mode: bool | str = "channel") -> torch.Tensor:
+        """Raw latents …×c -> normalised with the tokenizer's statistics (see encode)."""
+        stats, mode = self._stats(mode)
+        return stats.normalise(z, mode)
+
+    def denormalise_latents(self, z: torch.Tensor, mode: bool | str = "channel") -> torch.Tensor:
+        """The inverse of normalise_latents."""
+        stats, mode = self._stats(mode)
+        return stats.denormalise(z, mode)
+
+    def _stats(self, mode: bool | str) -> tuple[LatentStats, str]:
+        mode = "channel" if mode is True else mode
+        if mode not in ("channel", "global"):
+            raise ValueError(f"normalise must be True, 'channel' or 'global', got {mode!r}")
+        if self.latent_stats is None:
+            raise ValueError("this tokenizer has no latent statistics; compute them once with "
+                             "`vitok stats MODEL_FOLDER --data DIR` (they are saved in its config.json)")
+        return self.latent_stats, mode
+
+    def decode(self, z: torch.Tensor, size: tuple[int, ...] | None = None, check: bool = True,
+               normalised: bool | str = False) -> torch.Tensor:
         """Latents B×L×c -> pixels. size=(H, W) or (T, H, W) when the grid is not the nominal or a square one.
+
+        normalised=True / "channel" / "global": z was normalised with the tokenizer's statistics
+        (encode(normalise=...)); it is denormalised first.
 
         The size is always checked against L (shape arithmetic only); check=True also validates z and
         applies encode's token limit. A v2 model crops its output to `size` (encode padded it to whole
         patches).
         """
+        if normalised:
+            z = self.denormalise_latents(z, normalised)
         if check:
             check_latents(z, self.config)
         grid = grid_for(z.shape[1], size, self.config)
