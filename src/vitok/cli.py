@@ -218,6 +218,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Compute a tokenizer's latent statistics over a data set and store them in its config.json."""
+    import torch.distributed as dist
+
+    from .eval.latent_stats import run_stats
+
+    try:
+        result = run_stats(args.checkpoint, args.data, device=args.device, image_size=args.image_size,
+                           frames=args.frames, stride=args.frame_stride, batch_size=args.batch_size,
+                           workers=args.workers, limit=args.limit, upsample=args.upsample, bf16=args.bf16)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if result is None:  # a non-zero torchrun rank
+        return 0
+    stats, details = result
+    print(f"{stats.num_samples} samples ({stats.num_tokens} latent vectors) in {details['seconds']:.1f} s; "
+          f"statistics written to {Path(details['folder']) / 'config.json'}")
+    print(f"  shift_factor {stats.shift_factor:.6g}  scaling_factor {stats.scaling_factor:.6g}  "
+          f"fingerprint {stats.fingerprint}")
+    print("  mean " + " ".join(f"{v:.4g}" for v in stats.mean))
+    print("  std  " + " ".join(f"{v:.4g}" for v in stats.std))
+    if details["skipped"]:
+        print(f"  skipped {len(details['skipped'])} unreadable or unusable file(s), e.g. "
+              f"{details['skipped'][0]['file']}: {details['skipped'][0]['reason']}", file=sys.stderr)
+    return 0
+
+
 def cmd_weights(args: argparse.Namespace) -> int:
     """List every weight file vitok can use, whether it is present and verified, and what it is for."""
     from .metrics.weights import describe_weights, weights_dir
@@ -456,6 +484,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--upsample", action="store_true", help="allow images smaller than the size (upsampled)")
     ev.add_argument("--fp32", action="store_true", help="run the tokenizer in float32 on GPU (default bf16)")
     ev.set_defaults(func=cmd_eval)
+
+    st = sub.add_parser("stats", help="compute a tokenizer's latent statistics over a data set (saved in its "
+                                      "config.json)",
+                        description="Streams a data set through the encoder (posterior mean) and stores per-channel "
+                                    "mean and std (float64 sums), a global shift_factor and scaling_factor, the "
+                                    "number of samples and the data set's fingerprint in the tokenizer's "
+                                    "config.json; encode(normalise=True), `vitok latents` and `vitok dit` use "
+                                    "them. Under torchrun every rank takes its share.")
+    st.add_argument("checkpoint", help="tokenizer folder written by ViTok.save_pretrained")
+    st.add_argument("--data", required=True, help="image or video folder, a .tar shard, a folder of shards, or a "
+                                                   "quoted glob")
+    st.add_argument("--image-size", type=int, default=None, help="resize + centre-crop size (default: the model's)")
+    st.add_argument("--frames", type=int, default=None, help="clip length for video models (default: the model's)")
+    st.add_argument("--frame-stride", type=int, default=1, help="take every k-th frame of a video (default 1)")
+    st.add_argument("--batch-size", type=int, default=32)
+    st.add_argument("--workers", type=int, default=4, help="data loader processes (default 4)")
+    st.add_argument("--limit", type=int, default=None, help="use only the first N samples")
+    st.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
+    st.add_argument("--upsample", action="store_true", help="allow images smaller than the size (upsampled)")
+    st.add_argument("--bf16", action="store_true", help="encode in bfloat16 on GPU (default float32)")
+    st.set_defaults(func=cmd_stats)
 
     tr = sub.add_parser("train", help="train a tokenizer (two stages) and write a run folder",
                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_train_epilog(),

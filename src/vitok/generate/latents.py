@@ -18,7 +18,11 @@ see shard_problem) and deletes the temporaries a killed run left. LatentStore re
 with such a shard, naming it and that rerun.
 Under torchrun the shards are spread over the processes (shard n on rank n mod world).
 index.json is written last: a store without it is unfinished. The per-channel mean and std
-are computed in float64 over the stored (rounded) latents, the values a model trains on.
+that a DiT normalises with are the tokenizer's own statistics (`vitok stats`, in its
+config.json) when it has them ("normalisation": "tokenizer"), else computed in float64 over the
+stored (rounded) latents ("normalisation": "store"; also kept as store_mean/store_std either way).
+The index records the tokenizer's weights fingerprint: check_tokenizer refuses a store whose
+tokenizer has since changed weights or statistics.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from torch.utils.data import Dataset
 
 from ..data.datasets import list_images, prepare_image, to_model_range
 from ..data.images import decode_image, load_image
-from ..model.pretrained import atomic_write
+from ..model.pretrained import atomic_write, read_latent_stats, weights_fingerprint
 from ..arguments import check_device, check_out_folder
 
 INDEX_FILE = "index.json"
@@ -364,6 +368,10 @@ def write_index(out: Path, classes: list[str], model, checkpoint: Path, size: in
     mean = total / elements
     # Population variance; the shifted form is accurate enough for latents of order 1.
     std = (total_sq / elements - mean.pow(2)).clamp(min=0).sqrt()
+    stats = model.latent_stats
+    normalisation = {"normalisation": "tokenizer", "mean": list(stats.mean), "std": list(stats.std),
+                     "stats_fingerprint": stats.fingerprint} if stats is not None else \
+        {"normalisation": "store", "mean": mean.tolist(), "std": std.tolist()}
     patch = model.config.patch_size
     grid = [size // patch, size // patch]
     if model.config.is_video:
@@ -374,8 +382,9 @@ def write_index(out: Path, classes: list[str], model, checkpoint: Path, size: in
         "num_shards": num_shards, "dtype": dtype,
         "grid": grid, "tokens": tokens, "channels": channels, "image_size": size,
         "frames": clip[0], "frame_stride": clip[1],
-        "mean": mean.tolist(), "std": std.tolist(),
+        **normalisation, "store_mean": mean.tolist(), "store_std": std.tolist(),
         "tokenizer": str(checkpoint.resolve()), "tokenizer_config": model.config.to_dict(),
+        "tokenizer_weights": weights_fingerprint(checkpoint) if (checkpoint / "model.safetensors").is_file() else None,
         "skipped_files": skipped,
     }
     atomic_write(out / INDEX_FILE, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2) + "\n"))
@@ -389,6 +398,34 @@ def read_index(path: str | Path) -> dict:
         raise ValueError(f"{path} is not a finished latent store (no {INDEX_FILE}); build it with "
                          f"`vitok latents CKPT --data DIR --out {path}`")
     return json.loads(file.read_text())
+
+
+def check_tokenizer(info: dict, where: str, tokenizer_folder: str | Path | None = None) -> None:
+    """Refuse latents (a store's index, or a DiT run's record of it) that the tokenizer would misread.
+
+    The tokenizer (its recorded folder, or `tokenizer_folder`) must hold the weights the latents
+    were encoded with, and, if it now has statistics, the latents must have been normalised with
+    them. A tokenizer folder that is gone is not checked here (decoding will say so)."""
+    folder = Path(tokenizer_folder or info.get("tokenizer") or "")
+    if not (folder / "model.safetensors").is_file():
+        return
+    recorded = info.get("tokenizer_weights")
+    if recorded and weights_fingerprint(folder) != recorded:
+        raise ValueError(f"{where} holds latents of another tokenizer: the weights in {folder} have changed since "
+                         f"they were encoded (fingerprint {recorded}, now {weights_fingerprint(folder)}); encode "
+                         f"again with `vitok latents {folder} --data DIR --out NEW_STORE`")
+    stats = read_latent_stats(folder)
+    if stats is not None:
+        from ..model.latent_stats import LatentStats
+
+        current = LatentStats.from_dict(stats, f"{folder}/config.json: latent_stats")
+        if not current.same_normalisation(info["mean"], info["std"]):
+            how = ("with the tokenizer's earlier statistics" if info.get("normalisation") == "tokenizer"
+                   else "with their own statistics, before the tokenizer had any")
+            raise ValueError(f"{where} holds latents normalised {how}, and {folder} now has other statistics "
+                             f"(computed on {current.data or 'unknown data'}, fingerprint {current.fingerprint}); "
+                             f"encode again with `vitok latents {folder} --data DIR --out NEW_STORE` so that "
+                             f"training and decoding use one normalisation")
 
 
 class LatentStore(Dataset):

@@ -14,7 +14,7 @@ from .checks import check_sampling_args, check_steps_within
 from .diffusion import GaussianDiffusion
 from .dit import DiT
 from .folders import load_dit, run_model_folder
-from .latents import denormalise
+from .latents import check_tokenizer, denormalise
 
 
 @torch.no_grad()
@@ -83,6 +83,7 @@ def generate(run: str | Path, num: int, cfg: float = 1.5, steps: int = 250, meth
     tokenizer_folder = Path(info["tokenizer"])
     if not tokenizer_folder.is_dir():
         raise ValueError(f"the run's tokenizer {tokenizer_folder} is missing; restore it there to decode samples")
+    check_tokenizer(info, f"DiT run {run}")
     tokenizer = ViTok.from_pretrained(tokenizer_folder, device=device)
     diffusion = GaussianDiffusion(**document["diffusion"])
     labels = torch.full((num,), class_id) if class_id is not None else torch.arange(num) % info["num_classes"]

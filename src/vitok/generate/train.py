@@ -41,7 +41,7 @@ from ..arguments import check_out_folder
 from .diffusion import SCHEDULES, GaussianDiffusion, check_timesteps
 from .dit import DiT, DiTConfig, dit_config
 from .folders import DIT_FORMAT, MODEL_CONFIG, json_or_none, save_dit, what_folder, yaml_or_none
-from .latents import LatentStore
+from .latents import LatentStore, check_tokenizer
 from .sample import decode_latents, sample_latents, save_grid
 
 @dataclass
@@ -189,6 +189,7 @@ class DiTTrainer:
         self.device = self.dist.device
         self.amp = self.device.type == "cuda" and config.precision == "bf16"
         self.store = LatentStore(config.latents)
+        check_tokenizer(self.store.index, f"latent store {config.latents}")
         if config.batch_size % self.dist.world:
             raise ValueError(f"batch_size {config.batch_size} is not divisible by the {self.dist.world} processes")
 
@@ -222,6 +223,9 @@ class DiTTrainer:
         index = self.store.index
         latents = {k: index[k] for k in ("mean", "std", "grid", "classes", "num_classes", "tokenizer", "image_size")}
         latents["frames"] = index.get("frames", 1)  # stores written before video support hold images
+        for key in ("tokenizer_weights", "normalisation", "stats_fingerprint"):  # absent from older stores
+            if index.get(key) is not None:
+                latents[key] = index[key]
         return {"latents": latents,
                 "diffusion": {"schedule": self.config.schedule, "timesteps": self.config.timesteps,
                               "prediction": self.config.prediction}}

@@ -56,6 +56,17 @@ def write_checkpoint(path: str | Path, config: dict, state: dict[str, torch.Tens
     atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
 
 
+def weights_fingerprint(path: str | Path) -> str:
+    """SHA-256 (first 16 hex digits) of a checkpoint folder's model.safetensors: which weights these are."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(Path(path) / WEIGHTS_FILE, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 23), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
 def read_latent_stats(path: str | Path) -> dict | None:
     """The latent statistics stored in a checkpoint folder's config.json (`vitok stats`), or None."""
     return _read_document(Path(path)).get(STATS_KEY)
