@@ -246,6 +246,20 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    """Upload a tokenizer with a generated model card to the Hugging Face Hub (or stage it with --dry-run)."""
+    from .integrations.hub import push, stage
+
+    if args.dry_run:
+        out = stage(args.model, args.repo, args.dry_run, license=args.license, data=args.data)
+        print(f"staged {', '.join(sorted(p.name for p in out.iterdir()))} in {out} (nothing uploaded)")
+        return 0
+    url = push(args.model, args.repo, revision=args.revision, private=args.private, license=args.license,
+               data=args.data, commit_message=args.message)
+    print(f"pushed {args.model} to {args.repo}: {url}")
+    return 0
+
+
 def cmd_weights(args: argparse.Namespace) -> int:
     """List every weight file vitok can use, whether it is present and verified, and what it is for."""
     from .metrics.weights import describe_weights, weights_dir
@@ -505,6 +519,24 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--upsample", action="store_true", help="allow images smaller than the size (upsampled)")
     st.add_argument("--bf16", action="store_true", help="encode in bfloat16 on GPU (default float32)")
     st.set_defaults(func=cmd_stats)
+
+    pu = sub.add_parser("push", help="upload a tokenizer and a generated model card to the Hugging Face Hub",
+                        description="Uploads config.json and model.safetensors (the files of save_pretrained, "
+                                    "latent statistics included) and a README.md model card: architecture, E = L·c, "
+                                    "training data and steps, the run's metrics, latent statistics, licence, how to "
+                                    "load it. Needs `pip install 'vitok[hub]'` and a token (huggingface-cli login "
+                                    "or HF_TOKEN).")
+    pu.add_argument("model", help="a `vitok train` run folder or a tokenizer folder")
+    pu.add_argument("repo", help="Hub repo id OWNER/NAME (created if missing)")
+    pu.add_argument("--revision", default=None, help="branch to push to (created if missing; default main)")
+    pu.add_argument("--private", action="store_true", help="create the repo as private")
+    pu.add_argument("--license", default="other", help="licence identifier for the card, e.g. apache-2.0 "
+                                                      "(default other)")
+    pu.add_argument("--data", default=None, help="what it was trained on, for the card (default: from the run)")
+    pu.add_argument("--message", default=None, help="commit message")
+    pu.add_argument("--dry-run", default=None, metavar="DIR", help="write the files that would be uploaded into "
+                                                                   "DIR and upload nothing")
+    pu.set_defaults(func=cmd_push)
 
     tr = sub.add_parser("train", help="train a tokenizer (two stages) and write a run folder",
                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_train_epilog(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -15,6 +16,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "vitok"
 FORMAT_VERSION = 1
+CARD_FILE = "README.md"  # a Hub repo's model card
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")  # OWNER/NAME
 STATS_KEY = "latent_stats"  # config.json's optional latent statistics (latent_stats.py); older readers ignore it
 
 
@@ -82,6 +85,36 @@ def write_latent_stats(path: str | Path, latent_stats: dict | None) -> None:
         document[STATS_KEY] = latent_stats
     text = json.dumps(document, indent=2) + "\n"
     atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+
+
+def looks_like_repo_id(path: object) -> bool:
+    """"owner/name" that is not an existing path: a Hub repo id."""
+    return isinstance(path, str) and bool(REPO_ID.match(path)) and not Path(path).exists() and ".." not in path
+
+
+def hub_folder(repo_id: str, revision: str | None = None) -> Path:
+    """The local snapshot folder of a Hub repo's config.json and model.safetensors (downloaded if needed)."""
+    try:
+        from huggingface_hub import constants, snapshot_download
+    except ImportError:
+        raise ValueError(f"{repo_id!r} is no local folder; loading it from the Hugging Face Hub needs the "
+                         f"huggingface_hub package: pip install 'vitok[hub]'") from None
+    try:
+        folder = snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, CARD_FILE])
+    except Exception as err:  # network, authentication, missing repo, offline cache miss: all end here
+        offline = getattr(constants, "HF_HUB_OFFLINE", False)
+        fix = ("HF_HUB_OFFLINE is set and the Hugging Face cache lacks it: unset HF_HUB_OFFLINE to download, or "
+               "point HF_HUB_CACHE at the cache that holds it" if offline
+               else "check the repo id, the network and your token (huggingface-cli login), or set "
+                    "HF_HUB_OFFLINE=1 to use a cached copy")
+        raise ValueError(f"{repo_id!r} is no local folder, and fetching it from the Hugging Face Hub failed "
+                         f"({type(err).__name__}: {err}); {fix}") from None
+    folder = Path(folder)
+    missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(f"Hub repo {repo_id} (revision {revision or 'main'}) has no {', '.join(missing)}: it is not "
+                         f"a vitok tokenizer (push one with `vitok push MODEL {repo_id}`)")
+    return folder
 
 
 # Weights are floating point; anything else (an integer or bool tensor) is a damaged or foreign file.

@@ -24,7 +24,8 @@ from .blocks import Block, RopeCache, Transformer
 from .checks import check_latents, check_pixels, check_token_count, grid_for
 from .distributions import DeterministicLatent, DiagonalGaussian
 from .latent_stats import LatentStats
-from .pretrained import inspect_checkpoint, load_weights, read_latent_stats, write_checkpoint
+from .pretrained import (hub_folder, inspect_checkpoint, load_weights, looks_like_repo_id, read_latent_stats,
+                         write_checkpoint)
 from .variants import ViTokConfig, config_from_name
 
 
@@ -71,7 +72,11 @@ class ViTok(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, device: torch.device | str = "cpu", *,
                         revision: str | None = None) -> "ViTok":
-        """Load a folder written by save_pretrained (config.json + model.safetensors), or a release by name.
+        """Load a folder written by save_pretrained (config.json + model.safetensors), a Hugging Face Hub
+        repo id ("owner/name", e.g. pushed with push_to_hub), or a release by name.
+
+        A repo id that is not an existing folder is fetched with huggingface_hub into its cache
+        (`revision`: branch, tag or commit; HF_HUB_OFFLINE=1 uses only the cache).
 
         A released v2 checkpoint ("vitok-v2/350M-f16x64"; model/vitok_v2.py's RELEASED) is downloaded
         from the Hugging Face Hub (the huggingface_hub package; `revision` picks a branch, tag or
@@ -87,10 +92,12 @@ class ViTok(nn.Module):
 
         if isinstance(path, str) and path.startswith(vitok_v2.PREFIX) and not Path(path).exists():
             path = vitok_v2.released_folder(path, revision)
+        elif looks_like_repo_id(path):
+            path = hub_folder(path, revision)
         elif revision is not None:
             raise ValueError(f"revision={revision!r} picks a version of a released checkpoint "
-                             f"({vitok_v2.PREFIX}NAME), and {path} is a folder path, not such a name: "
-                             f"leave revision out")
+                             f"({vitok_v2.PREFIX}NAME) or of a Hub repo (OWNER/NAME), and {path} is a folder "
+                             f"path: leave revision out")
         config = cls.read_config(path)
         stats = read_latent_stats(path)
         stats = LatentStats.from_dict(stats, f"{Path(path) / 'config.json'}: latent_stats") if stats else None
@@ -143,6 +150,15 @@ class ViTok(nn.Module):
         (created if needed), atomically."""
         stats = self.latent_stats.to_dict() if self.latent_stats is not None else None
         write_checkpoint(path, self.config.to_dict(), self.state_dict(), stats)
+
+    def push_to_hub(self, repo_id: str, **options) -> str:
+        """Upload the files of save_pretrained and a generated model card to a Hub repo; returns the commit URL.
+
+        Options (vitok.integrations.hub.push): revision, private, license, data (what it was trained
+        on, for the card), commit_message, token. Needs `pip install 'vitok[hub]'`."""
+        from ..integrations.hub import push_model  # the integration, loaded only when asked for
+
+        return push_model(self, repo_id, **options)
 
     def reset_parameters(self) -> None:
         """ViT-style init: truncated-normal linears, Xavier tubelet convolutions, zero biases.
