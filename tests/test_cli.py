@@ -210,7 +210,7 @@ def test_reconstruct_skips_an_image_above_the_token_limit_with_the_size_that_fit
 
     ckpt, photos = recon
     monkeypatch.setattr(checks, "MAX_TOKENS_CPU", 8)  # a 32x32 photo at patch 8 makes 16 tokens
-    args = ["reconstruct", str(ckpt), str(photos / "coffee.png"), "--out", str(tmp_path / "o")]
+    args = ["reconstruct", str(ckpt), str(photos / "coffee.png"), "--out", str(tmp_path / "o"), "--no-tiling"]
     assert main(args) == 1  # nothing reconstructed
     err = capsys.readouterr().err
     assert "skipped" in err and "32x32 pixels make 16 tokens, above the limit of 8" in err and "--size 16" in err
@@ -225,3 +225,32 @@ def test_reconstruct_announces_a_large_image_before_the_long_work(recon, tmp_pat
     monkeypatch.setattr(cli, "LARGE_IMAGE_TOKENS", 8)  # a 32x32 photo at patch 8 makes 16 tokens
     assert main(["reconstruct", str(ckpt), str(photos / "coffee.png"), "--out", str(tmp_path / "o")]) == 0
     assert "note: 32x32 pixels make 16 tokens; on a CPU this takes a while" in capsys.readouterr().err
+
+
+def test_reconstruct_tiles_large_images(recon, tmp_path, capsys):
+    """Explicit tiles equal the Python API's tiled encode/decode; tiling flags are checked."""
+    import json
+
+    import torch
+
+    from vitok.data.images import center_crop_to_multiple, load_image, to_tensor
+    from vitok.model import ViTok
+    from vitok.model.tiling import Tiling
+
+    ckpt, photos = recon
+    out = tmp_path / "t"
+    assert main(["reconstruct", str(ckpt), str(photos / "coffee.png"), "--out", str(out), "--tile-size", "16",
+                 "--tile-overlap", "8"]) == 0
+    model = ViTok.from_pretrained(ckpt)
+    x = to_tensor(center_crop_to_multiple(load_image(photos / "coffee.png"), 8)).unsqueeze(0)
+    tiling = Tiling(tile_size=16, overlap=8)
+    with torch.no_grad():
+        want = model.decode(model.encode(x, tiling=tiling).mode(), size=tuple(x.shape[-2:]), tiling=tiling)
+    from vitok.metrics.image import psnr
+
+    assert json.loads((out / "metrics.json").read_text())["images"][0]["psnr"] == \
+        pytest.approx(float(psnr(x, want)[0]), abs=1e-6)
+    for flags, match in ((["--no-tiling", "--tile-size", "16"], "contradicts"), (["--tile-overlap", "8"], "needs"),
+                         (["--tile-size", "12"], "multiple of the tubelet side 8")):
+        assert main(["reconstruct", str(ckpt), str(photos / "coffee.png"), "--out", str(tmp_path / "e"), *flags]) == 2
+        assert match in capsys.readouterr().err

@@ -103,6 +103,31 @@ def cmd_convert(args: argparse.Namespace) -> int:
 LARGE_IMAGE_TOKENS = 4096
 
 
+def tiling_of(args: argparse.Namespace):
+    """--tile-size / --tile-overlap / --no-tiling as encode's and decode's `tiling`."""
+    from .model.tiling import Tiling
+
+    if args.no_tiling:
+        if args.tile_size is not None or args.tile_overlap is not None:
+            raise ValueError("--no-tiling contradicts --tile-size/--tile-overlap: pass one or the other")
+        return None
+    if args.tile_size is None:
+        if args.tile_overlap is not None:
+            raise ValueError("--tile-overlap needs --tile-size (the automatic tiling picks its own overlap)")
+        return "auto"
+    return Tiling(tile_size=args.tile_size, overlap=args.tile_overlap)
+
+
+def add_tiling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tile-size", type=int, default=None,
+                        help="encode and decode in overlapping square tiles of this many pixels (a multiple of p), "
+                             "blended without seams; default: tiles of the training size for images of more than "
+                             "16x the nominal tokens")
+    parser.add_argument("--tile-overlap", type=int, default=None,
+                        help="pixels shared by neighbouring tiles (a multiple of p; default a quarter of the tile)")
+    parser.add_argument("--no-tiling", action="store_true", help="attend over the whole image at once")
+
+
 def check_size_for_reconstruct(size: tuple[int, int], patch: int, device) -> None:
     """Refuse an image the model's token limit would refuse, with the CLI's way around it (--size);
     announce one large enough to take a while, so a long run is never silent."""
@@ -148,6 +173,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     if model.config.is_video:
         raise SystemExit(f"error: {args.checkpoint} is a video model; `vitok reconstruct` takes image models")
     patch = model.config.patch_size
+    tiling = tiling_of(args)
     if args.size is not None and args.size < patch:
         raise ValueError(f"--size {args.size} is smaller than the model's patch size {patch}, so no image would "
                          f"keep a whole patch: pass --size {patch} or more (a multiple of {patch} keeps the square)")
@@ -158,14 +184,18 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             img = load_image(path)
             img = resize_center_crop(img, args.size) if args.size else img
             img = center_crop_to_multiple(img, model.config.patch_size)
-            check_size_for_reconstruct(img.shape[:2], patch, torch.device(args.device))
+            tokens = (img.shape[0] // patch) * (img.shape[1] // patch)
+            if tiling is None or (tiling == "auto" and tokens <= model.tile_budget):  # tiled: one tile at a time
+                check_size_for_reconstruct(img.shape[:2], patch, torch.device(args.device))
         except (ValueError, OSError) as err:
             skipped.append({"file": str(path), "reason": str(err)})
             print(f"skipped {path}: {err}", file=sys.stderr)
             continue
         x = to_tensor(img).unsqueeze(0).to(args.device)
         with torch.no_grad():
-            x_hat, _ = model(x, sample=args.sample)
+            posterior = model.encode(x, tiling=tiling)
+            z = posterior.sample() if args.sample else posterior.mode()
+            x_hat = model.decode(z, size=tuple(x.shape[-2:]), tiling=tiling)
         # PNG is lossless, so the printed PSNR is what the written file holds. Encoded in memory and
         # renamed into place: a full disk leaves no partial PNG behind.
         png = io.BytesIO()
@@ -477,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "center-cropping to a multiple of the patch size)")
     rec.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     rec.add_argument("--sample", action="store_true", help="decode a posterior sample instead of the mean")
+    add_tiling_arguments(rec)
     rec.set_defaults(func=cmd_reconstruct)
 
     ev = sub.add_parser("eval", help="rFID, rIS, PSNR, SSIM, LPIPS (images) or rFVD, PSNR, SSIM (video) on a dataset",

@@ -266,8 +266,10 @@ def big(*shape):
 @pytest.mark.parametrize("call, message", [
     (lambda m: m(big(1, 3, 4096, 4096)), "input of shape \\(1, 3, 4096, 4096\\) makes 262,144 tokens per sample, "
                                          "above the limit of 16,384 .* on cpu.*at most 1024x1024 pixels.*check=False"),
-    (lambda m: m.encode(big(2, 3, 2048, 1024)), "32,768 tokens per sample"),
-    (lambda m: m.decode(big(1, 128 * 129, 4), size=(1024, 1032)), "latents of shape \\(1, 16512, 4\\) makes 16,512"),
+    # Untiled (tiling=None); by default encode and decode tile such inputs (test_tiling.py).
+    (lambda m: m.encode(big(2, 3, 2048, 1024), tiling=None), "32,768 tokens per sample"),
+    (lambda m: m.decode(big(1, 128 * 129, 4), size=(1024, 1032), tiling=None),
+     "latents of shape \\(1, 16512, 4\\) makes 16,512"),
 ])
 def test_checked_runs_refuse_too_many_tokens(tiny_image_model, call, message):
     with pytest.raises(ValueError, match=message):

@@ -17,8 +17,10 @@ MAX_TOKENS_CPU = 16_384
 MAX_TOKENS = 65_536
 
 
-def check_pixels(x: torch.Tensor, config: ViTokConfig) -> None:
-    """Validate a pixel batch: B×3×H×W (images) or B×3×T×H×W (video), float in [-1, 1]."""
+def check_pixels(x: torch.Tensor, config: ViTokConfig, count_tokens: bool = True) -> None:
+    """Validate a pixel batch: B×3×H×W (images) or B×3×T×H×W (video), float in [-1, 1].
+
+    count_tokens=False leaves out the token count (a tiled encode attends over one tile at a time)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"expected a torch.Tensor, got {type(x).__name__}; convert with torch.as_tensor(...)")
     want = "B×3×T×H×W" if config.is_video else "B×3×H×W"
@@ -47,7 +49,8 @@ def check_pixels(x: torch.Tensor, config: ViTokConfig) -> None:
         raise ValueError(f"input shape {tuple(x.shape)} does not fit patch {q}x{p}x{p}: " + "; ".join(parts)
                          + f"; crop or resize to those sizes{last}")
     grid = (x.shape[2] // q, -(-H // p), -(-W // p)) if config.is_video else (-(-H // p), -(-W // p))
-    check_token_count(grid, x.device, f"input of shape {tuple(x.shape)}", config)
+    if count_tokens:
+        check_token_count(grid, x.device, f"input of shape {tuple(x.shape)}", config)
     if x.device.type != "meta":
         finite = torch.isfinite(x)
         if not bool(finite.all()):

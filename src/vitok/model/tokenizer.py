@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from .blocks import Block, RopeCache, Transformer
 from .checks import check_latents, check_pixels, check_token_count, grid_for
 from .distributions import DeterministicLatent, DiagonalGaussian
 from .latent_stats import LatentStats
+from .tiling import TileSpec, Tiling, auto_tiling, decode_tiled, encode_tiled
 from .pretrained import (hub_folder, inspect_checkpoint, load_weights, looks_like_repo_id, read_latent_stats,
                          write_checkpoint)
 from .variants import ViTokConfig, config_from_name
@@ -60,6 +62,9 @@ class ViTok(nn.Module):
         self._rope = RopeCache(c.rope_theta)
         # Statistics of the latents over a data set (`vitok stats`), saved in config.json; None until computed.
         self.latent_stats: LatentStats | None = None
+        # Tokens per frame above which encode/decode tile automatically (tiling="auto"; model/tiling.py):
+        # 16x the nominal grid, e.g. 1024x1024 pixels for a 256-pixel model with p = 16.
+        self.tile_budget: int = 16 * math.prod(c.grid[-2:])
         self.reset_parameters()
 
     # ---- construction -------------------------------------------------------------------------
@@ -204,23 +209,32 @@ class ViTok(nn.Module):
 
     # ---- the model ----------------------------------------------------------------------------
 
-    def encode(self, x: torch.Tensor, check: bool = True,
-               normalise: bool | str = False) -> DiagonalGaussian | DeterministicLatent:
+    def encode(self, x: torch.Tensor, check: bool = True, normalise: bool | str = False,
+               tiling: Tiling | str | None = "auto") -> DiagonalGaussian | DeterministicLatent:
         """Pixels (B×3×H×W or B×3×T×H×W, [-1, 1]) -> posterior over B×L×c latents (v2: a deterministic z).
 
         normalise=True (or "channel") returns the posterior of the latents normalised with the
         tokenizer's statistics, per channel; "global" with its single shift and scaling factor
         (diffusers' convention). decode(z, normalised=...) undoes it.
 
+        tiling: "auto" (default) cuts a frame of more than `tile_budget` tokens (16x the nominal
+        grid) into overlapping tiles of the training size, and a video longer than the training
+        clip into overlapping chunks, blended in latent space (model/tiling.py); a Tiling sets
+        sizes and overlaps; None always attends over the whole sample.
+
         check=True validates x first (layout, dtype, range, finite values) and refuses a sample of
         more than 16,384 tokens on a CPU or 65,536 on a GPU (checks.MAX_TOKENS_CPU / MAX_TOKENS:
         attention grows with the square of L, so larger inputs run for minutes); check=False skips
         every check and never synchronises with the device (the training hot path).
         """
+        spec, batch = self._tiles(self._pixel_grid(x.shape), tiling)
         if check:
-            check_pixels(x, self.config)
-        out, _ = self._encode(x)
-        posterior = self._latent(out)
+            check_pixels(x, self.config, count_tokens=spec is None)
+        if spec is None:
+            out, _ = self._encode(x)
+            posterior = self._latent(out)
+        else:
+            posterior = self._encode_tiled(x, spec, batch)
         if not normalise:
             return posterior
         stats, mode = self._stats(normalise)
@@ -250,11 +264,11 @@ class ViTok(nn.Module):
         return self.latent_stats, mode
 
     def decode(self, z: torch.Tensor, size: tuple[int, ...] | None = None, check: bool = True,
-               normalised: bool | str = False) -> torch.Tensor:
+               normalised: bool | str = False, tiling: Tiling | str | None = "auto") -> torch.Tensor:
         """Latents B×L×c -> pixels. size=(H, W) or (T, H, W) when the grid is not the nominal or a square one.
 
         normalised=True / "channel" / "global": z was normalised with the tokenizer's statistics
-        (encode(normalise=...)); it is denormalised first.
+        (encode(normalise=...)); it is denormalised first. tiling: as encode's, blended in pixel space.
 
         The size is always checked against L (shape arithmetic only); check=True also validates z and
         applies encode's token limit. A v2 model crops its output to `size` (encode padded it to whole
@@ -265,9 +279,13 @@ class ViTok(nn.Module):
         if check:
             check_latents(z, self.config)
         grid = grid_for(z.shape[1], size, self.config)
-        if check:
+        spec, batch = self._tiles(grid, tiling)
+        if check and spec is None:
             check_token_count(grid, z.device, f"latents of shape {tuple(z.shape)}", self.config)
-        pixels = self._decode(z, grid)
+        if spec is None:
+            pixels = self._decode(z, grid)
+        else:
+            pixels = decode_tiled(self._decode, z, grid, spec, self._tubelet(), batch)
         if size is not None and tuple(pixels.shape[-2:]) != tuple(size[-2:]):
             pixels = pixels[..., :size[-2], :size[-1]]
         return pixels
@@ -300,6 +318,43 @@ class ViTok(nn.Module):
         if x_hat.shape[-2:] != x.shape[-2:]:  # v2: x was padded to whole patches
             x_hat = x_hat[..., :x.shape[-2], :x.shape[-1]]
         return x_hat, posterior
+
+    # ---- tiling (model/tiling.py) ------------------------------------------------------------
+
+    def _tubelet(self) -> tuple[int, ...]:
+        c = self.config
+        return (c.temporal_patch, c.patch_size, c.patch_size) if c.is_video else (c.patch_size, c.patch_size)
+
+    def _pixel_grid(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The token grid of an input shape (v2: height and width rounded up to whole patches)."""
+        return tuple(max(1, -(-n // k)) for n, k in zip(shape[2:], self._tubelet())) if len(shape) >= 4 else ()
+
+    def _tiles(self, grid: tuple[int, ...], tiling: Tiling | str | None) -> tuple[TileSpec | None, int]:
+        c = self.config
+        if tiling is None or len(grid) != len(c.grid):
+            return None, 1
+        if tiling == "auto":
+            tiling = auto_tiling(grid, c.grid, self.tile_budget, c.image_size, c.frames, c.patch_size,
+                                 c.temporal_patch, c.is_video)
+            if tiling is None:
+                return None, 1
+        elif not isinstance(tiling, Tiling):
+            raise ValueError(f"tiling must be 'auto', None or a vitok.Tiling(tile_size=..., overlap=...), got "
+                             f"{tiling!r}")
+        return tiling.spec(grid, c.patch_size, c.temporal_patch, c.is_video), tiling.batch
+
+    def _encode_tiled(self, x: torch.Tensor, spec: TileSpec, batch: int) -> DiagonalGaussian | DeterministicLatent:
+        p = self.config.patch_size
+        if self.config.is_v2 and (x.shape[-2] % p or x.shape[-1] % p):  # whole patches first, as _encode pads
+            x = F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))
+        grid = self._pixel_grid(x.shape)
+
+        def encode(pixels: torch.Tensor) -> list[torch.Tensor]:
+            posterior = self._latent(self._encode(pixels)[0])
+            return [posterior.mean] if posterior.deterministic else [posterior.mean, posterior.logvar]
+
+        parts = encode_tiled(encode, x, grid, spec, self._tubelet(), batch)
+        return DeterministicLatent(parts[0]) if self.config.is_v2 else DiagonalGaussian(parts[0], parts[1])
 
     def _latent(self, out: torch.Tensor) -> DiagonalGaussian | DeterministicLatent:
         """The bottleneck on the encoder's B×L×(2c or c) output."""
