@@ -320,3 +320,22 @@ def test_is_errors():
         inception_score(torch.randn(20, 3), splits=2, from_logits=False)
     with pytest.raises(ValueError, match="splits"):
         inception_score(torch.randn(20, 3), splits=0)
+
+
+def test_fvd_divides_the_covariance_by_n_and_fid_by_n_minus_1():
+    """StyleGAN-V's FVD (which rFVD/gFVD follow) takes np.cov(..., bias=True); pytorch-fid's FID np.cov's default."""
+    from vitok.metrics.frechet import frechet_distance, frechet_of_stats
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 6)), 1.3 * rng.normal(size=(30, 6)) + 0.2
+    a, b = FeatureStats(), FeatureStats()
+    a.update(torch.from_numpy(x))
+    b.update(torch.from_numpy(y))
+    assert _rel(a.cov(0).numpy(), np.cov(x, rowvar=False, bias=True)) < 1e-10
+    for name, bias in (("rfvd", True), ("gfvd", True), ("rfid", False), ("gfid", False)):
+        want = frechet_distance(torch.from_numpy(x.mean(0)), torch.from_numpy(np.cov(x, rowvar=False, bias=bias)),
+                                torch.from_numpy(y.mean(0)), torch.from_numpy(np.cov(y, rowvar=False, bias=bias)))
+        assert frechet_of_stats(name, a, b) == pytest.approx(want, rel=1e-10), name
+    assert frechet_of_stats("rfvd", a, b) != pytest.approx(frechet_of_stats("rfid", a, b), rel=1e-6)
+    with pytest.raises(ValueError, match="ddof"):
+        a.cov(2)

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
 from ..data.datasets import collate, to_model_range
-from ..metrics.frechet import FeatureStats, frechet_distance, inception_score
+from ..metrics.frechet import FeatureStats, frechet_of_stats, inception_score
 from ..metrics.image import psnr, ssim, to_uint8
 from ..metrics.sharpness import dataset_sharpness, high_frequency_energy
 from ..metrics.structure import MS_SSIM_MIN_SIZE, gmsd, ms_ssim
@@ -274,7 +274,7 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
         if real_all.n < 2:
             result.not_computed[frechet_name] = f"needs at least 2 samples, got {real_all.n}"
         else:
-            computed[frechet_name] = frechet_distance(real_all.mean(), real_all.cov(), fake_all.mean(), fake_all.cov())
+            computed[frechet_name] = frechet_of_stats(frechet_name, real_all, fake_all)
     if want_ris:
         if len(all_logit_keys) < ris_splits:
             result.not_computed["ris"] = (f"needs at least {ris_splits} samples for its {ris_splits} splits, "

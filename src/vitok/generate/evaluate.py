@@ -82,7 +82,7 @@ def score_samples(net, names: tuple[str, ...], published: bool, samples: torch.T
     folder read at the samples' size: {"metrics", "not_computed", "num_reference"} (numbers from networks
     without the published weights go to "plumbing_only_random_weights", never under a metric's name)."""
     from ..data.datasets import ImageFolder, VideoFolder, collate, to_model_range
-    from ..metrics.frechet import FeatureStats, frechet_distance, inception_score
+    from ..metrics.frechet import FeatureStats, frechet_of_stats, inception_score
 
     net = net.to(device)
     result: dict = {"metrics": {}, "not_computed": {}}
@@ -105,8 +105,7 @@ def score_samples(net, names: tuple[str, ...], published: bool, samples: torch.T
         result["not_computed"][fd_name] = (f"needs at least 2 samples on each side, got {real_stats.n} "
                                            f"reference and {fake_stats.n} generated")
     else:
-        result["metrics"][fd_name] = float(frechet_distance(real_stats.mean(), real_stats.cov(),
-                                                            fake_stats.mean(), fake_stats.cov()))
+        result["metrics"][fd_name] = float(frechet_of_stats(fd_name, real_stats, fake_stats))
     if logits:
         splits = min(10, len(samples))
         result["metrics"]["gis"] = float(inception_score(torch.cat(logits), splits=splits, seed=2020)[0])

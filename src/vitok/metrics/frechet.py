@@ -7,11 +7,19 @@ features). :func:`inception_score` follows Salimans et al. (2016) with the split
 and shuffle conventions of torch-fidelity. Everything is torch float64, so it runs
 on whichever device the inputs live on and needs no scipy.
 
+Conventions, each that of the reference implementation the metric's published numbers come from:
+FID (pytorch-fid) takes the unbiased covariance (divides by N - 1); FVD (StyleGAN-V's
+implementation, which vitok's rFVD and gFVD follow) divides by N (frechet_of_stats picks by name).
+
 These functions only turn features or logits into numbers. The features themselves come
 from :mod:`vitok.metrics.inception`, whose 299×299 resize follows pytorch-fid (PyTorch's
 bilinear ``F.interpolate``), not torch-fidelity (a TensorFlow-1.x-style bilinear resize):
 the same images give slightly different features, so rFID and rIS match pytorch-fid's
-preprocessing and need not equal torch-fidelity's numbers exactly.
+preprocessing and need not equal torch-fidelity's numbers exactly. The input scaling differs
+too: vitok (as pytorch-fid) quantises to 8 bits and maps to 2x/255 - 1, torch-fidelity feeds
+(x - 128) / 128, a map shifted by half a level and scaled by 255/256, so identical images reach
+the network as slightly different tensors; rIS and rFID are therefore pytorch-fid-comparable,
+torch-fidelity numbers are close but not identical.
 """
 
 from __future__ import annotations
@@ -123,12 +131,15 @@ class FeatureStats:
             raise ValueError("mean needs at least 1 sample, got 0")
         return self.shift + self.sum / self.n
 
-    def cov(self) -> Tensor:
-        """Unbiased (ddof=1) sample covariance, (D, D) float64, as np.cov(x, rowvar=False)."""
+    def cov(self, ddof: int = 1) -> Tensor:
+        """Sample covariance, (D, D) float64: ddof=1 (unbiased) as np.cov(x, rowvar=False), what FID uses;
+        ddof=0 divides by N, as np.cov(x, rowvar=False, bias=True), what FVD uses (frechet_of_stats)."""
+        if ddof not in (0, 1):
+            raise ValueError(f"ddof must be 0 or 1, got {ddof!r}")
         if self.n < 2:
             raise ValueError(f"covariance needs at least 2 samples, got {self.n}")
         m = self.sum / self.n  # mean of the shifted data; small, so no cancellation
-        c = (self.sum_outer - self.n * torch.outer(m, m)) / (self.n - 1)
+        c = (self.sum_outer - self.n * torch.outer(m, m)) / (self.n - ddof)
         return 0.5 * (c + c.T)
 
     def state(self) -> dict[str, Tensor]:
@@ -164,6 +175,13 @@ def _psd_sqrt(s: Tensor) -> Tensor:
     """Symmetric PSD square root of a (D, D) matrix, negative eigenvalues clamped to 0."""
     w, v = torch.linalg.eigh(0.5 * (s + s.T))
     return (v * w.clamp_min(0).sqrt()) @ v.T
+
+
+def frechet_of_stats(name: str, real: "FeatureStats", fake: "FeatureStats") -> float:
+    """The Fréchet distance a metric reports from two accumulators, with that metric's covariance
+    convention: FVD-family names (rfvd, gfvd) divide by N as StyleGAN-V does; FID-family by N - 1."""
+    ddof = 0 if name.endswith("fvd") else 1
+    return frechet_distance(real.mean(), real.cov(ddof), fake.mean(), fake.cov(ddof))
 
 
 def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> float:
