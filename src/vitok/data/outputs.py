@@ -17,8 +17,9 @@ __all__ = ["METRICS_FILE", "check_outputs", "plan_outputs"]
 METRICS_FILE = "metrics.json"
 
 
-def plan_outputs(inputs: list[Path], out: Path) -> list[Path]:
-    """OUT/STEM.png per input, in order; a stem already taken gets "_" appended until it is free.
+def plan_outputs(inputs: list[Path], out: Path, suffix: str = ".png") -> list[Path]:
+    """OUT/STEM.png (or another suffix, e.g. .mp4) per input, in order; a stem already taken gets "_"
+    appended until it is free.
 
     Planned for every input, readable or not, so that a file's output name does not depend on
     which other files fail to load, and so that every target is known before any work.
@@ -30,7 +31,7 @@ def plan_outputs(inputs: list[Path], out: Path) -> list[Path]:
         while name in used:
             name += "_"
         used.add(name)
-        paths.append(out / f"{name}.png")
+        paths.append(out / f"{name}{suffix}")
     return paths
 
 
@@ -50,9 +51,10 @@ def _earlier_outputs(out: Path) -> set[str] | None:
         document = json.loads((out / METRICS_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(document, dict) or "checkpoint" not in document or not isinstance(document.get("images"), list):
+    rows = document.get("images", document.get("videos")) if isinstance(document, dict) else None
+    if not isinstance(rows, list) or "checkpoint" not in document:
         return None
-    return {Path(row["output"]).name for row in document["images"] if isinstance(row, dict) and "output" in row}
+    return {Path(row["output"]).name for row in rows if isinstance(row, dict) and row.get("output")}
 
 
 def check_outputs(inputs: list[Path], outputs: list[Path], out: Path, flag: str = "--out") -> None:

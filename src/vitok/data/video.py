@@ -18,7 +18,7 @@ import numpy as np
 
 from .images import file_problem, list_files, resize_center_crop
 
-__all__ = ["VIDEO_EXTENSIONS", "list_videos", "read_clip", "write_video"]
+__all__ = ["VIDEO_EXTENSIONS", "VideoWriter", "iter_frames", "list_videos", "read_clip", "video_info", "write_video"]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".webm", ".avi", ".mkv", ".mov"})
 
@@ -151,7 +151,6 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int | flo
     The container follows the file suffix (.mp4 intended; .mkv/.mov/.avi also work); parent
     directories are created. H and W must be even (yuv420p). The codec is lossy.
     """
-    av = _av()
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected T×H×W×3 frames, got shape {frames.shape}")
@@ -166,20 +165,81 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int | flo
     if rate <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    codecs = av.codecs_available
-    with av.open(str(path), mode="w") as container:
-        if "libx264" in codecs:
-            stream = container.add_stream("libx264", rate=rate)
-            stream.options = {"crf": "17", "preset": "medium"}
-        else:
-            stream = container.add_stream("mpeg4", rate=rate)
-            stream.bit_rate = 8_000_000
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+    with VideoWriter(path, w, h, rate) as writer:
         for img in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():  # flush delayed frames
-            container.mux(packet)
+            writer.write(img)
+
+
+class VideoWriter:
+    """Write RGB frames one at a time (H.264 CRF 17, else MPEG-4 Part 2), so a long video never sits in memory.
+
+    with VideoWriter("out.mp4", width, height, fps) as w: w.write(frame)  # H×W×3 uint8 each
+    """
+
+    def __init__(self, path: str | os.PathLike[str], width: int, height: int, fps: int | float | Fraction = 8) -> None:
+        if height % 2 or width % 2 or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive and even for yuv420p video, got {height}x{width}")
+        rate = Fraction(fps).limit_denominator(1001) if not isinstance(fps, Fraction) else fps
+        if rate <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        av = _av()
+        self._av, self.path, self.size = av, Path(path), (height, width)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(self.path), mode="w")
+        if "libx264" in av.codecs_available:
+            self.stream = self.container.add_stream("libx264", rate=rate)
+            self.stream.options = {"crf": "17", "preset": "medium"}
+        else:
+            self.stream = self.container.add_stream("mpeg4", rate=rate)
+            self.stream.bit_rate = 8_000_000
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
+        self.frames = 0
+
+    def write(self, img: np.ndarray) -> None:
+        img = np.asarray(img)
+        if img.shape != (*self.size, 3) or img.dtype != np.uint8:
+            raise ValueError(f"expected a {self.size[0]}x{self.size[1]}x3 uint8 frame, got {img.shape} {img.dtype}")
+        frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        for packet in self.stream.encode():  # flush delayed frames
+            self.container.mux(packet)
+        self.container.close()
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def video_info(path: str | os.PathLike[str]) -> tuple[int, Fraction]:
+    """(frame count, frames per second) of a video's first stream."""
+    path = Path(path)
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+    return _count_frames(path), Fraction(rate)
+
+
+def iter_frames(path: str | os.PathLike[str], size: int | None = None, limit: int | None = None):
+    """Yield the frames of a video one by one (H×W×3 uint8 RGB; `size`: shorter side resized to it and
+    the centre size×size cropped), at most `limit` of them: a long video is never held whole."""
+    av = _av()
+    path = Path(path)
+    count = 0
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                if limit is not None and count >= limit:
+                    break
+                img = frame.to_ndarray(format="rgb24")
+                yield resize_center_crop(img, size) if size is not None else img
+                count += 1
+        except (av.error.FFmpegError, OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable video ({type(e).__name__}: {e})") from e
