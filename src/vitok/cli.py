@@ -103,19 +103,24 @@ def cmd_convert(args: argparse.Namespace) -> int:
 LARGE_IMAGE_TOKENS = 4096
 
 
-def tiling_of(args: argparse.Namespace):
-    """--tile-size / --tile-overlap / --no-tiling as encode's and decode's `tiling`."""
+def tiling_of(args: argparse.Namespace, chunks: bool = False):
+    """--tile-size / --tile-overlap / --no-tiling (and, with chunks, --chunk / --chunk-overlap) as encode's
+    and decode's `tiling`."""
     from .model.tiling import Tiling
 
+    chunk = getattr(args, "chunk", None) if chunks else None
+    chunk_overlap = getattr(args, "chunk_overlap", None) if chunks else None
     if args.no_tiling:
-        if args.tile_size is not None or args.tile_overlap is not None:
-            raise ValueError("--no-tiling contradicts --tile-size/--tile-overlap: pass one or the other")
+        if args.tile_size is not None or args.tile_overlap is not None or chunk is not None:
+            raise ValueError("--no-tiling contradicts --tile-size/--tile-overlap/--chunk: pass one or the other")
         return None
-    if args.tile_size is None:
-        if args.tile_overlap is not None:
-            raise ValueError("--tile-overlap needs --tile-size (the automatic tiling picks its own overlap)")
+    if args.tile_overlap is not None and args.tile_size is None:
+        raise ValueError("--tile-overlap needs --tile-size (the automatic tiling picks its own overlap)")
+    if chunk_overlap is not None and chunk is None:
+        raise ValueError("--chunk-overlap needs --chunk (the automatic chunking picks its own overlap)")
+    if args.tile_size is None and chunk is None:
         return "auto"
-    return Tiling(tile_size=args.tile_size, overlap=args.tile_overlap)
+    return Tiling(tile_size=args.tile_size, overlap=args.tile_overlap, chunk=chunk, chunk_overlap=chunk_overlap)
 
 
 def add_tiling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -260,7 +265,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         document = run_eval(args.checkpoint, args.data, image_size=args.image_size, frames=args.frames,
                             stride=args.frame_stride, batch_size=args.batch_size, workers=args.workers,
                             limit=args.limit, out=args.out, weights=args.weights, device=args.device,
-                            upsample=args.upsample, metrics=metrics, bf16=not args.fp32)
+                            upsample=args.upsample, metrics=metrics, bf16=not args.fp32,
+                            tiling=tiling_of(args, chunks=True))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -571,6 +577,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
     ev.add_argument("--upsample", action="store_true", help="allow images smaller than the size (upsampled)")
     ev.add_argument("--fp32", action="store_true", help="run the tokenizer in float32 on GPU (default bf16)")
+    add_tiling_arguments(ev)
+    ev.add_argument("--chunk", type=int, default=None,
+                    help="video models: encode and decode clips in chunks of this many frames (default: chunks of "
+                         "the model's clip length when --frames is longer)")
+    ev.add_argument("--chunk-overlap", type=int, default=None, help="frames shared by neighbouring chunks")
     ev.set_defaults(func=cmd_eval)
 
     st = sub.add_parser("stats", help="compute a tokenizer's latent statistics over a data set (saved in its "

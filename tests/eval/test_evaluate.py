@@ -57,7 +57,7 @@ def test_eval_report_on_real_photos(checkpoint, photo_folder, tmp_path):
     assert set(doc["swd_levels"]) == {"64", "32", "16"}
     # Learned metrics are listed with the file they need and where it goes; never a number.
     # MS-SSIM's five scales need 161 px; these images have 64.
-    assert set(doc["not_computed"]) == {"lpips", "rfid", "ris", "rfvd", "ms_ssim"}
+    assert set(doc["not_computed"]) == {"lpips", "rfid", "ris", "rfvd", "ms_ssim", "temporal"}
     assert "at least 161x161" in doc["not_computed"]["ms_ssim"]
     assert "pt_inception-2015-12-05-6726825d.pth" in doc["not_computed"]["rfid"]
     assert "vgg16-397923af.pth" in doc["not_computed"]["lpips"]
@@ -93,7 +93,8 @@ def test_weight_free_metrics_are_the_metric_functions_over_the_set(checkpoint, p
 
     model = ViTok.from_pretrained(checkpoint)
     doc = evaluate_model(model, str(photo_folder), torch.device("cpu"), image_size=192, batch_size=5, workers=0,
-                         metrics=["psnr", "ms_ssim", "gmsd", "sharpness", "swd"], out=tmp_path / "report")
+                         metrics=["psnr", "ms_ssim", "gmsd", "sharpness", "swd"], out=tmp_path / "report",
+                         tiling=None)  # the reference below is the untiled forward
     assert set(doc["metrics"]) == {"psnr", "ms_ssim", "gmsd", "sharpness", "swd"} and doc["not_computed"] == {}
     # Second route: one batch of every photo through the metric functions and one accumulator.
     items = [item for item in ImageFolder(photo_folder, 192) if "pixels" in item]
@@ -368,7 +369,8 @@ def test_video_eval_reports_psnr_ssim_and_why_rfvd_is_missing(tmp_path, fake_i3d
     doc = run_eval(tmp_path / "vckpt", str(videos), image_size=32, workers=0, device="cpu",
                    out=tmp_path / "vreport", weights=str(tmp_path / "none"))
     assert doc["num_samples"] == 3 and doc["frames"] == 4
-    assert set(doc["metrics"]) == {"psnr", "ssim", "gmsd", "sharpness", "swd"}  # per frame; MS-SSIM needs 161 px
+    # per frame (MS-SSIM needs 161 px), and over the clip: the temporal metric
+    assert set(doc["metrics"]) == {"psnr", "ssim", "gmsd", "sharpness", "swd", "temporal"}
     assert "not computed for video models" in doc["not_computed"]["rfid"]
     assert [Path(s["file"]).name for s in doc["skipped_files"]] == ["short.mp4"]
     assert (tmp_path / "vreport" / "worst_best.png").is_file()
@@ -385,7 +387,8 @@ def test_video_eval_reports_psnr_ssim_and_why_rfvd_is_missing(tmp_path, fake_i3d
 
 
 def _fvd_reference(model: ViTok, folder: Path, frames: int) -> float:
-    """rFVD with FakeI3D's features (channel means of the 8-bit clips) and scipy's matrix square root."""
+    """rFVD with FakeI3D's features (channel means of the 8-bit clips) and scipy's matrix square root;
+    the covariances divide by N, as StyleGAN-V's FVD does."""
     import scipy.linalg
 
     from vitok.data.datasets import VideoFolder
@@ -399,7 +402,7 @@ def _fvd_reference(model: ViTok, folder: Path, frames: int) -> float:
         for clip, out in ((x, real), (x_hat, fake)):
             out.append((to_uint8(clip).double() / 127.5 - 1).mean(dim=(2, 3, 4))[0].numpy())
     real, fake = np.array(real), np.array(fake)
-    s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    s1, s2 = np.cov(real, rowvar=False, bias=True), np.cov(fake, rowvar=False, bias=True)
     diff = real.mean(0) - fake.mean(0)
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(np.real(scipy.linalg.sqrtm(s1 @ s2))))
 

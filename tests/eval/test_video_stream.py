@@ -123,3 +123,27 @@ def test_vitok_reconstruct_writes_mp4_for_a_video_model(video_model, tmp_path, c
         assert main(["reconstruct", str(tmp_path / "vid"), str(CLIP), "--out", str(tmp_path / "e"), "--size", "32",
                      *flags]) == 1
         assert match in capsys.readouterr().err
+
+
+def test_vitok_eval_chunks_clips_longer_than_the_model(video_model, tmp_path):
+    """--frames 12 on a 4-frame model: encode and decode in chunks (auto), the temporal metric reported."""
+    import shutil
+
+    from vitok.data.datasets import VideoFolder, to_model_range
+    from vitok.eval.run import run_eval
+    from vitok.metrics.image import psnr
+    from vitok.model.tiling import Tiling
+
+    video_model.save_pretrained(tmp_path / "vid")
+    (tmp_path / "clips").mkdir()
+    shutil.copy(CLIP, tmp_path / "clips" / CLIP.name)
+    for tiling, flags in (("auto", {}), (Tiling(chunk=8, chunk_overlap=2), {"tiling": Tiling(chunk=8, chunk_overlap=2)})):
+        doc = run_eval(tmp_path / "vid", str(tmp_path / "clips"), image_size=32, frames=12, workers=0, device="cpu",
+                       out=tmp_path / f"r{len(flags)}", weights=str(tmp_path / "none"), metrics=["psnr", "temporal"],
+                       **flags)
+        x = to_model_range(next(iter(VideoFolder(tmp_path / "clips", 32, 12)))["pixels"])[None]
+        with torch.no_grad():
+            z = video_model.encode(x, tiling=tiling).mode()
+            x_hat = video_model.decode(z, size=(12, 32, 32), tiling=tiling).clamp(-1, 1)
+        assert doc["metrics"]["psnr"] == pytest.approx(float(psnr(x, x_hat)[0]), rel=1e-6)
+        assert doc["metrics"]["temporal"] == pytest.approx(float(temporal_rmse(x, x_hat)[0]), rel=1e-6)

@@ -22,13 +22,14 @@ from ..metrics.image import psnr, ssim, to_uint8
 from ..metrics.sharpness import dataset_sharpness, high_frequency_energy
 from ..metrics.structure import MS_SSIM_MIN_SIZE, gmsd, ms_ssim
 from ..metrics.swd import PatchSWD
+from ..metrics.temporal import temporal_rmse
 from ..model import ViTok
 from .networks import FeatureNetworks
 
 # Weight-free metrics need no downloaded network: always computed (per frame for video).
 WEIGHT_FREE_METRICS = ("psnr", "ssim", "ms_ssim", "gmsd", "sharpness", "swd")
 IMAGE_METRICS = WEIGHT_FREE_METRICS + ("lpips", "rfid", "ris")
-VIDEO_METRICS = WEIGHT_FREE_METRICS + ("rfvd",)
+VIDEO_METRICS = WEIGHT_FREE_METRICS + ("temporal", "rfvd")
 # Metrics from learned feature networks: with random weights they are plumbing checks only.
 LEARNED_METRICS = frozenset({"lpips", "rfid", "ris", "rfvd"})
 # torch-fidelity's default: the Inception Score is averaged over 10 splits.
@@ -116,11 +117,13 @@ def _candidates(values: list[float], keys: list[str], x: torch.Tensor, x_hat: to
 
 @torch.no_grad()
 def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.device, keep: int = 6,
-             progress: bool = True, metrics: set[str] | None = None, ris_splits: int = RIS_SPLITS) -> EvalResult:
+             progress: bool = True, metrics: set[str] | None = None, ris_splits: int = RIS_SPLITS,
+             tiling: object = "auto") -> EvalResult:
     """Encode (posterior mean) and decode every sample; return metrics over the whole set, all ranks.
 
     `metrics` (default: all) limits what is computed and reported; PSNR is always measured per
-    sample because it ranks the worst and best examples.
+    sample because it ranks the worst and best examples. `tiling`: encode's and decode's (large
+    images in tiles, clips longer than the model's in chunks; "auto" cuts only above its budget).
     """
     from tqdm.auto import tqdm
 
@@ -135,7 +138,8 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
     want_frechet = feature_net is not None and frechet_name in wanted
     want_ris = inception is not None and "ris" in wanted
     per_sample: dict[str, list] = {"key": [], "psnr": []}
-    for name in ("ssim", "ms_ssim", "gmsd"):
+    video = bool(getattr(getattr(model, "config", None), "is_video", False))
+    for name in ("ssim", "ms_ssim", "gmsd", *(("temporal",) if video else ())):
         if name in wanted:
             per_sample[name] = []
     if "sharpness" in wanted:
@@ -158,7 +162,11 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
         if batch["pixels"] is None:
             continue
         x = to_model_range(batch["pixels"].to(device, non_blocking=True))
-        x_hat, _ = model(x, sample=False, check=False)
+        if tiling is None or not _cuts(model, x, tiling):
+            x_hat, _ = model(x, sample=False, check=False)
+        else:
+            z = model.encode(x, check=False, tiling=tiling).mode()
+            x_hat = model.decode(z, size=tuple(x.shape[2:]), check=False, tiling=tiling)
         x_hat = x_hat.clamp(-1, 1)
         # Queue every kernel of the batch first and read results back once at the end: a read
         # after each metric would leave the GPU idle while the host queues the next one.
@@ -172,6 +180,8 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
                 too_small_for_ms_ssim = tuple(x.shape[-2:])
         if "gmsd" in wanted:
             scores["gmsd"] = gmsd(x, x_hat)
+        if "temporal" in per_sample and x.dim() == 5 and x.shape[2] > 1:
+            scores["temporal"] = temporal_rmse(x, x_hat)
         if "sharpness" in wanted:
             energy, energy_hat = high_frequency_energy(x), high_frequency_energy(x_hat)
             scores.update(sharpness=energy_hat / energy, hf_energy_original=energy,
@@ -254,8 +264,8 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
         else:
             result.not_computed["psnr"] = (f"every one of the {result.num_samples} reconstructions equals its "
                                            f"original (infinite PSNR): there is no finite PSNR to average")
-    for name in ("ssim", "ms_ssim", "gmsd", "lpips"):
-        if name in merged:
+    for name in ("ssim", "ms_ssim", "gmsd", "lpips", "temporal"):
+        if merged.get(name):  # temporal: video clips only
             computed[name] = sum(merged[name]) / len(merged[name])
     if small is not None and "ms_ssim" in wanted:
         result.not_computed["ms_ssim"] = (f"needs images of at least {MS_SSIM_MIN_SIZE}x{MS_SSIM_MIN_SIZE} pixels for "
@@ -294,6 +304,12 @@ def evaluate(model: ViTok, loader, networks: FeatureNetworks, device: torch.devi
         plumbing = name in LEARNED_METRICS and not networks.published_weights
         (result.plumbing_only if plumbing else result.metrics)[name] = value
     return result
+
+
+def _cuts(model, x: torch.Tensor, tiling) -> bool:
+    """Whether encode's tiling would cut x into tiles or chunks (a model without tiling never does)."""
+    tiles = getattr(model, "_tiles", None)
+    return tiles is not None and tiles(model._pixel_grid(x.shape), tiling)[0] is not None
 
 
 def content_keys(x: torch.Tensor) -> list[str]:

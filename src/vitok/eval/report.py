@@ -26,6 +26,7 @@ METRIC_LABELS = {
     "rfid": "rFID (Inception-v3 pool3, pytorch-fid weights)",
     "ris": f"rIS (Inception-v3 logits, {RIS_SPLITS} splits)",
     "rfvd": "rFVD (I3D Kinetics-400 features)",
+    "temporal": "temporal RMSE (error of the frame-to-frame change, 8-bit levels; lower is better)",
 }
 
 

@@ -90,13 +90,14 @@ def evaluate_model(model: ViTok, data: str, device: torch.device, out: Path | No
                    batch_size: int = 32, workers: int = 4, limit: int | None = None, weights: str | None = None,
                    upsample: bool = False, metrics: list[str] | None = None, bf16: bool = True,
                    networks: FeatureNetworks | None = None, context: dict | None = None,
-                   progress: bool = True, ris_splits: int = RIS_SPLITS) -> dict | None:
+                   progress: bool = True, ris_splits: int = RIS_SPLITS, tiling: object = "auto") -> dict | None:
     """Evaluate an in-memory tokenizer on a dataset (any torchrun world size); rank 0 gets the report dict.
 
     With `out`, rank 0 also writes report.json, report.md, per_sample.jsonl and the plots there.
     Pass `networks` to reuse loaded feature networks across calls (e.g. during training).
     Only the requested `metrics` (default: all) appear in the report, under `metrics` or, with
-    the reason, under `not_computed`; metrics not requested are left out of both.
+    the reason, under `not_computed`; metrics not requested are left out of both. `tiling`: as
+    ViTok.encode's ("auto" tiles only samples above the model's budget; None never).
     """
     config = model.config
     _check_positive({"--image-size": image_size, "--frames": frames, "--frame-stride": stride, "--limit": limit,
@@ -138,7 +139,7 @@ def evaluate_model(model: ViTok, data: str, device: torch.device, out: Path | No
         model.amp_dtype = torch.bfloat16
     try:
         result = evaluate(model, make_loader(dataset, batch_size, workers, device), networks, device,
-                          progress=progress, metrics=wanted, ris_splits=ris_splits)
+                          progress=progress, metrics=wanted, ris_splits=ris_splits, tiling=tiling)
     finally:
         model.amp_dtype = previous_amp
     _explain_missing(result, wanted, config.is_video)
@@ -147,7 +148,8 @@ def evaluate_model(model: ViTok, data: str, device: torch.device, out: Path | No
                                 f"which use {FVD_FRAMES}-frame clips")
     if rank != 0:
         return None
-    context = {**(context or {}), "data": str(data), "model": config.name or "custom", "image_size": size,
+    context = {**(context or {}), "tiling": tiling if tiling in (None, "auto") else str(tiling),
+               "data": str(data), "model": config.name or "custom", "image_size": size,
                "metrics_requested": sorted(wanted), "weights": networks.provenance, "world_size": world,
                "device": str(device)}
     if config.is_video:
