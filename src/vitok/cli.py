@@ -315,6 +315,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a tokenizer to ONNX (encoder and decoder graphs) and check the graphs with onnxruntime."""
+    from .integrations.onnx import export_onnx, summary_lines
+
+    result = export_onnx(args.checkpoint, args.onnx, image_size=args.image_size, opset=args.opset,
+                         dynamic_spatial=not args.fixed_size, check=not args.no_check, photos=args.photos,
+                         overwrite=args.overwrite, threads=args.threads)
+    print("\n".join(summary_lines(result)))
+    return 0
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     """Upload a tokenizer with a generated model card to the Hugging Face Hub (or stage it with --dry-run)."""
     from .integrations.hub import push, stage
@@ -604,6 +615,27 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--upsample", action="store_true", help="allow images smaller than the size (upsampled)")
     st.add_argument("--bf16", action="store_true", help="encode in bfloat16 on GPU (default float32)")
     st.set_defaults(func=cmd_stats)
+
+    ex = sub.add_parser("export", help="export a tokenizer to ONNX (encoder and decoder graphs), checked with "
+                                       "onnxruntime",
+                        description="Writes OUT_DIR/encoder.onnx (pixels B×3×H×W in [-1, 1] -> latents B×L×c, the "
+                                    "posterior mean), OUT_DIR/decoder.onnx (latents and the int64 size [H, W] -> "
+                                    "pixels) and OUT_DIR/onnx.json, with dynamic batch and spatial size, then runs "
+                                    "both with onnxruntime on the CPU on real photos against PyTorch (max |diff|, "
+                                    "PSNR, CPU ms per image). Needs pip install 'vitok[onnx]'.")
+    ex.add_argument("checkpoint", help="tokenizer folder written by ViTok.save_pretrained, or a released name")
+    ex.add_argument("--onnx", required=True, metavar="OUT_DIR", help="folder for the ONNX files (created if needed)")
+    ex.add_argument("--image-size", type=int, default=None,
+                    help="size the graphs are traced and checked at (default: the model's nominal size)")
+    ex.add_argument("--opset", type=int, default=None, help="ONNX opset, 18 or later (default: the exporter's)")
+    ex.add_argument("--overwrite", action="store_true", help="replace the ONNX files of an earlier export in OUT_DIR")
+    ex.add_argument("--fixed-size", action="store_true",
+                    help="graphs for --image-size only (batch stays dynamic); the decoder then has no size input")
+    ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime check against PyTorch")
+    ex.add_argument("--photos", nargs="+", default=None, help="images for the check (default: the bundled photos)")
+    ex.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for both torch and onnxruntime in the check (default: torch's)")
+    ex.set_defaults(func=cmd_export)
 
     pu = sub.add_parser("push", help="upload a tokenizer and a generated model card to the Hugging Face Hub",
                         description="Uploads config.json and model.safetensors (the files of save_pretrained, "
