@@ -24,3 +24,28 @@ def tiny_image_model() -> ViTok:
 def tiny_video_model() -> ViTok:
     torch.manual_seed(0)
     return ViTok(tiny_config(temporal_patch=2, frames=4)).eval()
+
+
+def run_ranks(args: list[str], world: int) -> list[str]:
+    """`python -m vitok ARGS` as `world` gloo processes (torchrun's environment); returns their outputs."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+               "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "vitok", *args], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    for proc in procs:
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output
+        outputs.append(output)
+    return outputs

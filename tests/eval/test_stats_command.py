@@ -17,7 +17,7 @@ from vitok.generate.latents import check_tokenizer, read_index
 from vitok.generate.train import DiTTrainConfig, parse_overrides, train_dit
 from vitok.model import ViTok
 
-from conftest import tiny_config
+from conftest import run_ranks, tiny_config
 
 TINY_DIT = ["width=32", "depth=1", "heads=2", "batch_size=4", "steps=1", "log_every=1", "checkpoint_every=1",
             "sample_every=0", "num_preview=2", "preview_steps=2", "device=cpu"]
@@ -122,3 +122,15 @@ def test_latents_use_the_tokenizers_statistics_and_dit_refuses_others(tokenizer,
     retrained.save_pretrained(tokenizer)
     with pytest.raises(ValueError, match="another tokenizer"):
         check_tokenizer(index, "store")
+
+
+def test_stats_from_two_processes_equal_one(tokenizer, photos, tmp_path):
+    """torchrun-style `vitok stats`: each of 2 gloo processes takes half the files; the sums are all-reduced."""
+    assert main(["stats", str(tokenizer), "--data", str(photos), "--workers", "0", "--device", "cpu"]) == 0
+    one = json.loads((tokenizer / "config.json").read_text())["latent_stats"]
+    run_ranks(["stats", str(tokenizer), "--data", str(photos), "--workers", "0", "--device", "cpu"], 2)
+    two = json.loads((tokenizer / "config.json").read_text())["latent_stats"]
+    assert two["num_samples"] == one["num_samples"] == 6 and two["fingerprint"] == one["fingerprint"]
+    np.testing.assert_allclose(two["mean"], one["mean"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(two["std"], one["std"], rtol=1e-9)
+    assert two["scaling_factor"] == pytest.approx(one["scaling_factor"], rel=1e-9)

@@ -14,6 +14,8 @@ from vitok.generate.latents import LatentStore, encode_folder
 from vitok.generate.train import DiTTrainConfig, train_dit
 from vitok.model import ViTok, ViTokConfig
 
+from conftest import run_ranks
+
 TINY_DIT = ["width=32", "depth=1", "heads=2", "batch_size=4", "log_every=1", "checkpoint_every=2",
             "sample_every=0", "num_preview=2", "preview_steps=2", "device=cpu", "ema_decay=0.99"]
 
@@ -114,31 +116,6 @@ def test_sample_and_eval_without_weights(store, tmp_path):
     assert report["metrics"] == {}
     assert set(report["not_computed"]) == {"gfid", "gis"}
     assert "inception" in report["not_computed"]["gfid"].lower()
-
-
-def run_ranks(args: list[str], world: int) -> list[str]:
-    """`python -m vitok ARGS` as `world` gloo processes (torchrun's environment); returns their outputs."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in range(world):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-               "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, "-m", "vitok", *args], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    outputs = []
-    for proc in procs:
-        output, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, output
-        outputs.append(output)
-    return outputs
 
 
 def test_two_processes_match_one(store, tmp_path):
