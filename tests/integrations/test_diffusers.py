@@ -305,8 +305,6 @@ def test_clear_errors(tok, vae):
         vae.decode(torch.zeros(1, 3, 5, C))
     with pytest.raises(ValueError, match="c=4"):
         vae.decode(torch.zeros(1, C + 1, 4, 4))
-    with pytest.raises(NotImplementedError, match="enable_slicing"):
-        vae.enable_tiling()
     with pytest.raises(ValueError, match="normalisation must be one of"):
         AutoencoderViTok.from_vitok(tok, normalisation="per-channel")
     with pytest.raises(ValueError, match="from_vitok takes a vitok.ViTok"):
@@ -346,3 +344,23 @@ def test_missing_diffusers_is_a_clear_error(monkeypatch):
         importlib.import_module("vitok.integrations.diffusers")
     # the re-imported module's class, not MissingDiffusersError itself: both an ImportError and a ValueError
     assert type(info.value).__name__ == MissingDiffusersError.__name__ and isinstance(info.value, ValueError)
+
+
+def test_enable_tiling_tiles_with_vitoks_tiling(tok):
+    from vitok.model.tiling import Tiling
+
+    vae = AutoencoderViTok.from_vitok(tok)
+    x = _pixels(1, 3, 48, 64)
+    with torch.no_grad():
+        plain = vae.encode(x).latent_dist.mode()
+        vae.enable_tiling(tile_size=32, overlap=8)
+        assert vae.use_tiling
+        tiled = vae.encode(x).latent_dist.mode()
+        want = tok.encode(x, tiling=Tiling(tile_size=32, overlap=8)).mode()
+        torch.testing.assert_close(tiled, want.transpose(1, 2).reshape(1, -1, 6, 8), rtol=0, atol=0)
+        pixels = vae.decode(tiled).sample
+        torch.testing.assert_close(pixels, tok.decode(want, size=(48, 64), tiling=Tiling(tile_size=32, overlap=8)),
+                                   rtol=0, atol=0)
+        vae.disable_tiling()
+        torch.testing.assert_close(vae.encode(x).latent_dist.mode(), plain, rtol=0, atol=0)
+    assert not torch.equal(tiled, plain)

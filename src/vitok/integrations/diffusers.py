@@ -237,7 +237,8 @@ class AutoencoderViTok(ModelMixin, ConfigMixin):
         self.tokenizer = ViTok(config)
         self.tokenizer.latent_stats = stats
         self.use_slicing = False
-        self.use_tiling = False  # AutoencoderKL's attribute; tiling is not supported (see enable_tiling)
+        self.use_tiling = False  # AutoencoderKL's attribute: enable_tiling() tiles every sample
+        self.tiling = None  # the Tiling of enable_tiling; without it the tokenizer's "auto" rule applies
         self.check_inputs = True
 
     # ---- construction -------------------------------------------------------------------------
@@ -312,12 +313,12 @@ class AutoencoderViTok(ModelMixin, ConfigMixin):
         grid = self._grid_of_pixels(x)
         tok = self.tokenizer
         if self.use_slicing and x.shape[0] > 1:
-            parts = [tok.encode(one, check=self.check_inputs) for one in x.split(1)]
+            parts = [tok.encode(one, check=self.check_inputs, tiling=self._tiling()) for one in x.split(1)]
             mean = torch.cat([part.mean for part in parts])
             posterior = DeterministicLatent(mean) if parts[0].deterministic else \
                 DiagonalGaussian(mean, torch.cat([part.logvar for part in parts]))
         else:
-            posterior = tok.encode(x, check=self.check_inputs)
+            posterior = tok.encode(x, check=self.check_inputs, tiling=self._tiling())
         dist = ViTokLatentDistribution(posterior, grid, tok.config.logvar_min)
         return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
 
@@ -333,10 +334,10 @@ class AutoencoderViTok(ModelMixin, ConfigMixin):
         steps = (config.temporal_patch, config.patch_size, config.patch_size)[-len(grid):]
         size = tuple(g * s for g, s in zip(grid, steps))
         if self.use_slicing and tokens.shape[0] > 1:
-            pixels = torch.cat([self.tokenizer.decode(one, size=size, check=self.check_inputs)
+            pixels = torch.cat([self.tokenizer.decode(one, size=size, check=self.check_inputs, tiling=self._tiling())
                                 for one in tokens.split(1)])
         else:
-            pixels = self.tokenizer.decode(tokens, size=size, check=self.check_inputs)
+            pixels = self.tokenizer.decode(tokens, size=size, check=self.check_inputs, tiling=self._tiling())
         return DecoderOutput(sample=pixels) if return_dict else (pixels,)
 
     def forward(self, sample: torch.Tensor, sample_posterior: bool = False, return_dict: bool = True,
@@ -353,13 +354,25 @@ class AutoencoderViTok(ModelMixin, ConfigMixin):
     def disable_slicing(self) -> None:
         self.use_slicing = False
 
-    def enable_tiling(self, *args, **kwargs) -> None:
-        raise NotImplementedError("AutoencoderViTok does not tile: ViTok's attention spans the whole image, so "
-                                  "tiles would change the result; use enable_slicing() to save memory, or "
-                                  "tokenizer.amp_dtype = torch.bfloat16")
+    def enable_tiling(self, tile_size: int | None = None, overlap: int | None = None) -> None:
+        """Encode and decode every sample in overlapping tiles (vitok's model/tiling.py: blended in latent space
+        for encode, pixel space for decode), of the tokenizer's training size unless `tile_size` (pixels, a
+        multiple of p) says otherwise. Memory is bounded by the tile; the result differs from untiled
+        attention (each tile sees only its own pixels). Without it, the tokenizer tiles only frames above
+        its budget (tokenizer.tile_budget, 16x the nominal tokens)."""
+        from ..model.tiling import Tiling
+
+        config = self.tokenizer.config
+        self.tiling = Tiling(tile_size=tile_size or config.image_size, overlap=overlap,
+                             chunk=config.frames if config.is_video else None)
+        self.use_tiling = True
 
     def disable_tiling(self) -> None:
         self.use_tiling = False
+        self.tiling = None
+
+    def _tiling(self):
+        return self.tiling if self.use_tiling and self.tiling is not None else "auto"
 
     def enable_gradient_checkpointing(self, gradient_checkpointing_func=None) -> None:
         """vitok's own block checkpointing (torch.utils.checkpoint); a custom function is not supported."""
