@@ -315,6 +315,21 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Write an image folder, resized once, into tar shards for fast training."""
+    from .data.prepare import default_workers, prepare
+
+    index = prepare(args.source, args.out, args.size, shard_size=args.shard_size, fmt=args.format,
+                    quality=args.quality, labels=args.labels,
+                    workers=default_workers() if args.workers is None else args.workers)
+    print(f"{index['samples']} samples in {len(index['shards'])} shard(s) under {args.out} "
+          f"({index['seconds']:.1f} s); train with data.source={args.out}")
+    if index["skipped_files"]:
+        print(f"skipped {len(index['skipped_files'])} unreadable file(s); see {Path(args.out) / 'prepare.json'}",
+              file=sys.stderr)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a tokenizer to ONNX (encoder and decoder graphs) and check the graphs with onnxruntime."""
     from .integrations.onnx import export_onnx, summary_lines
@@ -615,6 +630,22 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--upsample", action="store_true", help="allow images smaller than the size (upsampled)")
     st.add_argument("--bf16", action="store_true", help="encode in bfloat16 on GPU (default float32)")
     st.set_defaults(func=cmd_stats)
+
+    pr = sub.add_parser("prepare", help="write an image folder, resized once, into tar shards for fast training",
+                        description="Decodes every image once, resizes its shorter side to --size (never "
+                                    "upsampling), re-encodes it and writes WebDataset-style .tar shards plus "
+                                    "prepare.json; `vitok train data.source=OUT` then decodes small images instead "
+                                    "of the originals. Resumable: complete shards are kept.")
+    pr.add_argument("source", help="image folder (recursive)")
+    pr.add_argument("--out", required=True, help="folder for the shards (outside the source)")
+    pr.add_argument("--size", type=int, required=True,
+                    help="shorter side in pixels, e.g. 1.25x the training size so random crops keep some room")
+    pr.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    pr.add_argument("--format", default="jpg", choices=["jpg", "png"], help="stored format (default jpg)")
+    pr.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95, 4:4:4 chroma)")
+    pr.add_argument("--labels", action="store_true", help="store each image's class sub-folder as KEY.cls")
+    pr.add_argument("--workers", type=int, default=None, help="encoding processes (default: CPUs - 1, at most 8)")
+    pr.set_defaults(func=cmd_prepare)
 
     ex = sub.add_parser("export", help="export a tokenizer to ONNX (encoder and decoder graphs), checked with "
                                        "onnxruntime",
