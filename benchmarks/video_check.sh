@@ -22,8 +22,7 @@ if [ ! -f "$work/tok/model/config.json" ]; then
         train.progress=false train.log_every=100 data.source="$work/clips/train" data.val_source="$work/clips/val" \
         data.workers=12 data.eval_limit=64 --out "$work/tok" 2>&1 | grep -v "Warning\|warn(" | tail -n 6
 fi
-ev() { python3 -m vitok eval "$work/tok/model" --data "$work/clips/val" --workers 8 --metrics psnr,ssim,temporal \
-       --weights /nonexistent "$@" 2>&1 | grep -v "Warning\|warn(\|eval:" | tail -n 5; }
+ev() { python3 -m vitok eval "$work/tok/model" --data "$work/clips/val" --workers 8 --metrics psnr,ssim,temporal "$@" 2>&1 | grep -v "Warning\|warn(\|eval:" | tail -n 5; }
 ev --frames 16 --out "$out/eval16"
 ev --frames 32 --chunk 16 --chunk-overlap 4 --out "$out/eval32_chunked"
 ev --frames 32 --no-tiling --out "$out/eval32_whole"
