@@ -227,7 +227,8 @@ class ViTok(nn.Module):
         attention grows with the square of L, so larger inputs run for minutes); check=False skips
         every check and never synchronises with the device (the training hot path).
         """
-        spec, batch = self._tiles(self._pixel_grid(x.shape), tiling)
+        # Not a tensor: no grid to tile, and check_pixels names the problem.
+        spec, batch = self._tiles(self._pixel_grid(x.shape), tiling) if isinstance(x, torch.Tensor) else (None, 1)
         if check:
             check_pixels(x, self.config, count_tokens=spec is None)
         if spec is None:
