@@ -10,9 +10,9 @@ overlap a quarter of it, unless --tile/--overlap), each timed (CUDA-synchronised
 warm-up) with its peak GPU memory; PSNR of each against the photo, PSNR of tiled against untiled,
 and the seam ratio (metrics/seams.py: error within 2 px of the tile edges over error elsewhere)
 of both, the untiled one as the same measure where no seam can be. Writes OUT/tiling.json and,
-for the largest size, OUT/tiled_crop.png (a 512 px corner of the photo, its tiled
-reconstruction and 8x its error, tile edges marked). Untiled runs that do not fit are recorded
-as out of memory.
+for the largest size, OUT/tiled_crop.png (a 256 px corner of the photo, its tiled
+reconstruction, 4x its error, and the same error with the tile edges in red: a seam would show as
+a line of larger error along them). Untiled runs that do not fit are recorded as out of memory.
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--overlap", type=int, default=0, help="overlap in px (default: a quarter of the tile)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on the GPU")
+    ap.add_argument("--max-untiled-tokens", type=int, default=0,
+                    help="skip the untiled run above this many tokens (0: always run it; a CPU needs a limit)")
     args = ap.parse_args()
     device = torch.device(args.device)
     model = ViTok.from_pretrained(args.model, device=device)
@@ -98,6 +100,8 @@ def main() -> None:
             row["tiled_psnr"] = float(psnr(x, tiled)[0])
             row["tiled_seam_ratio"] = seam_ratio(x, tiled, tile, overlap)
             try:
+                if args.max_untiled_tokens and row["tokens"] > args.max_untiled_tokens:
+                    raise MemoryError("skipped: above --max-untiled-tokens")
                 whole, row["untiled_seconds"], row["untiled_peak_bytes"] = timed(lambda: run(None), device)
                 row["untiled_psnr"] = float(psnr(x, whole)[0])
                 row["untiled_seam_ratio"] = seam_ratio(x, whole, tile, overlap)
@@ -105,6 +109,8 @@ def main() -> None:
             except torch.OutOfMemoryError:
                 row["untiled"] = "out of memory"
                 torch.cuda.empty_cache()
+            except MemoryError as err:
+                row["untiled"] = str(err)
             rows.append(row)
             print(json.dumps(row), flush=True)
             (out / "tiling.json").write_text(json.dumps({"model": args.model, "device": str(device),
@@ -112,14 +118,18 @@ def main() -> None:
             picture = (x, tiled, row)
     if picture is not None:
         x, tiled, row = picture
-        a = ((x[0, :, :512, :512] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
-        b = ((tiled[0, :, :512, :512] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
-        err = (np.abs(a.astype(np.int16) - b.astype(np.int16)) * 8).clip(0, 255).astype(np.uint8)
-        edges = border_mask(row["height"], row["width"], tile, overlap, 1)[:512, :512].numpy()
+        side = min(256, row["height"], row["width"])
+
+        def crop_u8(t):
+            return ((t[0, :, :side, :side] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+
+        a, b = crop_u8(x), crop_u8(tiled)
+        err = (np.abs(a.astype(np.int16) - b.astype(np.int16)) * 4).clip(0, 255).astype(np.uint8)
+        edges = border_mask(row["height"], row["width"], tile, overlap, 1)[:side, :side].numpy()
         marked = err.copy()
         marked[edges] = [255, 0, 0]
-        Image.fromarray(np.concatenate([a, b, marked], axis=1)).save(out / "tiled_crop.png")
-
+        gap = np.full((side, 4, 3), 255, np.uint8)
+        Image.fromarray(np.concatenate([a, gap, b, gap, err, gap, marked], axis=1)).save(out / "tiled_crop.png")
 
 if __name__ == "__main__":
     main()
