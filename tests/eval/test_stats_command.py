@@ -134,3 +134,8 @@ def test_stats_from_two_processes_equal_one(tokenizer, photos, tmp_path):
     np.testing.assert_allclose(two["mean"], one["mean"], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(two["std"], one["std"], rtol=1e-9)
     assert two["scaling_factor"] == pytest.approx(one["scaling_factor"], rel=1e-9)
+
+
+def test_stats_refuse_to_edit_the_hub_cache(capsys):
+    assert main(["stats", "someone/some-tokenizer", "--data", "."]) == 2
+    assert "Hugging Face cache" in capsys.readouterr().err

@@ -98,16 +98,19 @@ def run_stats(checkpoint: str | Path, data: str, device: str | None = None, bf16
 
     The weights are not touched; statistics already there are replaced. Returns (statistics,
     details) on rank 0, None elsewhere."""
-    from ..model import vitok_v2
-
     if device is not None:
         from ..arguments import check_device
 
         check_device(device)
     dev = setup_distributed(device)
-    model = ViTok.from_pretrained(checkpoint, device=dev)
-    folder = vitok_v2.released_folder(checkpoint) if str(checkpoint).startswith(vitok_v2.PREFIX) and \
-        not Path(checkpoint).exists() else Path(checkpoint)
+    from ..model.pretrained import looks_like_repo_id
+
+    if looks_like_repo_id(checkpoint):
+        raise ValueError(f"{checkpoint} is a Hub repo: its files live in the Hugging Face cache, which vitok does "
+                         f"not edit. Save it to a folder first (ViTok.from_pretrained({str(checkpoint)!r})"
+                         f".save_pretrained(DIR)), run `vitok stats DIR --data ...`, then push DIR")
+    folder = ViTok.resolve_folder(checkpoint)
+    model = ViTok.from_pretrained(folder, device=dev)
     if dev.type == "cuda" and bf16:
         model.amp_dtype = torch.bfloat16
     stats, details = compute_latent_stats(model, data, dev, **options)

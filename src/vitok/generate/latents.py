@@ -261,6 +261,7 @@ def encode_folder(checkpoint: str | Path, data: str | Path, out: str | Path, ima
     if world > 1:  # one process per GPU (or CPU processes with gloo): the local rank picks the GPU
         dist = setup("cuda" if str(device).startswith("cuda") else "cpu")
         rank, device = dist.rank, dist.device
+    checkpoint = ViTok.resolve_folder(checkpoint)  # a released name or repo id: the folder it lives in
     model = ViTok.from_pretrained(checkpoint, device=device)
     video = model.config.is_video
     clip = (model.config.frames, frame_stride) if video else (1, 1)

@@ -93,16 +93,7 @@ class ViTok(nn.Module):
         floating-point dtypes) against the config, then the tensor data (finite values).
         """
         device = _parse_device(device)
-        from . import vitok_v2
-
-        if isinstance(path, str) and path.startswith(vitok_v2.PREFIX) and not Path(path).exists():
-            path = vitok_v2.released_folder(path, revision)
-        elif looks_like_repo_id(path):
-            path = hub_folder(path, revision)
-        elif revision is not None:
-            raise ValueError(f"revision={revision!r} picks a version of a released checkpoint "
-                             f"({vitok_v2.PREFIX}NAME) or of a Hub repo (OWNER/NAME), and {path} is a folder "
-                             f"path: leave revision out")
+        path = cls.resolve_folder(path, revision)
         config = cls.read_config(path)
         stats = read_latent_stats(path)
         stats = LatentStats.from_dict(stats, f"{Path(path) / 'config.json'}: latent_stats") if stats else None
@@ -117,6 +108,23 @@ class ViTok(nn.Module):
         model._rope.clear()
         model.latent_stats = stats
         return model.eval()
+
+    @staticmethod
+    def resolve_folder(path: str | Path, revision: str | None = None) -> Path:
+        """The local checkpoint folder of a folder path, a released name ("vitok-v2/NAME": downloaded and
+        converted once) or a Hub repo id ("owner/name": fetched into the Hub cache); an existing folder
+        of that name wins."""
+        from . import vitok_v2
+
+        if isinstance(path, str) and path.startswith(vitok_v2.PREFIX) and not Path(path).exists():
+            return vitok_v2.released_folder(path, revision)
+        if looks_like_repo_id(path):
+            return hub_folder(path, revision)
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} picks a version of a released checkpoint "
+                             f"({vitok_v2.PREFIX}NAME) or of a Hub repo (OWNER/NAME), and {path} is a folder "
+                             f"path: leave revision out")
+        return Path(path)
 
     @staticmethod
     def read_config(path: str | Path) -> ViTokConfig:
