@@ -435,3 +435,17 @@ def test_in_memory_evaluation_for_training_loops(checkpoint, photo_folder, tmp_p
     assert set(doc["metrics"]) == {"psnr", "ssim"} and doc["num_samples"] == len(bundled_photos())
     assert doc["not_computed"] == {}  # unrequested metrics are not listed
     assert not list(tmp_path.glob("*-eval"))  # nothing written without out
+
+
+def test_v2_models_evaluate_at_sizes_that_are_not_whole_patches(tmp_path):
+    """A v2 tokenizer pads to whole patches and crops back, so --image-size need not be a multiple of p."""
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    ViTok(tiny_config(architecture="vitok-v2")).save_pretrained(tmp_path / "v2")
+    doc = run_eval(tmp_path / "v2", str(Path(bundled_photos()[0]).parent), image_size=30, workers=0, device="cpu",
+                   metrics=["psnr"], limit=2)
+    assert doc["num_samples"] == 2 and doc["image_size"] == 30
+    ViTok(tiny_config()).save_pretrained(tmp_path / "v1")
+    with pytest.raises(ValueError, match="not a multiple of the model's patch size"):
+        run_eval(tmp_path / "v1", str(Path(bundled_photos()[0]).parent), image_size=30, workers=0, device="cpu")

@@ -106,7 +106,7 @@ def evaluate_model(model: ViTok, data: str, device: torch.device, out: Path | No
         raise ValueError(f"--workers must be a non-negative integer, got {workers!r}")
     _check_out(out)
     size = image_size or config.image_size
-    if size % config.patch_size:
+    if size % config.patch_size and not config.is_v2:  # v2 pads to whole patches and crops back
         raise ValueError(f"--image-size {size} is not a multiple of the model's patch size {config.patch_size}")
     if not config.is_video and (frames is not None or stride != 1):
         flag = f"--frames {frames}" if frames is not None else f"--frame-stride {stride}"
