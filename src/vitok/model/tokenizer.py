@@ -76,7 +76,7 @@ class ViTok(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: torch.device | str = "cpu", *,
-                        revision: str | None = None) -> "ViTok":
+                        revision: str | None = None, dtype: torch.dtype | None = None) -> "ViTok":
         """Load a folder written by save_pretrained (config.json + model.safetensors), a Hugging Face Hub
         repo id ("owner/name", e.g. pushed with push_to_hub), or a release by name.
 
@@ -87,6 +87,9 @@ class ViTok(nn.Module):
         from the Hugging Face Hub (the huggingface_hub package; `revision` picks a branch, tag or
         commit, default main) and converted once into a cached folder, which is then loaded like any
         other folder; an existing folder of that name wins over the release.
+
+        dtype (e.g. torch.bfloat16): the weights' dtype on `device` (default float32, whatever the file
+        stores).
 
         Everything that can disagree is checked, in order of cost, before a module is built:
         config.json (format, types and ranges, size limits), the weights' header (names, shapes,
@@ -101,8 +104,12 @@ class ViTok(nn.Module):
             raise ValueError(f"{path}: config.json's latent_stats have {stats.channels} channels, the model "
                              f"{config.channels}; recompute them with `vitok stats {path} --data DIR`")
         state = load_weights(path)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating-point torch.dtype such as torch.bfloat16, got {dtype!r}")
         with torch.device("meta"):  # sizes now match the file on disk, so building is bounded by it
             model = cls(config)
+        if dtype is not None:  # allocated in dtype: a bf16 load never holds a float32 copy on the device
+            model = model.to(dtype)
         model = model.to_empty(device=device)
         model.load_state_dict(state)
         model._rope.clear()
