@@ -127,14 +127,3 @@ def test_v2_deterministic_latent_normalises(tmp_path):
     assert normed.deterministic
     torch.testing.assert_close(normed.mode(), model.normalise_latents(z))
 
-
-def test_from_pretrained_loads_in_a_chosen_dtype(tmp_path):
-    torch.manual_seed(0)
-    model = ViTok(tiny_config()).eval()
-    model.save_pretrained(tmp_path / "m")
-    half = ViTok.from_pretrained(tmp_path / "m", dtype=torch.bfloat16)
-    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
-    for key, value in model.state_dict().items():
-        assert torch.equal(half.state_dict()[key], value.to(torch.bfloat16)), key
-    with pytest.raises(ValueError, match="floating-point torch.dtype"):
-        ViTok.from_pretrained(tmp_path / "m", dtype=torch.int8)

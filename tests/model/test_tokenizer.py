@@ -267,3 +267,15 @@ def test_bf16_residual_stream_is_close_to_float32(tiny_image_model):
     tiny_image_model.residual_dtype = torch.bfloat16
     out, _ = tiny_image_model(x, sample=False)
     assert ((out - ref).norm() / ref.norm()).item() < 3e-2
+
+
+def test_from_pretrained_loads_in_a_chosen_dtype(tmp_path):
+    torch.manual_seed(0)
+    model = ViTok(tiny_config()).eval()
+    model.save_pretrained(tmp_path / "m")
+    half = ViTok.from_pretrained(tmp_path / "m", dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    for key, value in model.state_dict().items():
+        assert torch.equal(half.state_dict()[key], value.to(torch.bfloat16)), key
+    with pytest.raises(ValueError, match="floating-point torch.dtype"):
+        ViTok.from_pretrained(tmp_path / "m", dtype=torch.int8)
