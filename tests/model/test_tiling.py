@@ -175,3 +175,28 @@ def test_seam_ratio_against_a_direct_computation():
     assert seam_ratio(x, seamed, 16, 4) > 2.5  # the line covers 2 of the bands' ~40 columns and rows
     with pytest.raises(ValueError, match="no seams"):
         seam_ratio(x[..., :10, :10], x[..., :10, :10], 16, 4)
+
+
+def test_encode_takes_each_token_from_its_most_central_tile():
+    """Latents are selected, never averaged: a token's value comes from exactly one tile, the one in
+    which it lies farthest from a cut edge (the first such tile on a tie)."""
+    grid, spec, p = (9, 11), TileSpec((4, 5), (2, 2)), 2
+    x = torch.zeros(1, 3, grid[0] * p, grid[1] * p)
+    all_tiles = tiles(grid, spec)
+    calls = iter(range(1000))
+
+    def encode(pixels):  # tile k's tokens all hold the value k + 1 (one call per tile: batch=1)
+        k = next(calls)
+        return [torch.full((pixels.shape[0], 4 * 5, 1), float(k + 1))]
+
+    (got,) = encode_tiled(encode, x, grid, spec, (p, p), batch=1)
+    got = got.reshape(*grid)
+    best = np.full(grid, -1.0)
+    want = np.zeros(grid)
+    for k, (where, overlaps) in enumerate(all_tiles):
+        w = tile_weight(tuple(s.stop - s.start for s in where), overlaps).numpy()
+        region_best, region_want = best[where], want[where]
+        better = w > region_best
+        region_best[better], region_want[better] = w[better], k + 1
+    np.testing.assert_array_equal(got.numpy(), want)
+    assert set(np.unique(got.numpy())) <= set(range(1, len(all_tiles) + 1))  # no averages

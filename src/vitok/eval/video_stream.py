@@ -93,7 +93,7 @@ def reconstruct_video(model: ViTok, path: str | Path, out: str | Path | None = N
         for index in sorted(i for i in pending if i < done_below):
             total_sum, weight, original = pending.pop(index)
             recon = (total_sum / weight).float()[None]
-            orig = torch.from_numpy(original).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+            orig = torch.from_numpy(np.array(original)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
             psnrs.append(float(psnr(orig, recon)[0]))
             ssims.append(float(ssim(orig, recon)[0]))
             if prev is not None:

@@ -9,11 +9,19 @@ own, and the tiles are put back together by a normalised weighted average:
 
 Each tile's weight is a separable product of 1-D ramps that rise linearly over the overlap it
 shares with a neighbour (w = (j + 0.5) / r at distance j from that edge, r the overlap) and are 1
-elsewhere and at the sample's own borders. Where two tiles overlap the result fades from one to
-the other, so no edge of a tile is ever used alone; where tiles do not overlap it is the tile's
-value exactly. Encode blends in latent space (the posterior mean and log-variance, token by token),
-decode in pixel space. With a tile at least as large as the sample nothing is cut and the result
-is the untiled one exactly.
+elsewhere and at the sample's own borders: how far a position lies from any cut edge of the tile.
+
+- decode blends in pixel space: out[i] = sum_k w_k(i) · tile_k[i] / sum_k w_k(i), so where two
+  tiles overlap the image fades from one reconstruction to the other, no tile edge is ever used
+  alone, and where tiles do not overlap it is the tile's pixels exactly;
+- encode selects in latent space: each token is taken from the one tile where its weight is
+  largest (the tile in which it lies farthest from a cut; the earlier tile on a tie). Latents are
+  not averaged: the same token encoded in two contexts can land far apart in latent space (on real
+  video 2 units apart in some tubelets), and their average is a latent neither context produces,
+  which showed as flicker at chunk edges (docs/video_check).
+
+With a tile at least as large as the sample nothing is cut and the result is the untiled one
+exactly.
 
 Only one batch of tiles (`tile_batch` of them) is in flight at a time: peak memory is set by the
 tile, not by the sample.
@@ -93,6 +101,23 @@ def tile_weight(sizes: tuple[int, ...], overlaps: tuple[tuple[int, int], ...], s
         r = ramp(n * k, before * k, after * k, device)
         w = r if w is None else w[..., None] * r
     return w
+
+
+class Selector:
+    """Keeps, per grid position, the value of the tile with the largest weight so far (ties: the first)."""
+
+    def __init__(self, shape: tuple[int, ...], device, dtype=torch.float32) -> None:
+        self.value = torch.zeros(shape, device=device, dtype=dtype)
+        self.best = torch.full(shape[2:], -1.0, device=device, dtype=torch.float64)
+
+    def add(self, where: tuple[slice, ...], value: torch.Tensor, weight: torch.Tensor) -> None:
+        better = weight > self.best[where]
+        self.best[where] = torch.where(better, weight, self.best[where])
+        region = self.value[(slice(None), slice(None), *where)]
+        region.copy_(torch.where(better, value.to(region.dtype), region))
+
+    def result(self) -> torch.Tensor:
+        return self.value
 
 
 class Blender:
@@ -197,8 +222,9 @@ def _to_tokens(values: torch.Tensor) -> torch.Tensor:
 
 def encode_tiled(encode, x: torch.Tensor, grid: tuple[int, ...], spec: TileSpec, tubelet: tuple[int, ...],
                  batch: int) -> list[torch.Tensor]:
-    """Blend `encode` over the tiles of x: encode(pixels of n tiles stacked) -> list of N·n×Lt×c tensors
-    (e.g. [mean, logvar]); returns the blended B×L×c tensors. tubelet: pixels per token on each axis."""
+    """`encode` over the tiles of x, each token from the tile where it is most central: encode(pixels of n
+    tiles stacked) -> list of N·n×Lt×c tensors (e.g. [mean, logvar]); returns the B×L×c tensors.
+    tubelet: pixels per token on each axis."""
     B = x.shape[0]
     all_tiles = tiles(grid, spec)
     blenders = None
@@ -207,7 +233,7 @@ def encode_tiled(encode, x: torch.Tensor, grid: tuple[int, ...], spec: TileSpec,
         crops = [x[(Ellipsis, *[slice(s.start * k, s.stop * k) for s, k in zip(where, tubelet)])] for where, _ in group]
         outputs = encode(torch.cat(crops))
         if blenders is None:
-            blenders = [Blender((B, o.shape[-1], *grid), x.device) for o in outputs]
+            blenders = [Selector((B, o.shape[-1], *grid), x.device) for o in outputs]
         for k, (where, overlaps) in enumerate(group):
             sizes = tuple(s.stop - s.start for s in where)
             weight = tile_weight(sizes, overlaps, device=x.device)
