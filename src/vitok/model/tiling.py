@@ -17,7 +17,7 @@ elsewhere and at the sample's own borders: how far a position lies from any cut 
 - encode selects in latent space: each token is taken from the one tile where its weight is
   largest (the tile in which it lies farthest from a cut; the earlier tile on a tie). Latents are
   not averaged: the same token encoded in two contexts can land far apart in latent space (on real
-  video 2 units apart in some tubelets), and their average is a latent neither context produces,
+  video up to 4 units apart in some tubelets), and their average is a latent neither context produces,
   which showed as flicker at chunk edges (docs/video_check).
 
 With a tile at least as large as the sample nothing is cut and the result is the untiled one
