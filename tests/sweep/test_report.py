@@ -132,3 +132,21 @@ def test_cli_report_only_trains_nothing(tmp_path, capsys):
     assert not (out / "p16-c8-T-T").exists() and (out / "results.md").is_file()
     assert main(["sweep", str(spec_file), "model.channels=4", "--report"]) == 2
     assert "which the grid sets per point" in capsys.readouterr().err
+
+
+def test_points_initialised_from_a_checkpoint_are_sized_by_it(tmp_path):
+    """model.init fixes the architecture: the table counts the checkpoint's parameters, not model.name's."""
+    import torch
+
+    from conftest import tiny_config
+    from vitok.model import ViTok
+
+    torch.manual_seed(0)
+    tok = ViTok(tiny_config(channels=8))
+    tok.save_pretrained(tmp_path / "init")
+    spec = parse_spec({"name": "init", "base_config": "demo",
+                       "overrides": ["model.image_size=32", f"model.init={tmp_path / 'init'}"],
+                       "study": "grid", "grid": {"channels": [8]}}, out=tmp_path / "sweep")
+    (row,) = write_report(spec)["rows"]
+    assert row.params_total == sum(p.numel() for p in tok.parameters())
+    assert (row.tokens, row.bottleneck) == (16, 16 * 8)

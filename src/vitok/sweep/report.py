@@ -40,7 +40,7 @@ import numpy as np
 
 from ..eval.report import METRIC_LABELS
 from ..info import describe
-from ..model import config_from_name
+from ..train.config import resolve_model_config
 from ..train.report import dumps
 from .fits import LinearFit, QuadraticFit, fit_linear, fit_quadratic
 from .generation import GENERATION_DIR, GENERATION_ERROR_FILE, SAMPLES_FILE, read_generation_document
@@ -117,7 +117,7 @@ def collect_rows(spec: SweepSpec) -> list[Row]:
     rows = []
     for point in spec.points():
         config = spec.point_config(point)
-        info = describe(config_from_name(config.model.name, **config.model_overrides()))
+        info = describe(resolve_model_config(config))  # model.init runs: the checkpoint's own sizes
         state = read_state(spec.point_dir(point))
         report = state.report or {}
         metrics = {k: float(v) for k, v in report.get("metrics", {}).items()

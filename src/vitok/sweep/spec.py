@@ -47,8 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..model import SIZES, config_from_name, parse_name
-from ..train.config import TrainConfig, load_config, parse_override, read_yaml, resolve_shipped
+from ..model import SIZES, parse_name
+from ..train.config import TrainConfig, load_config, parse_override, read_yaml, resolve_model_config, resolve_shipped
 from .generation import GenerationSection, parse_generation
 
 SPEC_KEYS = ("name", "base_config", "overrides", "study", "grid", "out", "generation")
@@ -202,7 +202,7 @@ def parse_spec(data: object, origin: str = "sweep spec", overrides: Sequence[str
         except ValueError as err:
             raise ValueError(f"{origin}: grid point {point.name} is impossible: {err}; change the grid "
                              f"or the overrides") from None
-        model = config_from_name(config.model.name, **config.model_overrides())
+        model = resolve_model_config(config)  # with model.init: the checkpoint's sizes, not model.name's
         bottlenecks.add(model.num_tokens * model.channels)
     _check_study(spec, len(bottlenecks), origin)
     return spec
