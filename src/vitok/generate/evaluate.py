@@ -60,7 +60,7 @@ def feature_network(weights: str | None, frames: int) -> tuple[object | None, tu
     if frames > 1:
         networks = load_networks(weights, video=True, wanted={"rfvd"})
         net, names = networks.i3d, ("gfvd",)
-        missing = {"gfvd": networks.missing.get("rfvd", "I3D network unavailable")}
+        missing = {"gfvd": _generated(networks.missing.get("rfvd", "I3D network unavailable"))}
         if frames < I3D_MIN_FRAMES:
             net, missing = None, {"gfvd": f"I3D needs clips of at least {I3D_MIN_FRAMES} frames; this run "
                                           f"generates {frames}"}
@@ -70,9 +70,14 @@ def feature_network(weights: str | None, frames: int) -> tuple[object | None, tu
     else:
         networks = load_networks(weights, video=False, wanted={"rfid", "ris"})
         net, names = networks.inception, ("gfid", "gis")
-        missing = {"gfid": networks.missing.get("rfid", "Inception network unavailable"),
-                   "gis": networks.missing.get("ris", "Inception network unavailable")}
+        missing = {"gfid": _generated(networks.missing.get("rfid", "Inception network unavailable")),
+                   "gis": _generated(networks.missing.get("ris", "Inception network unavailable"))}
     return net, names, missing, notes, networks.published_weights
+
+
+def _generated(reason: str) -> str:
+    """The weight loader's reason, worded for the generation metrics (the same network as rFID/rIS, rFVD)."""
+    return reason.replace("rFID and rIS needs", "gFID and gIS need").replace("rFVD needs", "gFVD needs")
 
 
 @torch.no_grad()
