@@ -296,8 +296,9 @@ def random_pixels(spec: Spec, batch: int, device: torch.device) -> torch.Tensor:
 # ---- training steps, as the Trainer composes them ---------------------------------------------
 
 class TrainingStep:
-    """One optimizer step of kind "model", "lpips" (stage 1) or "stage2", as vitok.train.loop.Trainer
-    composes it with the shipped loss and optimizer defaults.
+    """One optimizer step of kind "model", "lpips" (stage 1) or "stage2", composed by hand with the
+    shipped loss and optimizer defaults: for the baselines (diffusers VAEs, which vitok's trainer does
+    not train) and for counting FLOPs on fake tensors. vitok models are timed with TrainerStep.
 
     Left out: the Trainer's finite-gradient check (one host sync per step) and its per-step
     noise draw; the model samples its own noise instead. `optimize=False` builds no optimizers
@@ -393,6 +394,66 @@ class TrainingStep:
     def __call__(self, r1: bool = False) -> None:
         self.forward_backward(r1)
         self.apply()
+
+
+class TrainerStep:
+    """One optimizer step of vitok's own trainer: Trainer.train_step then Trainer.apply_step
+    (vitok.train.loop), on the benchmark's model, so the timing is of exactly what a run executes:
+    the per-step noise draw, the loss terms, the finite-gradient flag, fused AdamW, and in stage 2
+    the discriminator, lazy R1, LeCam, the adaptive GAN weight, the guard's scales and the EMA.
+
+    kind "model": stage 1 without LPIPS; "lpips": stage 1 with it; "stage2": stage 2 (frozen encoder).
+    LPIPS has random weights (its cost does not depend on their values). The shipped loss and
+    optimizer defaults apply, with the benchmark's fractions, discriminator width and precision.
+    """
+
+    def __init__(self, kind: str, tok: "VitokTokenizer", x: torch.Tensor, spec: Spec, amp_dtype: torch.dtype | None,
+                 channels_last: bool = False, lpips_fraction: float = 1.0, disc_fraction: float = 1.0,
+                 disc_channels: int = 0) -> None:
+        import tempfile
+
+        from vitok.train.distributed import Dist
+        from vitok.train.loop import Trainer
+
+        config = TrainConfig()
+        config.train.batch_size = x.shape[0]
+        config.train.precision = "bf16" if amp_dtype == torch.bfloat16 else "fp32"
+        config.train.stage2_steps = max(1, config.train.stage2_steps) if kind == "stage2" else 0
+        config.model.residual_dtype = str(tok.module.residual_dtype).removeprefix("torch.")
+        config.model.compile = False  # the benchmark compiles the model itself (tok.compile)
+        lo = config.loss
+        lo.lpips_fraction, lo.disc_fraction, lo.require_lpips = lpips_fraction, disc_fraction, False
+        if disc_channels:
+            lo.disc_channels = disc_channels
+        if spec.tiny:
+            lo.disc_channels, lo.disc_max_channels = 8, 16
+        tok.training()
+        tok.module.requires_grad_(True)
+        tok.module.zero_grad(set_to_none=True)
+        device = x.device
+        dist = Dist(rank=0, world=1, local_rank=0, device=device)
+        self.trainer = trainer = Trainer(config, Path(tempfile.gettempdir()) / "vitok-bench-run", dist,
+                                         model=tok.module)
+        trainer.perceptual = None
+        if kind in ("lpips", "stage2"):
+            video = spec.frames > 1
+            with torch.device(device):
+                trainer.perceptual = PerceptualLoss(build_lpips(None, None), lo.lpips_max_frames if video else None)
+            trainer.perceptual.lpips.channels_last = channels_last
+            if getattr(tok, "compiled", False):
+                trainer.perceptual.compile_network()
+        if trainer.disc is not None:
+            trainer.disc.channels_last = channels_last
+        trainer.enter_stage(2 if kind == "stage2" else 1)
+        self.x = x
+        t = config.train
+        # Stage-2 step numbers: every r1_every-th step runs lazy R1 (disc_step decides by the step).
+        self.first = (t.stage1_steps // lo.r1_every + 1) * lo.r1_every if kind == "stage2" else 1
+
+    def __call__(self, r1: bool = False) -> None:
+        step = self.first if r1 or self.trainer.stage == 1 else self.first + 1  # a multiple of r1_every runs R1
+        terms = self.trainer.train_step(self.x, step, 1.0)
+        self.trainer.apply_step(terms)
 
 
 # ---- counting: exact FLOPs and a floor on bytes, without arithmetic ---------------------------
@@ -616,9 +677,11 @@ def measure_inference(tok: Tokenizer, spec: Spec, counts: dict, ctx: "Context", 
 def measure_step(kind: str, tok: Tokenizer, spec: Spec, counts: dict, ctx: "Context", batch: int) -> dict:
     """One training-step kind; stage 2 is timed with and without R1 and amortised over r1_every steps."""
     x = random_pixels(spec, batch, ctx.device)
-    step = TrainingStep(kind, tok, x, spec, ctx.amp_dtype, channels_last=ctx.channels_last,
-                        disc_channels=ctx.disc_channels,
-                        lpips_fraction=ctx.lpips_fraction, disc_fraction=ctx.disc_fraction)
+    # vitok models are timed through the trainer's own step; the baselines (no vitok trainer) through
+    # TrainingStep, which composes the same losses by hand.
+    make = TrainerStep if isinstance(tok, VitokTokenizer) else TrainingStep
+    step = make(kind, tok, x, spec, ctx.amp_dtype, channels_last=ctx.channels_last,
+                disc_channels=ctx.disc_channels, lpips_fraction=ctx.lpips_fraction, disc_fraction=ctx.disc_fraction)
     model_flops = 3 * counts["flops_total"]  # the MFU convention: model FLOPs only, 3x forward
     timing = ctx.timer.run(step)
     if kind == "stage2":

@@ -158,3 +158,40 @@ def test_fit_batch_halves_the_batch_until_it_fits():
     assert tried == [16, 8, 4, 2]
     with pytest.raises(torch.cuda.OutOfMemoryError):
         bench.fit_batch(lambda b: run(b + 100), 2, torch.device("cpu"))
+
+
+def test_vitok_steps_are_the_trainers_own(monkeypatch):
+    """bench times vitok models through Trainer.train_step and apply_step, not a copy of them."""
+    from vitok.train.loop import Trainer
+
+    bench = load_bench()
+    spec = next(s for s in bench.SMOKE if s.kind == "vitok" and s.frames == 1)
+    device = torch.device("cpu")
+    calls = []
+    train_step, disc_step = Trainer.train_step, Trainer.disc_step
+
+    def counted(self, x, step, weight):
+        calls.append(("train", step))
+        return train_step(self, x, step, weight)
+
+    def counted_disc(self, x, fake, step, weight):
+        terms = disc_step(self, x, fake, step, weight)
+        calls.append(("r1" if "r1" in terms else "disc", step))
+        return terms
+
+    monkeypatch.setattr(Trainer, "train_step", counted)
+    monkeypatch.setattr(Trainer, "disc_step", counted_disc)
+    tok = bench.VitokTokenizer(spec, device, None)
+    x = bench.random_pixels(spec, 2, device)
+    before = {n: p.detach().clone() for n, p in tok.module.named_parameters()}
+    step = bench.TrainerStep("model", tok, x, spec, None)
+    step()
+    assert calls == [("train", 1)] and step.trainer.model is tok.module
+    assert any(not torch.equal(p, before[n]) for n, p in tok.module.named_parameters())  # AdamW stepped
+    calls.clear()
+    stage2 = bench.TrainerStep("stage2", tok, x, spec, None)
+    stage2(r1=True)
+    stage2()
+    kinds = [k for k, _ in calls]
+    assert kinds == ["train", "r1", "train", "disc"]  # lazy R1 on the first call only
+    assert stage2.trainer.stage == 2 and stage2.trainer.perceptual is not None

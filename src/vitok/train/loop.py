@@ -76,7 +76,9 @@ def leading_count(batch: int, fraction: float) -> int:
 class Trainer:
     """Owns the model, losses, optimizers and data of one run; `run()` trains to the end."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, dist_info: Dist) -> None:
+    def __init__(self, config: TrainConfig, run_dir: Path, dist_info: Dist, model: ViTok | None = None) -> None:
+        """`model`: train this ViTok (its own config, as built and compiled by the caller) instead of
+        building one from config.model; benchmarks/bench.py times the trainer's step on its models so."""
         validate(config, dist_info.world)
         self.config, self.run_dir, self.dist = config, run_dir, dist_info
         self.device = dist_info.device
@@ -88,15 +90,15 @@ class Trainer:
         torch.manual_seed(t.seed)  # same initial weights on every rank
 
         # From model.name and the explicit sizes, or from model.init's checkpoint (weights: load_init).
-        self.model_config = resolve_model_config(config)
-        self.model = ViTok(self.model_config).to(self.device)
+        self.model_config = model.config if model is not None else resolve_model_config(config)
+        self.model = model.to(self.device) if model is not None else ViTok(self.model_config).to(self.device)
         self.model.amp_dtype = torch.bfloat16 if self.amp else None
         self.model.residual_dtype = getattr(torch, config.model.residual_dtype)
         self.model.set_grad_checkpointing(config.model.grad_checkpointing)
         self.sharded = t.parallel == "fsdp" and dist_info.world > 1
         if self.sharded:
             parallel.shard(self.model)
-        if config.model.compile:
+        if config.model.compile and model is None:
             self.model.compile_blocks()
 
         lo = config.loss
