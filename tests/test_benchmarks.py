@@ -195,3 +195,27 @@ def test_vitok_steps_are_the_trainers_own(monkeypatch):
     kinds = [k for k, _ in calls]
     assert kinds == ["train", "r1", "train", "disc"]  # lazy R1 on the first call only
     assert stage2.trainer.stage == 2 and stage2.trainer.perceptual is not None
+
+
+@pytest.mark.skipif(not HAS_DIFFUSERS, reason="diffusers not installed")
+def test_baselines_compile_their_encoder_and_decoder(monkeypatch):
+    """Compiled mode compiles the baselines too (their encoder and decoder networks), for a fair ratio."""
+    import diffusers
+
+    bench = load_bench()
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((type(self).__name__, kw)))
+    spec = next(s for s in bench.SMOKE if s.kind == "sd-vae")
+    tok = bench.DiffusersTokenizer(spec, torch.device("cpu"), None, diffusers)
+    tok.compile("max-autotune")
+    assert [name for name, _ in compiled] == ["Encoder", "Decoder"] and tok.compiled
+    assert compiled[0][1] == {"mode": "max-autotune"}
+    # Ratios: each ViTok mode against the baseline in the same mode, and against the eager baseline.
+    rows = [{"key": "v", "kind": "vitok", "baseline": "b", "counts": {"flops_per_frame": 1.0},
+             "modes": {m: {"infer": {"encode_decode": {"frames_per_s": f}}} for m, f in (("eager", 10.0),
+                                                                                        ("compiled", 30.0))}},
+            {"key": "b", "kind": "sd-vae", "counts": {"flops_per_frame": 4.0},
+             "modes": {m: {"infer": {"encode_decode": {"frames_per_s": f}}} for m, f in (("eager", 2.0),
+                                                                                        ("compiled", 5.0))}}]
+    got = {(r["mode"], r["baseline_mode"]): r["encode_decode"] for r in bench.ratios(rows)}
+    assert got == {("eager", "eager"): 5.0, ("compiled", "compiled"): 6.0, ("compiled", "eager"): 15.0}
