@@ -139,3 +139,24 @@ def test_stats_from_two_processes_equal_one(tokenizer, photos, tmp_path):
 def test_stats_refuse_to_edit_the_hub_cache(capsys):
     assert main(["stats", "someone/some-tokenizer", "--data", "."]) == 2
     assert "Hugging Face cache" in capsys.readouterr().err
+
+
+def test_stats_of_a_video_tokenizer_on_real_footage(tmp_path):
+    pytest.importorskip("av")
+    from pathlib import Path
+
+    from vitok.data.datasets import VideoFolder
+
+    torch.manual_seed(0)
+    ViTok(tiny_config(temporal_patch=2, frames=4)).save_pretrained(tmp_path / "vid")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    shutil.copy(Path(__file__).parents[1] / "data" / "fixtures" / "carphone_32f.mp4", clips / "carphone.mp4")
+    assert main(["stats", str(tmp_path / "vid"), "--data", str(clips), "--workers", "0", "--frames", "8"]) == 0
+    saved = json.loads((tmp_path / "vid" / "config.json").read_text())["latent_stats"]
+    model = ViTok.from_pretrained(tmp_path / "vid")
+    x = to_model_range(next(iter(VideoFolder(clips, 32, 8)))["pixels"])[None]
+    with torch.no_grad():
+        z = model.encode(x).mode().double().reshape(-1, 4).numpy()  # 8 frames > the 4-frame clip: chunked
+    assert (saved["num_samples"], saved["num_tokens"]) == (1, 4 * 4 * 4)
+    np.testing.assert_allclose(saved["mean"], z.mean(0), rtol=1e-6, atol=1e-9)
