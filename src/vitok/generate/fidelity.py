@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.pretrained import atomic_write
+from ..model.pretrained import atomic_write, json_dict_or_none
 
 CLASSIFIER_FILE = "classifier.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -151,7 +151,7 @@ def train_classifier_on_folders(train_root: str | Path, val_root: str | Path, ou
     empty = [c for i, c in enumerate(classes) if not bool((train_y == i).any())]
     if empty:
         raise ValueError(f"classes {empty[:5]} of {train_root} have no readable training image")
-    existing = _json_or_none(out / CLASSIFIER_FILE)
+    existing = json_dict_or_none(out / CLASSIFIER_FILE)
     if (existing and existing.get("config") == dataclasses.asdict(config) and existing.get("classes") == classes
             and (out / WEIGHTS_FILE).is_file()):
         return existing
@@ -202,7 +202,7 @@ def load_classifier(folder: str | Path, device: str = "cpu") -> tuple[PixelClass
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    info = _json_or_none(folder / CLASSIFIER_FILE)
+    info = json_dict_or_none(folder / CLASSIFIER_FILE)
     if info is None or info.get("format") != "vitok-pixel-classifier" or not (folder / WEIGHTS_FILE).is_file():
         raise ValueError(f"{folder} holds no pixel classifier ({CLASSIFIER_FILE} + {WEIGHTS_FILE}); train one "
                          f"with train_classifier_on_folders")
@@ -258,11 +258,3 @@ def generation_swd(generated: torch.Tensor, labels: torch.Tensor, real: torch.Te
     return {"swd": pooled["swd"], "levels": pooled["levels"],
             "swd_class": sum(per_class.values()) / len(per_class) if per_class else None,
             "per_class": per_class, "skipped_classes": skipped}
-
-
-def _json_or_none(path: Path) -> dict | None:
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return document if isinstance(document, dict) else None

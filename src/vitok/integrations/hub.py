@@ -12,12 +12,12 @@ calls model/pretrained.py's hub_folder (the model reads its own files; this modu
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
-from ..model.pretrained import CARD_FILE, CONFIG_FILE, REPO_ID, WEIGHTS_FILE, hub_folder, looks_like_repo_id
+from ..model.pretrained import (CARD_FILE, CONFIG_FILE, REPO_ID, WEIGHTS_FILE, hub_folder, json_dict_or_none,
+                                looks_like_repo_id)
 
 FILES = (CONFIG_FILE, WEIGHTS_FILE)
 __all__ = ["hub_folder", "looks_like_repo_id", "model_card", "push", "push_model", "stage"]
@@ -46,14 +46,6 @@ def model_folder_of(path: str | Path) -> tuple[Path, Path | None]:
                      f"writes) nor a `vitok train` run folder (with model/); pass one of those")
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return document if isinstance(document, dict) else None
-
-
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -68,10 +60,10 @@ def model_card(folder: Path, repo_id: str, run: Path | None = None, license: str
     from ..model import ViTok
 
     config = ViTok.read_config(folder)
-    document = _read_json(folder / CONFIG_FILE) or {}
+    document = json_dict_or_none(folder / CONFIG_FILE) or {}
     stats = document.get("latent_stats")
     info = describe(config)
-    report = _read_json(run / "report.json") if run is not None else None
+    report = json_dict_or_none(run / "report.json") if run is not None else None
     train_yaml = None
     if run is not None and (run / "config.yaml").is_file():
         import yaml

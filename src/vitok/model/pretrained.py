@@ -44,6 +44,16 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+def json_dict_or_none(path: Path) -> dict | None:
+    """A JSON file holding an object, as a dict; None when the file is missing, unreadable, not JSON (e.g.
+    cut short by a kill) or not an object: for the run-folder documents whose absence means "not done"."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
 def write_checkpoint(path: str | Path, config: dict, state: dict[str, torch.Tensor],
                      latent_stats: dict | None = None) -> None:
     """Save weights and config into folder ``path`` (config.json also holds the latent statistics, if any)."""

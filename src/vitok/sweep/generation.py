@@ -42,7 +42,7 @@ from typing import Callable
 
 import torch
 
-from ..model.pretrained import atomic_write
+from ..model.pretrained import atomic_write, json_dict_or_none
 
 GENERATION_DIR = "generation"
 GENERATION_FILE = "generation.json"
@@ -221,10 +221,7 @@ def load_labelled(root: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, li
 
 def read_generation_document(point_dir: Path) -> dict | None:
     """generation.json of a point (None when absent or unreadable)."""
-    try:
-        return json.loads((point_dir / GENERATION_DIR / GENERATION_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+    return json_dict_or_none(point_dir / GENERATION_DIR / GENERATION_FILE)
 
 
 def generation_finished(point_dir: Path) -> bool:
@@ -246,7 +243,7 @@ def ensure_classifier(section: GenerationSection, sweep_dir: Path, log: Callable
 
 def check_generation_unchanged(section: GenerationSection, point_dir: Path, point_name: str) -> None:
     """A point's generation started under other settings cannot continue under these: say which differ."""
-    saved = _json_or_none(point_dir / GENERATION_DIR / SECTION_FILE)
+    saved = json_dict_or_none(point_dir / GENERATION_DIR / SECTION_FILE)
     if saved is None:
         return
     wanted = json.loads(json.dumps(section.to_dict()))
@@ -288,7 +285,7 @@ def run_generation(section: GenerationSection, sweep_dir: Path, point_dir: Path,
                       device=device, log=lambda line: None)
 
     dit_run = gen / "dit"
-    dit_report = _json_or_none(dit_run / "report.json")
+    dit_report = json_dict_or_none(dit_run / "report.json")
     if dit_report is None:
         from ..generate.train import DiTTrainConfig, parse_overrides, train_dit
 
@@ -298,7 +295,7 @@ def run_generation(section: GenerationSection, sweep_dir: Path, point_dir: Path,
         log(f"  {point_name}: {'resuming' if resume else 'training'} the DiT ({config.model}, {config.steps} steps"
             + (f", at most {config.time_limit_minutes} min" if config.time_limit_minutes else "") + ")")
         train_dit(config, out=None if resume else dit_run, resume=dit_run if resume else None)
-        dit_report = _json_or_none(dit_run / "report.json")
+        dit_report = json_dict_or_none(dit_run / "report.json")
 
     samples_path = gen / SAMPLES_FILE
     if not samples_path.is_file():
@@ -393,11 +390,3 @@ def score(section: GenerationSection, samples_path: Path, val_root: Path, classi
                         **dataclasses.asdict(section.sampler), "seed": section.seed},
             "real": {"folder": str(val_root), "num": len(real)},
             "score_seconds": time.perf_counter() - started}
-
-
-def _json_or_none(path: Path) -> dict | None:
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return document if isinstance(document, dict) else None
