@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vitok.generate.fidelity import (ClassifierConfig, accuracy, generation_swd, load_classifier, predict, to_input,
-                                     train_classifier_on_folders)
+from vitok.generate.fidelity import (ClassifierConfig, accuracy, generation_swd, load_classifier, load_labelled,
+                                     predict, to_input, train_classifier_on_folders)
 from vitok.metrics import PatchSWD
 from vitok.metrics.swd import image_keys, set_swd
-from vitok.sweep.generation import BUNDLED_CLASSES, bundled_crop_set, load_labelled
+from vitok.sweep.generation import BUNDLED_CLASSES, bundled_crop_set
 
 SMALL = ClassifierConfig(size=32, width=8, steps=80, batch_size=16)
 
@@ -41,7 +41,7 @@ def test_classifier_learns_the_bundled_classes(crop_set, trained):
     assert info["val_accuracy"] >= 0.75 and info["train_accuracy"] >= 0.75, info
     model, saved = load_classifier(out)
     assert saved == json.loads((out / "classifier.json").read_text()) == info
-    images, labels, classes = load_labelled(crop_set / "val", 2 * SMALL.size)
+    images, labels, classes, _ = load_labelled(crop_set / "val", 2 * SMALL.size)
     assert classes == list(BUNDLED_CLASSES)
     # The recorded ceiling is what the saved model scores on the held-out images.
     assert accuracy(model, images, labels) == pytest.approx(info["val_accuracy"])
@@ -116,7 +116,7 @@ def test_to_input_resizes_shorter_side_and_centre_crops():
 
 @pytest.fixture(scope="module")
 def photos(crop_set):
-    images, labels, _ = load_labelled(crop_set / "val", 64)
+    images, labels, _, _ = load_labelled(crop_set / "val", 64)
     return images, labels
 
 

@@ -106,9 +106,12 @@ def _augment(x: torch.Tensor, size: int, min_scale: float, g: torch.Generator) -
     return torch.cat(out)
 
 
-def _load_folder(root: Path, size: int, classes: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor,
+def load_labelled(root: Path, size: int, classes: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor,
                                                                                     list[str], int]:
-    """(uint8 images, labels, classes, unreadable count) of a labelled folder, read at `size` (centre crop)."""
+    """(uint8 images N×3×size×size, labels N, class names, unreadable count) of a labelled folder (one
+    sub-folder per class): shorter side resized to `size`, centre-cropped (upsampled when smaller), as
+    the latent store reads images; unreadable files skipped and counted. With `classes` (the training
+    folder's), labels index that list and a class outside it is an error."""
     from ..data.datasets import prepare_image
     from ..data.images import load_image
     from .latents import labelled_images
@@ -145,7 +148,7 @@ def train_classifier_on_folders(train_root: str | Path, val_root: str | Path, ou
     from safetensors.torch import save_file
 
     out = Path(out)
-    train_x, train_y, classes, skipped = _load_folder(Path(train_root), 2 * config.size)
+    train_x, train_y, classes, skipped = load_labelled(Path(train_root), 2 * config.size)
     if len(classes) < 2:
         raise ValueError(f"{train_root} holds {len(classes)} class; a classifier needs at least 2")
     empty = [c for i, c in enumerate(classes) if not bool((train_y == i).any())]
@@ -155,7 +158,7 @@ def train_classifier_on_folders(train_root: str | Path, val_root: str | Path, ou
     if (existing and existing.get("config") == dataclasses.asdict(config) and existing.get("classes") == classes
             and (out / WEIGHTS_FILE).is_file()):
         return existing
-    val_x, val_y, _, val_skipped = _load_folder(Path(val_root), 2 * config.size, classes)
+    val_x, val_y, _, val_skipped = load_labelled(Path(val_root), 2 * config.size, classes)
 
     started = time.perf_counter()
     torch.manual_seed(config.seed)

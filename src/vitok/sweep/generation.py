@@ -197,26 +197,6 @@ def bundled_crop_set(root: Path, train_per_class: int = 16, val_per_class: int =
                 piece.save(folder / f"{k:03d}.png")
 
 
-def load_labelled(root: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(uint8 images N×3×size×size, labels N, class names) of a labelled folder: shorter side resized to
-    `size`, centre-cropped (upsampled when smaller), as the latent store reads images; unreadable skipped."""
-    from ..data.datasets import prepare_image
-    from ..data.images import load_image
-    from ..generate.latents import labelled_images
-
-    classes, items = labelled_images(root)
-    images, labels = [], []
-    for path, label in items:
-        try:
-            images.append(prepare_image(load_image(path), size, True, str(path)))
-        except (ValueError, OSError):  # unreadable: left out, as the latent store leaves it out
-            continue
-        labels.append(label)
-    if not images:
-        raise ValueError(f"no readable images in {root}")
-    return torch.stack(images), torch.tensor(labels), classes
-
-
 # ---- phases ----------------------------------------------------------------------------------
 
 def read_generation_document(point_dir: Path) -> dict | None:
@@ -352,20 +332,14 @@ def score(section: GenerationSection, samples_path: Path, val_root: Path, classi
     from safetensors.torch import load_file
 
     from ..generate.evaluate import feature_network, score_samples
-    from ..generate.fidelity import accuracy, generation_swd, load_classifier
+    from ..generate.fidelity import accuracy, generation_swd, load_classifier, load_labelled
 
     tensors = load_file(str(samples_path))
     images, labels = tensors["images"], tensors["labels"]
     with safe_open(str(samples_path), "pt") as f:
         classes = json.loads(f.metadata()["classes"])
-    real, real_labels, real_classes = load_labelled(val_root, images.shape[-1])
-    if real_classes != classes:
-        # the held-out folder's class list must be the training folder's: map by name
-        index = {name: i for i, name in enumerate(classes)}
-        missing = [c for c in real_classes if c not in index]
-        if missing:
-            raise ValueError(f"generation.val_data {val_root} has classes {missing} that the training data has not")
-        real_labels = torch.tensor([index[real_classes[int(y)]] for y in real_labels])
+    # Labelled by the training folder's class list (a held-out class outside it is an error).
+    real, real_labels, _, _ = load_labelled(val_root, images.shape[-1], classes)
     started = time.perf_counter()
     swd = generation_swd(images, labels, real, real_labels)
     swd["per_class"] = {classes[c]: v for c, v in swd["per_class"].items()}
