@@ -120,23 +120,16 @@ def read_clip(
         start = rng.randint(0, total - span) if rng is not None else (total - span) // 2
     last = start + span - 1
 
-    av = _av()
     out: list[np.ndarray] = []
     decoded = 0
-    with _open(path) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        try:
-            for frame in container.decode(stream):
-                index = decoded
-                decoded += 1
-                if index >= start and (index - start) % stride == 0:
-                    img = frame.to_ndarray(format="rgb24")
-                    out.append(resize_center_crop(img, size) if size is not None else img)
-                if index >= last:
-                    break
-        except (av.error.FFmpegError, OSError, ValueError) as e:
-            raise ValueError(f"{path}: not a readable video ({type(e).__name__}: {e})") from e
+    for frame in _decoded(path):
+        index = decoded
+        decoded += 1
+        if index >= start and (index - start) % stride == 0:
+            img = frame.to_ndarray(format="rgb24")
+            out.append(resize_center_crop(img, size) if size is not None else img)
+        if index >= last:
+            break
     if len(out) < frames:
         raise ValueError(
             f"{path}: video has {decoded} frames, but {frames} frames at stride {stride} "
@@ -225,21 +218,24 @@ def video_info(path: str | os.PathLike[str]) -> tuple[int, Fraction]:
     return _count_frames(path), Fraction(rate)
 
 
-def iter_frames(path: str | os.PathLike[str], size: int | None = None, limit: int | None = None):
-    """Yield the frames of a video one by one (H×W×3 uint8 RGB; `size`: shorter side resized to it and
-    the centre size×size cropped), at most `limit` of them: a long video is never held whole."""
+def _decoded(path: Path):
+    """The decoded frames (PyAV VideoFrames) of a video's first stream, in order; a decoder failure is a
+    ValueError naming the file. The container closes when the caller stops iterating."""
     av = _av()
-    path = Path(path)
-    count = 0
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         try:
-            for frame in container.decode(stream):
-                if limit is not None and count >= limit:
-                    break
-                img = frame.to_ndarray(format="rgb24")
-                yield resize_center_crop(img, size) if size is not None else img
-                count += 1
+            yield from container.decode(stream)
         except (av.error.FFmpegError, OSError, ValueError) as e:
             raise ValueError(f"{path}: not a readable video ({type(e).__name__}: {e})") from e
+
+
+def iter_frames(path: str | os.PathLike[str], size: int | None = None, limit: int | None = None):
+    """Yield the frames of a video one by one (H×W×3 uint8 RGB; `size`: shorter side resized to it and
+    the centre size×size cropped), at most `limit` of them: a long video is never held whole."""
+    for count, frame in enumerate(_decoded(Path(path))):
+        if limit is not None and count >= limit:
+            break
+        img = frame.to_ndarray(format="rgb24")
+        yield resize_center_crop(img, size) if size is not None else img
