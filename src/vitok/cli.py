@@ -123,7 +123,8 @@ def tiling_of(args: argparse.Namespace, chunks: bool = False):
     return Tiling(tile_size=args.tile_size, overlap=args.tile_overlap, chunk=chunk, chunk_overlap=chunk_overlap)
 
 
-def add_tiling_arguments(parser: argparse.ArgumentParser) -> None:
+def add_tiling_arguments(parser: argparse.ArgumentParser, chunk_help: str | None = None) -> None:
+    """--tile-size, --tile-overlap, --no-tiling; with chunk_help also --chunk and --chunk-overlap (tiling_of)."""
     parser.add_argument("--tile-size", type=int, default=None,
                         help="encode and decode in overlapping square tiles of this many pixels (a multiple of p), "
                              "blended without seams; default: tiles of the training size for images of more than "
@@ -131,6 +132,27 @@ def add_tiling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-overlap", type=int, default=None,
                         help="pixels shared by neighbouring tiles (a multiple of p; default a quarter of the tile)")
     parser.add_argument("--no-tiling", action="store_true", help="attend over the whole image at once")
+    if chunk_help is not None:
+        parser.add_argument("--chunk", type=int, default=None, help=chunk_help)
+        parser.add_argument("--chunk-overlap", type=int, default=None,
+                            help="video models: frames shared by neighbouring chunks (default a quarter of the chunk)")
+
+
+def add_stream_arguments(parser: argparse.ArgumentParser, limit_help: str) -> None:
+    """The data-set arguments of the commands that stream a data set through a tokenizer (eval, stats)."""
+    parser.add_argument("--data", required=True, help="image or video folder, a .tar shard, a folder of shards, or a "
+                                                       "quoted glob of image files, video files or shards")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="resize + centre-crop size (default: the model's)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="clip length for video models (default: the model's)")
+    parser.add_argument("--frame-stride", type=int, default=1, help="take every k-th frame of a video (default 1)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=4, help="data loader processes (default 4)")
+    parser.add_argument("--limit", type=int, default=None, help=limit_help)
+    parser.add_argument("--device", default=None,
+                        help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
+    parser.add_argument("--upsample", action="store_true", help="allow images smaller than the size (upsampled)")
 
 
 def check_size_for_reconstruct(size: tuple[int, int], patch: int, device) -> None:
@@ -577,37 +599,22 @@ def build_parser() -> argparse.ArgumentParser:
                           "center-cropping to a multiple of the patch size)")
     rec.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     rec.add_argument("--sample", action="store_true", help="decode a posterior sample instead of the mean")
-    add_tiling_arguments(rec)
+    add_tiling_arguments(rec, chunk_help="video models: frames per chunk (a multiple of q; default the model's "
+                                         "clip length)")
     rec.add_argument("--frames", type=int, default=None, help="video models: reconstruct only the first N frames")
-    rec.add_argument("--chunk", type=int, default=None,
-                     help="video models: frames per chunk (a multiple of q; default the model's clip length)")
-    rec.add_argument("--chunk-overlap", type=int, default=None,
-                     help="video models: frames shared by neighbouring chunks (default a quarter of the chunk)")
     rec.set_defaults(func=cmd_reconstruct)
 
     ev = sub.add_parser("eval", help="rFID, rIS, PSNR, SSIM, LPIPS (images) or rFVD, PSNR, SSIM (video) on a dataset",
                         description="Streams a dataset through encode/decode (posterior mean). Under torchrun "
                                     "every rank takes its share and rank 0 writes the report.")
     ev.add_argument("checkpoint", help="folder written by ViTok.save_pretrained")
-    ev.add_argument("--data", required=True, help="image or video folder, a .tar shard, a folder of shards, or a "
-                                                   "quoted glob of image files, video files or shards")
-    ev.add_argument("--image-size", type=int, default=None, help="resize + centre-crop size (default: the model's)")
-    ev.add_argument("--frames", type=int, default=None, help="clip length for video models (default: the model's)")
-    ev.add_argument("--frame-stride", type=int, default=1, help="take every k-th frame of a video (default 1)")
-    ev.add_argument("--batch-size", type=int, default=32)
-    ev.add_argument("--workers", type=int, default=4, help="data loader processes (default 4)")
-    ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
+    add_stream_arguments(ev, "evaluate only the first N samples")
     ev.add_argument("--out", default=None, help="report folder (default: CKPT-eval next to the checkpoint)")
     ev.add_argument("--weights", default=None, help="folder of feature-network weights (default $VITOK_WEIGHTS)")
     ev.add_argument("--metrics", default=None, help="comma-separated subset, e.g. psnr,ssim (default: all)")
-    ev.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
-    ev.add_argument("--upsample", action="store_true", help="allow images smaller than the size (upsampled)")
     ev.add_argument("--fp32", action="store_true", help="run the tokenizer in float32 on GPU (default bf16)")
-    add_tiling_arguments(ev)
-    ev.add_argument("--chunk", type=int, default=None,
-                    help="video models: encode and decode clips in chunks of this many frames (default: chunks of "
-                         "the model's clip length when --frames is longer)")
-    ev.add_argument("--chunk-overlap", type=int, default=None, help="frames shared by neighbouring chunks")
+    add_tiling_arguments(ev, chunk_help="video models: encode and decode clips in chunks of this many frames "
+                                        "(default: chunks of the model's clip length when --frames is longer)")
     ev.set_defaults(func=cmd_eval)
 
     st = sub.add_parser("stats", help="compute a tokenizer's latent statistics over a data set (saved in its "
@@ -618,16 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "config.json; encode(normalise=True), `vitok latents` and `vitok dit` use "
                                     "them. Under torchrun every rank takes its share.")
     st.add_argument("checkpoint", help="tokenizer folder written by ViTok.save_pretrained")
-    st.add_argument("--data", required=True, help="image or video folder, a .tar shard, a folder of shards, or a "
-                                                   "quoted glob")
-    st.add_argument("--image-size", type=int, default=None, help="resize + centre-crop size (default: the model's)")
-    st.add_argument("--frames", type=int, default=None, help="clip length for video models (default: the model's)")
-    st.add_argument("--frame-stride", type=int, default=1, help="take every k-th frame of a video (default 1)")
-    st.add_argument("--batch-size", type=int, default=32)
-    st.add_argument("--workers", type=int, default=4, help="data loader processes (default 4)")
-    st.add_argument("--limit", type=int, default=None, help="use only the first N samples")
-    st.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
-    st.add_argument("--upsample", action="store_true", help="allow images smaller than the size (upsampled)")
+    add_stream_arguments(st, "use only the first N samples")
     st.add_argument("--bf16", action="store_true", help="encode in bfloat16 on GPU (default float32)")
     st.set_defaults(func=cmd_stats)
 
