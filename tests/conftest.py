@@ -49,3 +49,44 @@ def run_ranks(args: list[str], world: int) -> list[str]:
         assert proc.returncode == 0, output
         outputs.append(output)
     return outputs
+
+
+def use_offline_hub_cache(root, monkeypatch):
+    """An empty Hugging Face cache under root/hf/hub, used offline (HF_HUB_OFFLINE=1); returns the cache folder."""
+    from huggingface_hub import constants
+
+    cache = root / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(root / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub (2.x as installed here, and earlier releases) reads both variables once, at import.
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def write_hub_repo(cache, repo: str, commit: str, sources, linked: bool = True):
+    """models--OWNER--NAME with refs/main -> commit and snapshots/commit/<file> for each source file.
+
+    huggingface_hub stores each file once under blobs/ (named by its hash) and links it from the
+    snapshot with a relative symlink; where links are unavailable it keeps real files in the snapshot.
+    """
+    import hashlib
+    import shutil
+    from pathlib import Path
+
+    root = cache / ("models--" + repo.replace("/", "--"))
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (root / "blobs").mkdir()
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+    for source in sources:
+        if linked:
+            blob = root / "blobs" / hashlib.sha256(source.read_bytes()).hexdigest()
+            shutil.copyfile(source, blob)
+            (snapshot / source.name).symlink_to(Path("..", "..", "blobs", blob.name))
+        else:
+            shutil.copyfile(source, snapshot / source.name)
+    return snapshot

@@ -3,9 +3,7 @@ push exercised up to the upload call; the model card checked."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,9 +14,9 @@ from vitok.model import ViTok
 from vitok.model.latent_stats import MomentAccumulator
 from vitok.integrations import hub
 
-from conftest import tiny_config
+from conftest import tiny_config, use_offline_hub_cache, write_hub_repo
 
-hf_constants = pytest.importorskip("huggingface_hub.constants")
+pytest.importorskip("huggingface_hub.constants")
 huggingface_hub = pytest.importorskip("huggingface_hub")
 
 REPO = "someone/vitok-tiny"
@@ -38,30 +36,11 @@ def model() -> ViTok:
 
 @pytest.fixture
 def offline_cache(tmp_path, monkeypatch):
-    cache = tmp_path / "hf" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # huggingface_hub reads both variables once, at import.
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    return cache
+    return use_offline_hub_cache(tmp_path, monkeypatch)
 
 
 def cache_repo(cache: Path, files: Path, repo: str = REPO, commit: str = COMMIT) -> Path:
-    """models--OWNER--NAME: blobs named by hash, snapshots/COMMIT/<file> relative links, refs/main."""
-    root = cache / ("models--" + repo.replace("/", "--"))
-    snapshot = root / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (root / "blobs").mkdir()
-    (root / "refs").mkdir()
-    (root / "refs" / "main").write_text(commit)
-    for source in sorted(files.iterdir()):
-        blob = root / "blobs" / hashlib.sha256(source.read_bytes()).hexdigest()
-        shutil.copyfile(source, blob)
-        (snapshot / source.name).symlink_to(Path("..", "..", "blobs", blob.name))
-    return snapshot
+    return write_hub_repo(cache, repo, commit, sorted(files.iterdir()))
 
 
 def test_load_by_repo_id_from_the_offline_cache(model, offline_cache, tmp_path):

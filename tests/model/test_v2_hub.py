@@ -4,8 +4,6 @@ A test-only RELEASED entry points at a fake repo whose snapshot holds the tiny r
 HF_HUB_OFFLINE=1 keeps huggingface_hub in its cache: nothing here touches the network.
 """
 
-import hashlib
-import shutil
 import sys
 from pathlib import Path
 
@@ -17,7 +15,9 @@ from vitok.model import ViTok
 from vitok.model import vitok_v2
 from vitok.model.vitok_v2 import DECODER_FILE, ENCODER_FILE, Released
 
-hf_constants = pytest.importorskip("huggingface_hub.constants")
+from conftest import use_offline_hub_cache, write_hub_repo
+
+pytest.importorskip("huggingface_hub.constants")
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vitok_v2"
 REPO = "vitok-test/ViTok-v2-tiny"
@@ -27,42 +27,11 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TINY = Released(REPO, (64, 2, 4), (96, 3, 4), 8, 8)
 
 
-def write_hub_cache(root: Path, linked: bool) -> Path:
-    """models--OWNER--NAME with refs/main -> COMMIT and snapshots/COMMIT/{encoder,decoder}.safetensors.
-
-    huggingface_hub stores each file once under blobs/ (named by its hash) and links it from the
-    snapshot with a relative symlink; where links are unavailable it keeps real files in the snapshot.
-    """
-    repo = root / ("models--" + REPO.replace("/", "--"))
-    snapshot = repo / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    (repo / "blobs").mkdir()
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
-    for name in (ENCODER_FILE, DECODER_FILE):
-        source = FIXTURE / name
-        if linked:
-            blob = repo / "blobs" / hashlib.sha256(source.read_bytes()).hexdigest()
-            shutil.copyfile(source, blob)
-            (snapshot / name).symlink_to(Path("..", "..", "blobs", blob.name))
-        else:
-            shutil.copyfile(source, snapshot / name)
-    return snapshot
-
-
 @pytest.fixture(params=[True, False], ids=["symlinked-blobs", "real-files"])
 def hub(request, tmp_path, monkeypatch) -> Path:
     """An offline Hugging Face cache holding the fake release; VITOK_CACHE in tmp; returns the snapshot folder."""
-    hf_home = tmp_path / "hf"
-    cache = hf_home / "hub"
-    cache.mkdir(parents=True)
-    snapshot = write_hub_cache(cache, request.param)
-    monkeypatch.setenv("HF_HOME", str(hf_home))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # huggingface_hub (2.x as installed here, and earlier releases) reads both variables once, at import.
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    cache = use_offline_hub_cache(tmp_path, monkeypatch)
+    snapshot = write_hub_repo(cache, REPO, COMMIT, [FIXTURE / ENCODER_FILE, FIXTURE / DECODER_FILE], request.param)
     monkeypatch.setenv("VITOK_CACHE", str(tmp_path / "vitok-cache"))
     monkeypatch.setitem(vitok_v2.RELEASED, NAME, TINY)
     return snapshot
