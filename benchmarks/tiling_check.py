@@ -30,7 +30,7 @@ from vitok.data.images import load_image
 from vitok.metrics.image import psnr
 from vitok.metrics.seams import border_mask, seam_ratio
 from vitok.model import ViTok
-from vitok.model.tiling import Tiling
+from vitok.model.tiling import Tiling, default_overlap
 
 
 def timed(fn, device: torch.device, repeats: int = 1):
@@ -77,7 +77,7 @@ def main() -> None:
         model.amp_dtype = torch.bfloat16
     p = model.config.patch_size
     tile = args.tile or model.config.image_size
-    overlap = args.overlap or max(p, tile // 4 // p * p)
+    overlap = args.overlap or default_overlap(tile, p)
     tiling = Tiling(tile_size=tile, overlap=overlap)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

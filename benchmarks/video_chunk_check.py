@@ -28,7 +28,7 @@ from vitok.eval.video_stream import reconstruct_video
 from vitok.metrics.image import psnr
 from vitok.metrics.temporal import temporal_report
 from vitok.model import ViTok
-from vitok.model.tiling import Tiling
+from vitok.model.tiling import Tiling, default_overlap
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
     c = model.config
     size = args.size or c.image_size
     chunk = args.chunk or c.frames
-    overlap = args.overlap or max(c.temporal_patch, chunk // 4 // c.temporal_patch * c.temporal_patch)
+    overlap = args.overlap or default_overlap(chunk, c.temporal_patch)
     rows = []
     for video in args.videos:
         frames = np.stack(list(iter_frames(video, size=size, limit=args.frames or None)))

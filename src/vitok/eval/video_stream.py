@@ -25,7 +25,7 @@ from ..data.video import VideoWriter, iter_frames, video_info
 from ..metrics.image import psnr, ssim
 from ..metrics.temporal import border_transitions
 from ..model import ViTok
-from ..model.tiling import axis_tiles, ramp
+from ..model.tiling import axis_tiles, default_overlap, ramp
 
 
 def _frames_tensor(frames: list[np.ndarray], device) -> torch.Tensor:
@@ -55,7 +55,7 @@ def reconstruct_video(model: ViTok, path: str | Path, out: str | Path | None = N
     if chunk % q or chunk < q:
         raise ValueError(f"chunk {chunk} is not a positive multiple of the temporal patch {q}")
     if overlap is None:
-        overlap = max(q, chunk // 4 // q * q) if chunk > q else 0
+        overlap = default_overlap(chunk, q)
     if overlap % q or not 0 <= overlap < chunk:
         raise ValueError(f"overlap {overlap} must be a multiple of {q} and smaller than the chunk ({chunk})")
     total, fps = video_info(path)

@@ -50,6 +50,12 @@ class TileSpec:
                                  f"at least 0 and smaller than the tile")
 
 
+def default_overlap(size: int, step: int) -> int:
+    """The overlap a tile or chunk of `size` (pixels or frames, a multiple of `step`) gets unless told
+    otherwise: a quarter of it in whole steps, at least one step; none for a tile of one step."""
+    return max(step, size // 4 // step * step) if size > step else 0
+
+
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start indices of tiles of `tile` covering range(length) with at least `overlap` shared between
     neighbours; the last tile ends at `length` (its overlap may be larger)."""
@@ -104,20 +110,22 @@ def tile_weight(sizes: tuple[int, ...], overlaps: tuple[tuple[int, int], ...], s
 
 
 class Selector:
-    """Keeps, per grid position, the value of the tile with the largest weight so far (ties: the first)."""
+    """Keeps, per grid position, the values of the tile with the largest weight so far (ties: the first),
+    for several outputs at once (e.g. a posterior's mean and log-variance) chosen by one comparison."""
 
-    def __init__(self, shape: tuple[int, ...], device, dtype=torch.float32) -> None:
-        self.value = torch.zeros(shape, device=device, dtype=dtype)
-        self.best = torch.full(shape[2:], -1.0, device=device, dtype=torch.float64)
+    def __init__(self, shapes: list[tuple[int, ...]], device, dtype=torch.float32) -> None:
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for shape in shapes]
+        self.best = torch.full(shapes[0][2:], -1.0, device=device, dtype=torch.float64)
 
-    def add(self, where: tuple[slice, ...], value: torch.Tensor, weight: torch.Tensor) -> None:
+    def add(self, where: tuple[slice, ...], values: list[torch.Tensor], weight: torch.Tensor) -> None:
         better = weight > self.best[where]
         self.best[where] = torch.where(better, weight, self.best[where])
-        region = self.value[(slice(None), slice(None), *where)]
-        region.copy_(torch.where(better, value.to(region.dtype), region))
+        for buffer, value in zip(self.values, values):
+            region = buffer[(slice(None), slice(None), *where)]
+            region.copy_(torch.where(better, value.to(region.dtype), region))
 
-    def result(self) -> torch.Tensor:
-        return self.value
+    def result(self) -> list[torch.Tensor]:
+        return self.values
 
 
 class Blender:
@@ -134,10 +142,6 @@ class Blender:
 
     def result(self) -> torch.Tensor:
         return self.sum / self.weight
-
-
-def tile_count(grid: tuple[int, ...], spec: TileSpec) -> int:
-    return math.prod(len(tile_starts(n, t, o)) for n, t, o in zip(grid, spec.tile, spec.overlap))
 
 
 @dataclass(frozen=True)
@@ -162,15 +166,14 @@ class Tiling:
         spatial = range(len(grid) - 2, len(grid))
         if self.tile_size is not None:
             t, o = _tokens("tile_size", self.tile_size, patch), self.overlap
-            o = _tokens("overlap", o, patch, zero=True) if o is not None else max(1, t // 4) if t > 1 else 0
+            o = _tokens("overlap", o, patch, zero=True) if o is not None else default_overlap(t, 1)
             for axis in spatial:
                 tile[axis], overlap[axis] = t, o
         if self.chunk is not None:
             if not video:
                 raise ValueError("tiling.chunk cuts time, and this is an image model: leave it out")
             t, o = _tokens("chunk", self.chunk, temporal_patch), self.chunk_overlap
-            o = _tokens("chunk_overlap", o, temporal_patch, zero=True) if o is not None else \
-                max(1, t // 4) if t > 1 else 0
+            o = _tokens("chunk_overlap", o, temporal_patch, zero=True) if o is not None else default_overlap(t, 1)
             tile[0], overlap[0] = t, o
         cut = [i for i, (n, t) in enumerate(zip(grid, tile)) if t < n]
         if not cut:
@@ -202,10 +205,8 @@ def auto_tiling(grid: tuple[int, ...], nominal: tuple[int, ...], budget: int, im
         chunk = frames
     if tile_size is None and chunk is None:
         return None
-    overlap = max(patch, image_size // 4 // patch * patch) if tile_size else None
-    chunk_overlap = max(temporal_patch, frames // 4 // temporal_patch * temporal_patch) if chunk else None
-    if chunk is not None and chunk_overlap >= chunk:
-        chunk_overlap = 0
+    overlap = default_overlap(image_size, patch) if tile_size else None
+    chunk_overlap = default_overlap(frames, temporal_patch) if chunk else None
     return Tiling(tile_size, overlap, chunk, chunk_overlap)
 
 
@@ -227,19 +228,18 @@ def encode_tiled(encode, x: torch.Tensor, grid: tuple[int, ...], spec: TileSpec,
     tubelet: pixels per token on each axis."""
     B = x.shape[0]
     all_tiles = tiles(grid, spec)
-    blenders = None
+    selector = None
     for start in range(0, len(all_tiles), batch):
         group = all_tiles[start:start + batch]
         crops = [x[(Ellipsis, *[slice(s.start * k, s.stop * k) for s, k in zip(where, tubelet)])] for where, _ in group]
         outputs = encode(torch.cat(crops))
-        if blenders is None:
-            blenders = [Selector((B, o.shape[-1], *grid), x.device) for o in outputs]
+        if selector is None:
+            selector = Selector([(B, o.shape[-1], *grid) for o in outputs], x.device)
         for k, (where, overlaps) in enumerate(group):
             sizes = tuple(s.stop - s.start for s in where)
             weight = tile_weight(sizes, overlaps, device=x.device)
-            for blender, out in zip(blenders, outputs):
-                blender.add(where, _to_grid(out[k * B:(k + 1) * B], sizes), weight)
-    return [_to_tokens(b.result()) for b in blenders]
+            selector.add(where, [_to_grid(out[k * B:(k + 1) * B], sizes) for out in outputs], weight)
+    return [_to_tokens(value) for value in selector.result()]
 
 
 def decode_tiled(decode, z: torch.Tensor, grid: tuple[int, ...], spec: TileSpec, tubelet: tuple[int, ...],
