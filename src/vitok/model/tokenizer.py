@@ -234,8 +234,9 @@ class ViTok(nn.Module):
 
         tiling: "auto" (default) cuts a frame of more than `tile_budget` tokens (16x the nominal
         grid) into overlapping tiles of the training size, and a video longer than the training
-        clip into overlapping chunks, blended in latent space (model/tiling.py); a Tiling sets
-        sizes and overlaps; None always attends over the whole sample.
+        clip into overlapping chunks, each latent token taken from the tile where it is most
+        central (model/tiling.py); a Tiling sets sizes and overlaps; None always attends over the
+        whole sample.
 
         check=True validates x first (layout, dtype, range, finite values) and refuses a sample of
         more than 16,384 tokens on a CPU or 65,536 on a GPU (checks.MAX_TOKENS_CPU / MAX_TOKENS:
