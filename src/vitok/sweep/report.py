@@ -228,7 +228,8 @@ def write_report(spec: SweepSpec) -> dict:
     fits = compute_fits(rows)
     spec.out.mkdir(parents=True, exist_ok=True)
     _write_csv(rows, metrics, spec.out / "results.csv")
-    (spec.out / "fits.json").write_text(dumps(fits_document(fits, rows), indent=2) + "\n")
+    document = fits_document(fits, rows)
+    (spec.out / "fits.json").write_text(dumps(document, indent=2) + "\n")
     # Plots are rebuilt from scratch, so none is left over from a study or metric that no longer applies.
     for stale in [*spec.out.glob("plots/*.png"), *spec.out.glob("plots/*.pdf")]:
         stale.unlink()
@@ -241,7 +242,7 @@ def write_report(spec: SweepSpec) -> dict:
                               STUDY_AXES[study].label, short_label(metric), spec.out / "plots" / f"{study}-{metric}")
     if spec.generation is not None:
         plots += _side_by_side(rows, fits.get("e_sweep", {}), spec.out / "plots" / "e_sweep-recon_vs_generation")
-    (spec.out / "results.md").write_text(_markdown(spec, rows, metrics, fits))
+    (spec.out / "results.md").write_text(_markdown(spec, rows, metrics, fits, document))
     return {"rows": rows, "fits": fits, "files": [spec.out / "results.csv", spec.out / "results.md",
                                                   spec.out / "fits.json", *plots]}
 
@@ -321,7 +322,7 @@ def _cell(key: str, value) -> str:
     return str(value)
 
 
-def _markdown(spec: SweepSpec, rows: list[Row], metrics: list[str], fits: dict) -> str:
+def _markdown(spec: SweepSpec, rows: list[Row], metrics: list[str], fits: dict, document: dict) -> str:
     config = spec.point_config(spec.points()[0])
     t, d = config.train, config.data
     heldout = (f"data.val_source {d.val_source}" if d.val_source
@@ -351,11 +352,12 @@ def _markdown(spec: SweepSpec, rows: list[Row], metrics: list[str], fits: dict) 
     if not fits:
         lines += ["", "No fits yet: a study needs finished points at two or more values of its variable."]
     if spec.generation is not None:
-        lines += _generation_markdown(spec, rows, fits)
+        lines += _generation_markdown(spec, rows, document)
     return "\n".join(lines) + "\n"
 
 
-def _generation_markdown(spec: SweepSpec, rows: list[Row], fits: dict) -> list[str]:
+def _generation_markdown(spec: SweepSpec, rows: list[Row], document: dict) -> list[str]:
+    """The generation section of results.md; its quadratic fits are fits.json's (`document`)."""
     g = spec.generation
     s = g.sampler
     done = [row for row in rows if row.gen_finished]
@@ -381,19 +383,18 @@ def _generation_markdown(spec: SweepSpec, rows: list[Row], fits: dict) -> list[s
         lines.append(f"- {name} not computed: {why}")
     lines += ["", "| metric | meaning |", "| --- | --- |"]
     lines += [f"| {m} | {GENERATION_LABELS[m]} |" for m in GENERATION_METRICS if m not in reasons]
-    quadratics = [(m, fits["e_sweep"][m][1]) for m in GENERATION_METRICS
-                  if m in fits.get("e_sweep", {}) and fits["e_sweep"][m][1] is not None]
+    fitted = document.get("e_sweep", {}).get("metrics", {})
+    quadratics = [(m, fitted[m]) for m in GENERATION_METRICS if (fitted.get(m) or {}).get("quadratic") is not None]
     if quadratics:
         lines += ["", "Quadratic fits against log10(E):", "",
                   "| metric | n | curvature 2a | turns at E | inside the range | R² |",
                   "| --- | --- | --- | --- | --- | --- |"]
-        for metric, quadratic in quadratics:
-            x, _, _ = study_points(rows, "e_sweep", metric)
-            q = quadratic_summary(quadratic, np.log10(x))
+        for metric, entry in quadratics:
+            q = entry["quadratic"]
             vertex = f"{q['vertex']:.4g} ({q['turns']})" if q["vertex"] is not None else "never"
             exact = " (exact: 3 points)" if q["exact"] else ""
-            lines.append(f"| {metric} | {quadratic.n} | {q['curvature']:.4g} | {vertex} | "
-                         f"{'yes' if q['vertex_inside'] else 'no'} | {quadratic.r2:.3f}{exact} |")
+            lines.append(f"| {metric} | {entry['n']} | {q['curvature']:.4g} | {vertex} | "
+                         f"{'yes' if q['vertex_inside'] else 'no'} | {q['r2']:.3f}{exact} |")
     if (spec.out / "plots" / "e_sweep-recon_vs_generation.png").is_file():
         lines += ["", "![reconstruction and generation against E](plots/e_sweep-recon_vs_generation.png)"]
     return lines
