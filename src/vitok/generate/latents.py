@@ -401,19 +401,20 @@ def read_index(path: str | Path) -> dict:
     return json.loads(file.read_text())
 
 
-def check_tokenizer(info: dict, where: str, tokenizer_folder: str | Path | None = None) -> None:
+def check_tokenizer(info: dict, where: str) -> None:
     """Refuse latents (a store's index, or a DiT run's record of it) that the tokenizer would misread.
 
-    The tokenizer (its recorded folder, or `tokenizer_folder`) must hold the weights the latents
-    were encoded with, and, if it now has statistics, the latents must have been normalised with
-    them. A tokenizer folder that is gone is not checked here (decoding will say so)."""
-    folder = Path(tokenizer_folder or info.get("tokenizer") or "")
+    The tokenizer (its recorded folder) must hold the weights the latents were encoded with, and,
+    if it now has statistics, the latents must have been normalised with them. A tokenizer folder
+    that is gone is not checked here (decoding will say so)."""
+    folder = Path(info.get("tokenizer") or "")
     if not (folder / "model.safetensors").is_file():
         return
     recorded = info.get("tokenizer_weights")
-    if recorded and weights_fingerprint(folder) != recorded:
+    current_weights = weights_fingerprint(folder) if recorded else None
+    if recorded and current_weights != recorded:
         raise ValueError(f"{where} holds latents of another tokenizer: the weights in {folder} have changed since "
-                         f"they were encoded (fingerprint {recorded}, now {weights_fingerprint(folder)}); encode "
+                         f"they were encoded (fingerprint {recorded}, now {current_weights}); encode "
                          f"again with `vitok latents {folder} --data DIR --out NEW_STORE`")
     stats = read_latent_stats(folder)
     if stats is not None:
