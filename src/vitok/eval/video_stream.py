@@ -14,7 +14,6 @@ metrics/temporal.py over consecutive frames, at the chunk edges and inside chunk
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 
 from ..data.video import VideoWriter, iter_frames, video_info
 from ..metrics.image import psnr, ssim
-from ..metrics.temporal import border_transitions
+from ..metrics.temporal import border_transitions, summarise, transition_errors
 from ..model import ViTok
 from ..model.tiling import axis_tiles, default_overlap, ramp
 
@@ -96,10 +95,9 @@ def reconstruct_video(model: ViTok, path: str | Path, out: str | Path | None = N
             orig = torch.from_numpy(np.array(original)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
             psnrs.append(float(psnr(orig, recon)[0]))
             ssims.append(float(ssim(orig, recon)[0]))
-            if prev is not None:
-                d = (recon.double() - prev[1]) - (orig.double() - prev[0])
-                errors.append(float(d.pow(2).mean()))
-            prev = (orig.double(), recon.double())
+            if prev is not None:  # the transition from the previous frame: B×3×2×H×W pairs
+                errors.append(float(transition_errors(torch.stack([prev[0], orig], 2), torch.stack([prev[1], recon], 2))))
+            prev = (orig, recon)
             pixels = ((recon[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
             if out is not None:
                 if writer is None:
@@ -109,18 +107,9 @@ def reconstruct_video(model: ViTok, path: str | Path, out: str | Path | None = N
         first = done_below
     if writer is not None:
         writer.close()
-    e = np.array(errors)
-    border_t = border_transitions(total, chunk, overlap)
     report = {"file": str(path), "frames": total, "fps": float(fps), "size": size, "chunk": chunk,
               "overlap": overlap, "chunks": len(chunk_tiles), "psnr": float(np.mean(psnrs)),
               "ssim": float(np.mean(ssims)), "psnr_per_frame": psnrs,
-              "temporal_rmse": math.sqrt(float(e.mean())) * 127.5 if len(e) else None,
+              **summarise(torch.tensor([errors], dtype=torch.float64), border_transitions(total, chunk, overlap)),
               "seconds": time.perf_counter() - started, "output": str(out) if out is not None else None}
-    if border_t and len(e) > len(border_t):
-        mask = np.zeros(len(e), dtype=bool)
-        mask[border_t] = True
-        inside = float(e[~mask].mean())
-        report.update(border_transitions=border_t, border_rmse=math.sqrt(float(e[mask].mean())) * 127.5,
-                      inside_rmse=math.sqrt(inside) * 127.5,
-                      border_ratio=float(e[mask].mean()) / inside if inside > 0 else math.inf)
     return report

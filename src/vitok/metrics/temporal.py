@@ -49,19 +49,25 @@ def border_transitions(frames: int, chunk: int, overlap: int) -> list[int]:
     return [e - 1 for e in tile_edges(frames, chunk, overlap)]
 
 
-def temporal_report(x: torch.Tensor, x_hat: torch.Tensor, chunk: int | None = None, overlap: int = 0) -> dict:
-    """{"temporal_rmse": over all videos and transitions, and with `chunk`: "border_rmse", "inside_rmse",
-    "border_ratio", "border_transitions"} (8-bit levels)."""
-    e = transition_errors(x, x_hat)
-    report = {"temporal_rmse": math.sqrt(float(e.mean())) * 127.5, "transitions": int(e.shape[1])}
-    if chunk is not None:
-        borders = border_transitions(x.shape[2], chunk, overlap)
-        if borders:
-            mask = torch.zeros(e.shape[1], dtype=torch.bool)
-            mask[borders] = True
-            inside = e[:, ~mask].mean()
-            report.update(border_transitions=borders,
-                          border_rmse=math.sqrt(float(e[:, mask].mean())) * 127.5,
-                          inside_rmse=math.sqrt(float(inside)) * 127.5,
-                          border_ratio=float(e[:, mask].mean() / inside) if float(inside) > 0 else math.inf)
+def summarise(e: torch.Tensor, borders: list[int] | None = None) -> dict:
+    """The report of transition errors e (B×(T-1), transition_errors): "temporal_rmse" and, when some but
+    not all transitions are chunk-edge ones (`borders`), "border_rmse", "inside_rmse", "border_ratio",
+    "border_transitions" (8-bit levels)."""
+    e = torch.as_tensor(e, dtype=torch.float64).reshape(-1, e.shape[-1])
+    report = {"temporal_rmse": math.sqrt(float(e.mean())) * 127.5 if e.numel() else None,
+              "transitions": int(e.shape[1])}
+    if borders and len(borders) < e.shape[1]:
+        mask = torch.zeros(e.shape[1], dtype=torch.bool)
+        mask[borders] = True
+        inside = e[:, ~mask].mean()
+        report.update(border_transitions=borders,
+                      border_rmse=math.sqrt(float(e[:, mask].mean())) * 127.5,
+                      inside_rmse=math.sqrt(float(inside)) * 127.5,
+                      border_ratio=float(e[:, mask].mean() / inside) if float(inside) > 0 else math.inf)
     return report
+
+
+def temporal_report(x: torch.Tensor, x_hat: torch.Tensor, chunk: int | None = None, overlap: int = 0) -> dict:
+    """summarise() of videos x and x_hat B×3×T×H×W, with the chunk edges of chunks of `chunk` frames."""
+    borders = border_transitions(x.shape[2], chunk, overlap) if chunk is not None else None
+    return summarise(transition_errors(x, x_hat), borders)
