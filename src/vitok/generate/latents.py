@@ -356,19 +356,16 @@ def _encode_shard(model, shard_items: list[tuple[Path, int]], number: int, root:
 def write_index(out: Path, classes: list[str], model, checkpoint: Path, size: int, dtype: str,
                 num_shards: int, skipped: list[dict], clip: tuple[int, int] = (1, 1)) -> dict:
     """Per-channel float64 statistics over every stored latent, written as index.json (atomically)."""
-    count, total, total_sq, tokens, channels = 0, None, None, None, None
+    from ..model.latent_stats import MomentAccumulator
+
+    acc, tokens, channels = None, None, None
     for number in range(num_shards):
-        latents = load_file(out / shard_name(number))["latents"].double()  # N×L×c
-        tokens = tokens or latents.shape[1]
-        flat = latents.reshape(-1, latents.shape[-1])
-        count += latents.shape[0]
-        total = flat.sum(0) if total is None else total + flat.sum(0)
-        total_sq = flat.pow(2).sum(0) if total_sq is None else total_sq + flat.pow(2).sum(0)
-        channels = latents.shape[-1]
-    elements = count * tokens
-    mean = total / elements
-    # Population variance; the shifted form is accurate enough for latents of order 1.
-    std = (total_sq / elements - mean.pow(2)).clamp(min=0).sqrt()
+        latents = load_file(out / shard_name(number))["latents"]  # N×L×c
+        tokens, channels = tokens or latents.shape[1], latents.shape[-1]
+        acc = acc or MomentAccumulator(channels)
+        acc.update(latents)  # float64 sums per channel
+    count = acc.samples
+    mean, std = acc.moments()  # population std; the shifted form is accurate enough for latents of order 1
     stats = model.latent_stats
     normalisation = {"normalisation": "tokenizer", "mean": list(stats.mean), "std": list(stats.std),
                      "stats_fingerprint": stats.fingerprint} if stats is not None else \

@@ -130,15 +130,19 @@ class MomentAccumulator:
         self.sum, self.sum_sq = state[:c].clone(), state[c:2 * c].clone()
         self.samples, self.tokens = int(state[2 * c]), int(state[2 * c + 1])
 
-    def result(self, **provenance) -> LatentStats:
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and population std, float64."""
         if self.tokens == 0:
             raise ValueError("no latents were accumulated: the data set held no readable image")
+        mean = self.sum / float(self.tokens)
+        return mean, (self.sum_sq / float(self.tokens) - mean.pow(2)).clamp(min=0).sqrt()
+
+    def result(self, **provenance) -> LatentStats:
+        mean, std = self.moments()
         n = float(self.tokens)
-        mean = self.sum / n
-        var = (self.sum_sq / n - mean.pow(2)).clamp(min=0)
         # Over all values: the mean of the channel means; E[x²] - E[x]² pooled over channels.
         shift = mean.mean()
         total_var = (self.sum_sq.sum() / (n * len(mean)) - shift.pow(2)).clamp(min=0)
-        return LatentStats(mean=mean.tolist(), std=var.sqrt().tolist(), shift_factor=float(shift),
+        return LatentStats(mean=mean.tolist(), std=std.tolist(), shift_factor=float(shift),
                            scaling_factor=float(1.0 / total_var.sqrt()) if total_var > 0 else math.inf,
                            num_samples=self.samples, num_tokens=self.tokens, **provenance)
