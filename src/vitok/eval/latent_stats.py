@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..data.datasets import open_dataset, to_model_range
+from ..data.datasets import to_model_range
 from ..model import ViTok
 from ..model.latent_stats import LatentStats, MomentAccumulator
 from ..model.pretrained import write_latent_stats
 from .evaluate import make_loader
-from .run import _check_positive, _check_pyav, setup_distributed
+from .run import open_stream, setup_distributed
 
 _MASK = (1 << 64) - 1
 
@@ -46,20 +46,8 @@ def compute_latent_stats(model: ViTok, data: str, device: torch.device, image_si
     from tqdm.auto import tqdm
 
     config = model.config
-    _check_positive({"--image-size": image_size, "--batch-size": batch_size, "--limit": limit, "--frames": frames,
-                     "--frame-stride": stride})
-    size = image_size or config.image_size
-    if size % config.patch_size and not config.is_v2:
-        raise ValueError(f"--image-size {size} is not a multiple of the model's patch size {config.patch_size}")
-    if not config.is_video and (frames is not None or stride != 1):
-        raise ValueError("--frames and --frame-stride apply to video models; this is an image model: leave them out")
-    if config.is_video:
-        _check_pyav()
-    clip = frames or config.frames
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    dataset = open_dataset(data, size, frames=clip if config.is_video else 1, stride=stride, upsample=upsample,
-                           limit=limit, rank=rank, world=world)
+    dataset, size, clip, rank, world = open_stream(config, data, image_size, frames, stride, upsample, limit, batch_size,
+                                             workers)
     root = str(data) if Path(data).is_dir() else ""
     started = time.perf_counter()
     acc = MomentAccumulator(config.channels)

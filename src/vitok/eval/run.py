@@ -85,6 +85,33 @@ def _check_pyav() -> None:
                          "pip install av (or install vitok with the video extra: pip install 'vitok[video]')") from None
 
 
+def open_stream(config, data: str, image_size: int | None, frames: int | None, stride: int, upsample: bool,
+                limit: int | None, batch_size: int, workers: int):
+    """Check the data-set options against the model, then open this rank's share of the data (`vitok eval`,
+    `vitok stats`): (dataset, image size, clip length, rank, world size)."""
+    _check_positive({"--image-size": image_size, "--frames": frames, "--frame-stride": stride, "--limit": limit,
+                     "--batch-size": batch_size})
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"--workers must be a non-negative integer, got {workers!r}")
+    size = image_size or config.image_size
+    if size % config.patch_size and not config.is_v2:  # v2 pads to whole patches and crops back
+        raise ValueError(f"--image-size {size} is not a multiple of the model's patch size {config.patch_size}")
+    if not config.is_video and (frames is not None or stride != 1):
+        flag = f"--frames {frames}" if frames is not None else f"--frame-stride {stride}"
+        raise ValueError(f"{flag}: --frames and --frame-stride apply to video models; this model is an image "
+                         f"model: leave them out")
+    clip = frames or config.frames
+    if config.is_video and clip % config.temporal_patch:
+        raise ValueError(f"--frames {clip} is not a multiple of the model's temporal patch {config.temporal_patch}")
+    if config.is_video:
+        _check_pyav()
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    dataset = open_dataset(data, size, frames=clip if config.is_video else 1, stride=stride, upsample=upsample,
+                           limit=limit, rank=rank, world=world)
+    return dataset, size, clip, rank, world
+
+
 def evaluate_model(model: ViTok, data: str, device: torch.device, out: Path | None = None,
                    image_size: int | None = None, frames: int | None = None, stride: int = 1,
                    batch_size: int = 32, workers: int = 4, limit: int | None = None, weights: str | None = None,
@@ -100,31 +127,14 @@ def evaluate_model(model: ViTok, data: str, device: torch.device, out: Path | No
     ViTok.encode's ("auto" tiles only samples above the model's budget; None never).
     """
     config = model.config
-    _check_positive({"--image-size": image_size, "--frames": frames, "--frame-stride": stride, "--limit": limit,
-                     "--batch-size": batch_size, "ris_splits": ris_splits})
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"--workers must be a non-negative integer, got {workers!r}")
+    _check_positive({"ris_splits": ris_splits})
     _check_out(out)
-    size = image_size or config.image_size
-    if size % config.patch_size and not config.is_v2:  # v2 pads to whole patches and crops back
-        raise ValueError(f"--image-size {size} is not a multiple of the model's patch size {config.patch_size}")
-    if not config.is_video and (frames is not None or stride != 1):
-        flag = f"--frames {frames}" if frames is not None else f"--frame-stride {stride}"
-        raise ValueError(f"{flag}: --frames and --frame-stride apply to video models; this model is an image "
-                         f"model: leave them out")
-    clip = frames or config.frames
-    if config.is_video and clip % config.temporal_patch:
-        raise ValueError(f"--frames {clip} is not a multiple of the model's temporal patch {config.temporal_patch}")
     every = set(IMAGE_METRICS + VIDEO_METRICS)
     wanted = set(metrics or every)
     if wanted - every:
         raise ValueError(f"unknown metrics {sorted(wanted - every)}; choose from {sorted(every)}")
-    if config.is_video:
-        _check_pyav()
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    dataset = open_dataset(data, size, frames=clip if config.is_video else 1, stride=stride, upsample=upsample,
-                           limit=limit, rank=rank, world=world)
+    dataset, size, clip, rank, world = open_stream(config, data, image_size, frames, stride, upsample, limit, batch_size,
+                                             workers)
     # I3D cannot run on clips this short: say so instead of failing inside the network.
     short_clip = config.is_video and "rfvd" in wanted and clip < I3D_MIN_FRAMES
     if networks is None:
