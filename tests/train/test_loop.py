@@ -394,3 +394,43 @@ def test_adaptive_gan_weight_is_the_ratio_of_gradient_norms_at_the_last_layer(tm
     terms = trainer.train_step(x, step=1, weight=1.0)
     ramp = 1 / config.loss.gan_warmup_steps
     assert terms["gan_lambda"].item() == pytest.approx(config.loss.gan_weight * ramp * terms["gan_adaptive"].item())
+
+
+def test_gpu_decode_trains_like_cpu_decode_and_is_refused_without_cuda(tmp_path, photo_folder, monkeypatch):
+    # nvJPEG needs CUDA: here Pillow stands in for it and the device check is lifted, so the
+    # trainer's whole data.decode=gpu path (planning workers, the decode thread, skips) runs on CPU.
+    import io
+
+    from PIL import Image
+
+    from vitok.data import gpu_decode
+    from vitok.train import distributed, loop
+    from vitok.train.config import validate
+
+    args = TINY + [f"data.source={photo_folder}", "train.stage1_steps=3", "train.stage2_steps=0",
+                   "data.decode=gpu"]
+    with pytest.raises(ValueError, match="set data.decode=cpu"):
+        loop.Trainer(load_config(None, args), tmp_path / "refused", distributed.setup("cpu"))
+
+    def pillow(datas, device):
+        out = []
+        for data in datas:
+            try:
+                with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
+                    out.append(torch.from_numpy(__import__("numpy").asarray(img.convert("RGB")).copy()).permute(2, 0, 1))
+            except OSError:
+                out.append(None)
+        return out
+
+    monkeypatch.setattr(loop, "gpu_decode_problem", lambda device: None)
+    monkeypatch.setattr(gpu_decode, "_nvjpeg", pillow)
+    monkeypatch.setattr(gpu_decode.GpuDecoder.__init__, "__defaults__", (pillow,))
+    gpu = train(load_config(None, args), out=tmp_path / "gpu")
+    cpu = train(load_config(None, args[:-1]), out=tmp_path / "cpu")
+    assert gpu["steps"] == cpu["steps"] == 3
+    assert {Path(s["file"]).name for s in gpu["skipped_files"]} == {"empty.jpg", "truncated.jpg"}
+    assert gpu["skipped_files"] == cpu["skipped_files"]
+    # Same crops, resampled by another kernel: the tiny model's PSNR agrees closely.
+    assert abs(gpu["metrics"]["psnr"] - cpu["metrics"]["psnr"]) < 0.5
+    with pytest.raises(ValueError, match="video"):
+        validate(load_config(None, TINY + ["model.name=T-T/4x8", "model.frames=8", "data.decode=gpu"]))

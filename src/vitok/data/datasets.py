@@ -214,12 +214,20 @@ class VideoFolder(Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack usable samples; pass skipped files through by name and reason."""
+    """Stack usable samples; pass skipped files through by name and reason.
+
+    Samples whose JPEG the training process decodes (data.decode=gpu) make the batch
+    {"pending": usable samples in order, "keys", "skipped"} for gpu_decode.GpuDecoder instead.
+    """
+    skipped = [{"file": it["skipped"], "reason": it["reason"]} for it in items if "skipped" in it]
+    if any("jpeg" in it for it in items):
+        pending = [it for it in items if "pixels" in it or "jpeg" in it]
+        return {"pending": pending, "keys": [it["key"] for it in pending], "skipped": skipped}
     good = [it for it in items if "pixels" in it]
     return {
         "pixels": torch.stack([it["pixels"] for it in good]) if good else None,
         "keys": [it["key"] for it in good],
-        "skipped": [{"file": it["skipped"], "reason": it["reason"]} for it in items if "skipped" in it],
+        "skipped": skipped,
     }
 
 

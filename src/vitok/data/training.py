@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_
 
 from .datasets import (IMAGE_SUFFIXES, TarShards, check_shards, collate, is_glob, link_member_reason, list_images,
                        resolve_glob, shard_paths, tar_end_problem)
+from .gpu_decode import plan_jpeg
 from .images import decode_image, decode_rgb, load_image, oriented_size, read_image_bytes
 from .transforms import (TrainAugment, random_crop_box, random_flip, sample_rng, split_holdout,
                          stable_seed)
@@ -107,6 +108,11 @@ def _index_epoch(item: int | tuple[int, int]) -> tuple[int, int]:
     return int(item), 0
 
 
+def _pending_jpeg(data: bytes, plan, key: str) -> dict:
+    """A worker's sample whose JPEG the training process decodes (data.decode=gpu; see gpu_decode)."""
+    return {"jpeg": torch.frombuffer(bytearray(data), dtype=torch.uint8), "plan": plan.as_tuple(), "key": key}
+
+
 def _channels_first(pixels: np.ndarray) -> torch.Tensor:
     """H×W×3 -> 3×H×W, or T×H×W×3 -> 3×T×H×W, as a contiguous uint8 tensor."""
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(pixels, -1, 0)))
@@ -124,11 +130,19 @@ class _TrainFiles(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         index, epoch = _index_epoch(item)
         path = self.files[index]
+        rng = sample_rng(self.seed, epoch, index)
         try:
-            pixels = self._read(path, sample_rng(self.seed, epoch, index))
+            pending = self._pending(path, rng)
+            if pending is not None:
+                return pending
+            pixels = self._read(path, rng)
         except (ValueError, OSError) as err:
             return {"skipped": str(path), "reason": str(err)}
         return {"pixels": _channels_first(pixels), "key": str(path)}
+
+    def _pending(self, path: Path, rng: np.random.Generator) -> dict | None:
+        """A sample left for the training process to decode (see gpu_decode), or None to decode it here."""
+        return None
 
     def _read(self, path: Path, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
@@ -138,11 +152,22 @@ class TrainImages(_TrainFiles):
     """Image files as {"pixels": 3×size×size uint8, "key": path}, or {"skipped", "reason"} for a bad file.
 
     Images smaller than size are upsampled; for training crops that only blurs, it does not bias a metric.
+    gpu_jpeg: JPEGs come back as {"jpeg": bytes, "plan": crop plan, "key"} for gpu_decode.GpuDecoder
+    (the same crop box and flip as here), other files decoded here as usual.
     """
 
     def __init__(self, files: list[Path], size: int, *, crop: str = "random", flip: bool = True,
-                 scale: Scale = (0.5, 1.0), ratio: Ratio = (3 / 4, 4 / 3), seed: int = 0) -> None:
+                 scale: Scale = (0.5, 1.0), ratio: Ratio = (3 / 4, 4 / 3), seed: int = 0,
+                 gpu_jpeg: bool = False) -> None:
         super().__init__(files, TrainAugment(size, crop, flip, tuple(scale), tuple(ratio)), seed)
+        self.gpu_jpeg = gpu_jpeg
+
+    def _pending(self, path: Path, rng: np.random.Generator) -> dict | None:
+        if not self.gpu_jpeg:
+            return None
+        data = read_image_bytes(path)
+        plan = plan_jpeg(data, self.augment, rng)  # draws nothing when it returns None
+        return None if plan is None else _pending_jpeg(data, plan, str(path))
 
     def _read(self, path: Path, rng: np.random.Generator) -> np.ndarray:
         a = self.augment
@@ -253,8 +278,9 @@ class TrainShards(IterableDataset):
 
     def __init__(self, shards: list[str | Path], size: int, batch_size: int, *, crop: str = "random",
                  flip: bool = True, scale: Scale = (0.5, 1.0), ratio: Ratio = (3 / 4, 4 / 3), seed: int = 0,
-                 rank: int = 0, world: int = 1, start_step: int = 0) -> None:
+                 rank: int = 0, world: int = 1, start_step: int = 0, gpu_jpeg: bool = False) -> None:
         self.shards = check_shards(shards)
+        self.gpu_jpeg = gpu_jpeg
         _check_layout(batch_size, rank, world, start_step)
         self.augment = TrainAugment(size, crop, flip, tuple(scale), tuple(ratio))
         self.batch_size, self.seed, self.rank, self.world, self.start_step = batch_size, seed, rank, world, start_step
@@ -273,12 +299,16 @@ class TrainShards(IterableDataset):
         key = f"{shard.name}/{name}"
         if error is not None:
             return {"skipped": key if name else str(shard), "reason": error}
+        rng = sample_rng(self.seed, shard.name, name, epoch)
         try:
-            img = decode_image(read(), key)
+            data = read()
+            plan = plan_jpeg(data, self.augment, rng) if self.gpu_jpeg else None
+            if plan is not None:
+                return _pending_jpeg(data, plan, key)
+            img = decode_image(data, key)
         except (ValueError, OSError, EOFError, tarfile.TarError) as err:
             return {"skipped": key, "reason": str(err)}
-        return {"pixels": _channels_first(self.augment(img, sample_rng(self.seed, shard.name, name, epoch))),
-                "key": key}
+        return {"pixels": _channels_first(self.augment(img, rng)), "key": key}
 
     def _entries(self, reader: int, readers: int) -> Iterator[tuple]:
         """(epoch, shard, name, read, error) for every member this reader visits, epoch after epoch."""
@@ -312,7 +342,7 @@ def check_usable(samples: Iterable[dict], tries: int, source: str) -> None:
     """Raise ValueError listing the failures if none of the first `tries` samples loads."""
     failures = []
     for item in islice(samples, tries):
-        if "pixels" in item:
+        if "pixels" in item or "jpeg" in item:  # a planned JPEG: its header read (data.decode=gpu)
             return
         failures.append(f"{item['skipped']}: {item['reason']}")
     if not failures:
@@ -343,7 +373,8 @@ def make_train_loader(source: str | Path, *, size: int, batch_size: int, frames:
                       workers: int = 0, seed: int = 0, start_step: int = 0, rank: int = 0, world: int = 1,
                       crop: str = "random", flip: bool = True, scale: Scale = (0.5, 1.0),
                       ratio: Ratio = (3 / 4, 4 / 3), holdout: int = 0, holdout_seed: int = 0,
-                      pin_memory: bool | None = None, check_tries: int = 64) -> tuple[DataLoader, Dataset | None, dict]:
+                      pin_memory: bool | None = None, check_tries: int = 64,
+                      gpu_jpeg: bool = False) -> tuple[DataLoader, Dataset | None, dict]:
     """(infinite loader of this rank's batches, held-out dataset or None, info) for a folder or tar shards.
 
     source: a folder of images, a folder of videos (frames > 1), a glob of image (video) files,
@@ -353,13 +384,17 @@ def make_train_loader(source: str | Path, *, size: int, batch_size: int, frames:
     held-out set) form a map-style centre-crop dataset (clips from
     frame 0) with the same sample dicts. Shards: the held-out set is the last shard (at most
     `holdout` samples, centre-cropped, via datasets.TarShards) when holdout > 0 and there is
-    more than one shard, else None. info: kind ("images" | "videos" | "shards"), train_files
+    more than one shard, else None. gpu_jpeg: training JPEGs come as pending byte samples for
+    gpu_decode.GpuDecoder (images only; centre crops and other formats are decoded here). info: kind ("images" | "videos" | "shards"), train_files
     and heldout_files (counts of files, or of shards), samples_per_epoch (None for shards),
     global_batch, readers (rank × worker shard readers; None for folders).
     """
     _check_layout(batch_size, rank, world, start_step, workers)
     if frames < 1:
         raise ValueError(f"frames must be >= 1 (1 trains on images, more on video clips), got {frames}")
+    if gpu_jpeg and frames > 1:
+        raise ValueError("data.decode=gpu decodes JPEG images; video clips are decoded by PyAV on the CPU: "
+                         "set data.decode=cpu for video")
     aug = dict(crop=crop, flip=flip, scale=tuple(scale), ratio=tuple(ratio))
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     # An explicit generator keeps DataLoader from drawing its worker seed from the global RNG.
@@ -375,7 +410,7 @@ def make_train_loader(source: str | Path, *, size: int, batch_size: int, frames:
         train = shards[:len(shards) - len(held)]
         _check_readers(len(train), world, workers)
         dataset = TrainShards(train, size, batch_size, **aug, seed=seed, rank=rank, world=world,
-                              start_step=start_step)
+                              start_step=start_step, gpu_jpeg=gpu_jpeg)
         check_usable(dataset.read_shard(train[0]), check_tries, str(train[0]))
         heldout = TarShards(held, size, upsample=True, limit=holdout, rank=rank, world=world) if held else None
         info.update(kind="shards", train_files=len(train), heldout_files=len(held), samples_per_epoch=None,
@@ -388,7 +423,7 @@ def make_train_loader(source: str | Path, *, size: int, batch_size: int, frames:
         dataset = TrainVideos(train, size, frames, stride, **aug, seed=seed)
         heldout = TrainVideos(held, size, frames, stride, crop="center", flip=False, random_start=False)
     else:
-        dataset = TrainImages(train, size, **aug, seed=seed)
+        dataset = TrainImages(train, size, **aug, seed=seed, gpu_jpeg=gpu_jpeg)
         heldout = TrainImages(held, size, crop="center", flip=False)
     check_usable((dataset[i] for i in range(len(dataset))), check_tries, str(root))
     sampler = TrainSampler(len(dataset), batch_size, seed, rank, world, start_step)

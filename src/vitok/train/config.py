@@ -62,6 +62,9 @@ class DataSection:
     flip: bool = True
     frame_stride: int = 1  # video: take every k-th frame
     workers: int = 2  # data loader processes per rank
+    # Where training JPEGs are decoded: "cpu" (the loader processes, Pillow) or "gpu" (nvJPEG in the
+    # training process, crops resized on the device: data/gpu_decode.py; needs CUDA and torchvision).
+    decode: str = "cpu"
     eval_limit: int = 256  # held-out samples evaluated (0 = all)
 
 
@@ -186,6 +189,7 @@ class TrainConfig:
 SECTIONS = ("model", "data", "loss", "optim", "train", "guard")
 CHOICES = {
     "data.crop": ("random", "center"),
+    "data.decode": ("cpu", "gpu"),
     "loss.reconstruction": ("mse", "l1"),
     "loss.gan_loss": ("non_saturating", "hinge"),
     "loss.disc_video": ("frame", "3d"),
@@ -519,6 +523,9 @@ def validate(config: TrainConfig, world: int = 1) -> None:
             raise ValueError(f"{key} is {flat[key]!r}; choose one of {', '.join(allowed)}")
     model_config = resolve_model_config(config)
     t, d, o, lo = config.train, config.data, config.optim, config.loss
+    if d.decode == "gpu" and model_config.is_video:
+        raise ValueError("data.decode=gpu decodes JPEG images; video clips are decoded by PyAV on the CPU: "
+                         "set data.decode=cpu for a video model")
     positive = {"train.batch_size": t.batch_size, "train.log_every": t.log_every,
                 "train.checkpoint_every": t.checkpoint_every, "train.image_every": t.image_every,
                 "train.max_bad_steps": t.max_bad_steps, "train.keep_last": t.keep_last,

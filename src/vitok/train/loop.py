@@ -22,6 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.datasets import to_model_range
+from ..data.gpu_decode import GpuDecoder, gpu_decode_problem
 from ..data.training import make_train_loader
 from ..losses import (Discriminator, LeCam, discriminator_loss, generator_loss, kl_loss, load_perceptual_loss,
                       r1_penalty, reconstruction_loss)
@@ -142,7 +143,13 @@ class Trainer:
                                 world=dist_info.world, crop=config.data.crop, flip=config.data.flip,
                                 scale=(config.data.min_scale, 1.0), ratio=(3 / 4, 4 / 3),
                                 holdout=0 if config.data.val_source else config.data.holdout,
-                                pin_memory=self.device.type == "cuda")
+                                pin_memory=self.device.type == "cuda", gpu_jpeg=config.data.decode == "gpu")
+        self.gpu_decoder = None
+        if config.data.decode == "gpu":
+            problem = gpu_decode_problem(self.device)
+            if problem is not None:
+                raise ValueError(problem)
+            self.gpu_decoder = GpuDecoder(self.model_config.image_size, self.device)
 
     def load_init(self) -> None:
         """A fresh run's starting weights from model.init (a resumed run reads its own checkpoint instead)."""
@@ -393,6 +400,8 @@ class Trainer:
         last_good: torch.Tensor | None = None
         new_skips: list[dict] = []  # this rank's unreadable files since the last log step
         batches = iter(loader)
+        if self.gpu_decoder is not None:
+            batches = self.gpu_decoder.ahead(batches)
         started = time.perf_counter()
         while self.progress.step < c.total_steps:
             step = self.progress.step

@@ -1,0 +1,230 @@
+"""JPEG decoding on the GPU for training (`data.decode=gpu`).
+
+The loader's workers stop short of the pixels: for a JPEG they read the bytes, parse the header,
+and draw the sample's crop box and flip from the sample's rng exactly as the CPU path does
+(`TrainImages._read`), returning a `Plan`. The training process then decodes the whole batch in
+one call to nvJPEG (`torchvision.io.decode_jpeg` on CUDA) and cuts, resizes (antialiased bicubic,
+Pillow's kernel) and flips each crop on the device. That moves the loader's dominant cost, the
+entropy decode and the resize of a large photo, off the CPU cores that otherwise set the pace of
+training (benchmarks/NOTES.md).
+
+What stays on the CPU: files that are not 8-bit RGB or greyscale JPEGs (PNG, CMYK JPEG, ...), which
+the workers decode as before, and any JPEG the GPU decoder rejects, which is decoded again with
+Pillow in the training process (same crop plan) and skipped, with its reason, only if that fails
+too. The crops are the same boxes as the CPU path draws; the pixels differ slightly, since the CPU
+path decodes JPEGs at a reduced DCT scale when the box allows and the two decoders round differently.
+"""
+
+from __future__ import annotations
+
+import io
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .images import _DECODE_ERRORS, decode_rgb
+from .transforms import TrainAugment, random_crop_box
+
+__all__ = ["Plan", "plan_jpeg", "orient", "crop_resize", "GpuDecoder", "gpu_decode_problem"]
+
+# EXIF orientation -> what makes the stored pixels upright, as Pillow's exif_transpose does.
+_TURNS = {5, 6, 7, 8}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where one training crop comes from: a box on the upright image, its flip, the EXIF orientation."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+    orientation: int = 1
+
+    def as_tuple(self) -> tuple[int, int, int, int, bool, int]:
+        return (self.top, self.left, self.height, self.width, self.flip, self.orientation)
+
+
+def plan_jpeg(data: bytes, augment: TrainAugment, rng: np.random.Generator) -> Plan | None:
+    """The crop plan for a JPEG the GPU decoder can take, or None (the caller decodes it on the CPU).
+
+    Draws from rng exactly what the CPU path draws (the box, then the flip), and only when it
+    returns a plan, so a None leaves rng untouched for the CPU path. Only random-resized crops are
+    planned: centre crops (held-out sets) are not a training hot path.
+    """
+    if augment.crop != "random" or len(data) < 4 or data[:2] != b"\xff\xd8":
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+                return None
+            w, h = img.size
+            orientation = int(img.getexif().get(0x0112, 1))
+    except _DECODE_ERRORS:
+        return None  # the CPU path gives the precise error
+    if orientation not in range(1, 9):
+        orientation = 1
+    if orientation in _TURNS:
+        h, w = w, h
+    top, left, bh, bw = random_crop_box(h, w, augment.scale, augment.ratio, rng)
+    flip = bool(rng.random() < 0.5) if augment.flip else False
+    return Plan(top, left, bh, bw, flip, orientation)
+
+
+def orient(x: torch.Tensor, orientation: int) -> torch.Tensor:
+    """C×H×W pixels as stored -> upright, for EXIF orientation 1-8 (Pillow's exif_transpose)."""
+    if orientation == 2:
+        return x.flip(-1)
+    if orientation == 3:
+        return x.flip(-2, -1)
+    if orientation == 4:
+        return x.flip(-2)
+    if orientation == 5:
+        return x.transpose(-2, -1)
+    if orientation == 6:
+        return torch.rot90(x, -1, dims=(-2, -1))
+    if orientation == 7:
+        return x.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:
+        return torch.rot90(x, 1, dims=(-2, -1))
+    return x
+
+
+def crop_resize(upright: torch.Tensor, plan: Plan, size: int) -> torch.Tensor:
+    """3×H×W uint8 upright image -> 3×size×size uint8: the plan's box, resized, flipped if planned.
+
+    torch's antialiased bicubic uses Pillow's kernel (a = -0.5, widened when downscaling), so this
+    matches the CPU path's Image.resize(BICUBIC) up to rounding.
+    """
+    box = upright[:, plan.top:plan.top + plan.height, plan.left:plan.left + plan.width]
+    out = F.interpolate(box[None].float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    out = out[0].round_().clamp_(0, 255).to(torch.uint8)
+    return out.flip(-1) if plan.flip else out
+
+
+def _pillow_decode(data: torch.Tensor, key: str) -> torch.Tensor:
+    """3×H×W uint8 of a JPEG as stored (no EXIF rotation), decoded by Pillow: the fallback decoder."""
+    img = decode_rgb(data.numpy().tobytes(), key)  # applies EXIF orientation
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+
+def gpu_decode_problem(device: torch.device) -> str | None:
+    """Why JPEGs cannot be decoded on `device` (with the fix), or None when they can."""
+    if device.type != "cuda":
+        return (f"data.decode=gpu decodes JPEGs with nvJPEG on a CUDA device, but training runs on {device}; "
+                f"set data.decode=cpu")
+    try:
+        import torchvision.io
+
+        torchvision.io.decode_jpeg  # the attribute: present since torchvision 0.8, batched on CUDA since 0.19
+    except Exception as err:  # ImportError, or a torchvision built for another torch
+        return (f"data.decode=gpu needs torchvision (its io.decode_jpeg) matching this torch, which failed to "
+                f"import ({err}); install the torchvision built for torch {torch.__version__}, or set data.decode=cpu")
+    return None
+
+
+def _nvjpeg(datas: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """Each JPEG decoded to 3×H×W uint8 on device (as stored), None where the decoder refused it."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        return list(decode_jpeg(list(datas), mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        # One bad JPEG fails the batched call: decode one by one to find it.
+        out: list[torch.Tensor | None] = []
+        for data in datas:
+            try:
+                out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                out.append(None)
+        return out
+
+
+class GpuDecoder:
+    """Turns a loader batch with pending JPEGs into the usual batch, its pixels on `device`.
+
+    decode: the batch decoder (a list of 1-D uint8 byte tensors -> a list of 3×H×W uint8 tensors
+    as stored, None for a refused file); nvJPEG on CUDA by default. Tests pass Pillow's.
+    """
+
+    def __init__(self, size: int, device: torch.device | str,
+                 decode: Callable[[Sequence[torch.Tensor], torch.device], list] | None = None) -> None:
+        self.size, self.device = size, torch.device(device)
+        self.decode = decode or _nvjpeg
+        self.fallbacks = 0  # JPEGs the GPU decoder refused and Pillow decoded
+
+    def __call__(self, batch: dict) -> dict:
+        """{"pending": [...], "keys", "skipped"} -> {"pixels": b×3×S×S uint8 on device or None, "keys", "skipped"}."""
+        if "pending" not in batch:
+            return batch
+        items = batch["pending"]
+        jpegs = [i for i, item in enumerate(items) if "jpeg" in item]
+        decoded = self.decode([items[i]["jpeg"] for i in jpegs], self.device) if jpegs else []
+        images: dict[int, torch.Tensor] = dict(zip(jpegs, decoded))
+        pixels, keys, skipped = [], [], list(batch["skipped"])
+        for i, item in enumerate(items):
+            if "pixels" in item:  # decoded on the CPU by the worker
+                pixels.append(item["pixels"].to(self.device, non_blocking=True))
+                keys.append(item["key"])
+                continue
+            plan = Plan(*item["plan"])
+            image = images.get(i)
+            try:
+                if image is None:
+                    self.fallbacks += 1
+                    upright = _pillow_decode(item["jpeg"], item["key"]).to(self.device)
+                else:
+                    upright = orient(image, plan.orientation)
+                if upright.shape[-2] < plan.top + plan.height or upright.shape[-1] < plan.left + plan.width:
+                    raise ValueError(f"{item['key']}: decoded size {tuple(upright.shape[-2:])} disagrees with the "
+                                     f"JPEG header's (the file is damaged)")
+                pixels.append(crop_resize(upright, plan, self.size))
+                keys.append(item["key"])
+            except (ValueError, OSError) as err:
+                skipped.append({"file": item["key"], "reason": str(err)})
+        return {"pixels": torch.stack(pixels) if pixels else None, "keys": keys, "skipped": skipped}
+
+    def ahead(self, batches: Iterator[dict], depth: int = 2) -> Iterator[dict]:
+        """The decoded batches of `batches`, decoded up to `depth` batches ahead in a background thread.
+
+        On CUDA the thread decodes on its own stream, so decoding batch k+1 overlaps the training
+        step on batch k instead of adding to it; the consumer's stream waits on an event before it
+        touches the pixels. The thread is a daemon: an abandoned iterator never blocks exit.
+        """
+        cuda = self.device.type == "cuda"
+        side = torch.cuda.Stream(self.device) if cuda else None
+        ready: queue.Queue = queue.Queue(maxsize=depth)
+
+        def work() -> None:
+            try:
+                while True:
+                    batch = next(batches)
+                    if side is None:
+                        ready.put((self(batch), None))
+                        continue
+                    with torch.cuda.stream(side):
+                        out = self(batch)
+                        event = torch.cuda.Event()
+                        event.record(side)
+                    ready.put((out, event))
+            except BaseException as err:  # handed to the consumer, raised there
+                ready.put((err, None))
+
+        threading.Thread(target=work, name="vitok-gpu-decode", daemon=True).start()
+        while True:
+            out, event = ready.get()
+            if isinstance(out, BaseException):
+                raise out
+            if event is not None:
+                stream = torch.cuda.current_stream(self.device)
+                stream.wait_event(event)
+                if out["pixels"] is not None:
+                    out["pixels"].record_stream(stream)  # allocated on the side stream, used on this one
+            yield out
