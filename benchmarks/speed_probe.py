@@ -56,6 +56,13 @@ VARIANTS.update({
     "blocks-w16-x8": ("blocks", "weights", "default", 8, None),
 })
 DEFAULT_VARIANTS = list(VARIANTS)
+# Any variant with "+triton" appended runs with model.kernels=triton (model/kernels.py's fused kernels).
+KERNEL_SUFFIX = "+triton"
+
+
+def split_variant(name: str) -> tuple[str, str]:
+    """(variant, kernels) of a --variants entry, e.g. "stacks+triton" -> ("stacks", "triton")."""
+    return (name[:-len(KERNEL_SUFFIX)], "triton") if name.endswith(KERNEL_SUFFIX) else (name, "torch")
 
 
 class Recorder:
@@ -176,16 +183,19 @@ def model_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
         from timing import matmul_tflops
         peak = matmul_tflops()
     for name in args.variants.split(","):
-        scope, residual, backend, mult, mode = VARIANTS[name]
+        base, kernels = split_variant(name)
+        scope, residual, backend, mult, mode = VARIANTS[base]
         if time.perf_counter() - START > args.budget_s:
             rec.add({"section": "model", "variant": name, "skipped": "time budget"})
             continue
         torch._dynamo.reset()
         batch = (2 if smoke else args.batch) * mult
         row = {"section": "model", "variant": name, "src": args.src, "scope": scope, "residual": residual,
-               "attention": backend, "batch": batch, "mode": mode or "default"}
+               "attention": backend, "batch": batch, "mode": mode or "default", "kernels": kernels}
         try:
             model = build_model(args, device, smoke)
+            if kernels != "torch":
+                model.set_kernels(kernels)
             flops = describe(model.config)["gflops_total"] * 1e9
             if device.type == "cuda":
                 model.amp_dtype = torch.bfloat16
@@ -323,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
-    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    unknown = {v for v in args.variants.split(",") if split_variant(v)[0] not in VARIANTS}
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     sys.path.insert(0, args.src)

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .kernels import add_rmsnorm, rope_qkv, silu_mul
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm with a learned gain (no mean subtraction, no bias)."""
@@ -53,8 +55,11 @@ class SwiGLU(nn.Module):
         # W1 and W3 fused into one matmul; the two halves are split after it.
         self.w13 = nn.Linear(dim, 2 * hidden, bias=False)
         self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.fused = False  # model.kernels=triton: the gate as one kernel (kernels.silu_mul)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return self.w2(silu_mul(self.w13(x)))
         gate, up = self.w13(x).chunk(2, dim=-1)
         return self.w2(F.silu(gate) * up)
 
@@ -136,9 +141,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=False)
         self.q_norm = RMSNorm(self.head_dim, eps) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim, eps) if qk_norm else nn.Identity()
+        self.fused = False  # model.kernels=triton: RoPE and the q/k/v layout as one kernel (kernels.rope_qkv)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, L, D = x.shape
+        if self.fused and rope is not None and isinstance(self.q_norm, nn.Identity):
+            out = F.scaled_dot_product_attention(*rope_qkv(self.qkv(x), *rope, self.heads))
+            return self.proj(out.transpose(1, 2).reshape(B, L, D))
         # B×L×3D -> 3×B×H×L×d: the layout SDPA's flash kernel wants.
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
@@ -173,6 +182,19 @@ class Block(nn.Module):
         x = x + self.attn(self.norm1(x), rope)
         return x + self.mlp(self.norm2(x))
 
+    def fused_forward(self, x: torch.Tensor, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                      next_norm: RMSNorm | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The sequential block with each residual add fused into the norm after it (kernels.add_rmsnorm).
+
+        h = norm1(x) comes in (the previous block's last fused kernel made it); out go the new stream
+        and next_norm of it (None when there is no next norm).
+        """
+        x, h = add_rmsnorm(x, self.attn(h, rope), self.norm2.weight, self.norm2.eps)
+        delta = self.mlp(h)
+        if next_norm is None:
+            return x + delta.to(x.dtype), None
+        return add_rmsnorm(x, delta, next_norm.weight, next_norm.eps)
+
 
 class Transformer(nn.Module):
     """A stack of blocks with rotary positions and (unless final_norm=False) a final norm; B×L×D -> B×L×D."""
@@ -184,8 +206,23 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(dim, eps) if final_norm else nn.Identity()
         self.head_dim = dim // heads
         self.grad_checkpointing = False
+        self.fused = False
+
+    def set_kernels(self, fused: bool) -> None:
+        """Run the blocks through the fused kernels (model.kernels=triton) or plain PyTorch ops."""
+        self.fused = fused
+        for block in self.blocks:
+            block.attn.fused = block.mlp.fused = fused
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        if self.fused and self.blocks and not self.blocks[0].parallel and not (
+                self.grad_checkpointing and torch.is_grad_enabled()):
+            first = self.blocks[0].norm1
+            h = add_rmsnorm(x, None, first.weight, first.eps)
+            for i, block in enumerate(self.blocks):
+                after = self.blocks[i + 1].norm1 if i + 1 < len(self.blocks) else self.norm
+                x, h = block.fused_forward(x, h, rope, after if isinstance(after, RMSNorm) else None)
+            return x if h is None else h
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, rope, use_reentrant=False)

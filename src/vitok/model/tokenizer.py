@@ -24,6 +24,7 @@ from torch import nn
 from .blocks import Block, RopeCache, Transformer
 from .checks import check_latents, check_pixels, check_token_count, grid_for
 from .distributions import DeterministicLatent, DiagonalGaussian
+from .kernels import triton_problem
 from .latent_stats import LatentStats
 from .tiling import TileSpec, Tiling, auto_tiling, decode_tiled, encode_tiled
 from .pretrained import (hub_folder, inspect_checkpoint, load_weights, looks_like_repo_id, read_latent_stats,
@@ -204,6 +205,19 @@ class ViTok(nn.Module):
         """
         for block in [*self.encoder.blocks, *self.decoder.blocks]:
             block.compile(**options)
+            # What runs instead of forward under model.kernels=triton (compiled lazily, on first use).
+            block.fused_forward = torch.compile(block.fused_forward, **options)
+        return self
+
+    def set_kernels(self, kernels: str = "torch") -> "ViTok":
+        """"torch": plain PyTorch ops (inductor fuses them when compiled); "triton": the fused kernels of
+        model/kernels.py for the residual-add + RMSNorm, SiLU gate and RoPE + q/k/v layout. Returns self."""
+        if kernels not in ("torch", "triton"):
+            raise ValueError(f"kernels is {kernels!r}; choose torch or triton")
+        if kernels == "triton" and triton_problem() is not None:
+            raise ValueError(triton_problem())
+        self.encoder.set_kernels(kernels == "triton")
+        self.decoder.set_kernels(kernels == "triton")
         return self
 
     def compile_stacks(self, **options) -> "ViTok":

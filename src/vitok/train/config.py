@@ -48,6 +48,9 @@ class ModelSection:
     # The residual stream's dtype under bf16 autocast: "float32" (exact sums) or "bfloat16" (less
     # memory traffic: 1.06x the training step of S-B/16 at 256p on an H100, benchmarks/NOTES.md).
     residual_dtype: str = "float32"
+    # "torch" (plain ops; inductor fuses them under compile) or "triton": fused kernels for the residual
+    # add + RMSNorm, the SiLU gate and RoPE + the q/k/v layout (model/kernels.py; CUDA with triton).
+    kernels: str = "torch"
 
 
 @dataclass
@@ -194,6 +197,7 @@ CHOICES = {
     "loss.gan_loss": ("non_saturating", "hinge"),
     "loss.disc_video": ("frame", "3d"),
     "model.residual_dtype": ("float32", "bfloat16"),
+    "model.kernels": ("torch", "triton"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "bf16", "fp32"),
     "train.parallel": ("ddp", "fsdp"),
@@ -384,7 +388,7 @@ FIXED_IN_STAGE2 = ("loss.disc_channels", "loss.disc_max_channels", "loss.disc_vi
 MAY_CHANGE_ON_RESUME = ("the loss weights and loss settings other than the discriminator's, optim.* (lr, betas, "
                         "warm-up, ...), train.stage1_steps/stage2_steps, the eval, log, image and checkpoint "
                         "intervals, keep_last, time_limit_minutes, guard.*, data.*, model.grad_checkpointing/"
-                        "compile/residual_dtype, and model.init as long as it describes the same model (a "
+                        "compile/residual_dtype/kernels, and model.init as long as it describes the same model (a "
                         "resumed run reads only its architecture and sizes)")
 
 

@@ -96,6 +96,7 @@ class Trainer:
         self.model.amp_dtype = torch.bfloat16 if self.amp else None
         self.model.residual_dtype = getattr(torch, config.model.residual_dtype)
         self.model.set_grad_checkpointing(config.model.grad_checkpointing)
+        self.model.set_kernels(config.model.kernels)
         self.sharded = t.parallel == "fsdp" and dist_info.world > 1
         if self.sharded:
             parallel.shard(self.model)

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# GPU checks of the training pipeline's speed (issue 18), from the repo root:
+#   bash benchmarks/issue18_check.sh PHOTOS_DIR OUT_DIR [PARTS]     PARTS: comma list, default all
+# tests    the CUDA-only tests: Triton kernels against float64 autograd, nvJPEG against Pillow
+# loader   loader_bench.py, 14 workers, 256p, batch 128: the photo folder and `vitok prepare` shards
+#          (320 px), each with JPEGs decoded on the CPU (workers) and on the GPU (data.decode=gpu)
+# kernels  speed_probe.py: S-B/16 256p encode+decode and training step, model.kernels torch vs triton,
+#          eager and compiled (stacks), and bf16-weight inference; one process, ratios in one run
+# train    `vitok train --config sb16_256` stage 1 on the photos, compiled, 14 workers, batch 128,
+#          TRAIN_MINUTES each: data.decode cpu, data.decode gpu, and cpu on the prepared shards
+# bench    bench.py S-B/16@256 eager and compiled, infer/train/stages/baselines (SD-VAE compiled too)
+# Every part writes under OUT_DIR; the parts are independent and bounded by `timeout`.
+set -uo pipefail
+photos="$1"; out="$2"; parts="${3:-tests,loader,kernels,train,bench}"
+work="${WORK:-/tmp/vitok-issue18}"; TRAIN_MINUTES="${TRAIN_MINUTES:-1.5}"
+mkdir -p "$work" "$out"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+has() { [[ ",$parts," == *",$1,"* ]]; }
+shards() { [ -f "$work/prep320/done" ] || { python3 -m vitok prepare "$photos/train" --out "$work/prep320" --size 320 \
+    >/dev/null && touch "$work/prep320/done"; }; }
+
+if has tests; then
+    timeout 300 python3 -m pytest -q -p no:cacheprovider tests/model/test_kernels.py tests/data/test_gpu_decode.py \
+        2>&1 | tail -n 15 | tee "$out/tests.log"
+fi
+if has loader; then
+    shards
+    timeout 240 python3 benchmarks/loader_bench.py "$photos/train" "$work/prep320" --size 256 --batch 128 \
+        --workers 14 --batches 30 --decode cpu,gpu 2>&1 | grep -v -i warn | tee "$out/loader.log"
+fi
+if has kernels; then
+    timeout 330 python3 benchmarks/speed_probe.py --sections model --variant S-B/16 --size 256 --batch 128 \
+        --variants eager,eager+triton,stacks,stacks+triton,stacks-w16-x4,stacks-w16-x4+triton \
+        --out "$out/kernels.json" 2>&1 | grep -v -i warn | tail -n 8
+fi
+if has train; then
+    shards
+    run() {  # name, then overrides
+        local name="$1"; shift
+        rm -rf "$work/train_$name"
+        timeout 240 python3 -m vitok train --config sb16_256 model.compile=true train.batch_size=128 \
+            train.stage1_steps=100000 train.stage2_steps=0 train.time_limit_minutes="$TRAIN_MINUTES" \
+            train.eval_every=0 train.image_every=100000 train.progress=false train.log_every=25 \
+            data.workers=14 data.eval_limit=32 loss.lpips_weight=0 loss.require_lpips=false \
+            data.val_source="$photos/val" "$@" --out "$work/train_$name" 2>&1 | grep -v -i "warn" | tail -n 3
+        cp "$work/train_$name/metrics.jsonl" "$out/train_$name.jsonl" 2>/dev/null
+    }
+    run jpeg_cpu data.source="$photos/train" data.decode=cpu
+    run jpeg_gpu data.source="$photos/train" data.decode=gpu
+    run shards_cpu data.source="$work/prep320" data.decode=cpu
+fi
+if has bench; then
+    timeout 420 python3 benchmarks/bench.py --only S-B/16@256 --modes eager,compiled \
+        --parts infer,train,stages,baselines --compile-scope stacks --out "$out/bench.json" 2>&1 \
+        | grep -v -i warn | tail -n 30 | tee "$out/bench.log"
+fi

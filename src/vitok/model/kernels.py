@@ -1,0 +1,320 @@
+"""Fused Triton kernels for the Transformer's memory-bound glue (`model.kernels=triton`), each with its backward.
+
+Outside the matmuls and attention, a block's time goes to moving activations through memory
+(benchmarks/NOTES.md): residual adds, RMSNorm, the SiLU gate, RoPE and the q/k/v layout. Three
+kernels cut the passes over them:
+
+- `add_rmsnorm(x, delta, w)`: the residual add and the next RMSNorm in one read of x and delta,
+  writing the new stream h = x + delta and y = rmsnorm(h)·w (in the autocast dtype, which the next
+  matmul reads anyway). Backward: one pass per row for dx (= ddelta), with the weight's gradient
+  summed per program and then over programs.
+- `silu_mul(gu)`: silu(g)·u from the fused W1/W3 output [g | u], and its backward into one [dg | du].
+- `rope_qkv(qkv, cos, sin, heads)`: the QKV matmul's B×L×3D output -> q, k (rotated) and v in the
+  B×H×L×d layout attention reads, in one pass; backward rotates back and writes B×L×3D.
+
+Every op has a PyTorch reference (`*_reference`), the same arithmetic as the modules in blocks.py.
+The fused ops run the Triton kernels on CUDA tensors (and on CPU tensors under TRITON_INTERPRET=1,
+how the tests check the kernels without a GPU); elsewhere they run the reference, so a model with
+kernels on still runs on a CPU. The Triton backward passes are hand-written; the tests compare forward
+and backward with autograd through the reference in float64 (interpreted on CPU, and on the GPU).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except Exception:  # ImportError, or a triton that does not match this torch
+    triton = None
+
+__all__ = ["triton_problem", "add_rmsnorm", "add_rmsnorm_reference", "silu_mul", "silu_mul_reference",
+           "rope_qkv", "rope_qkv_reference"]
+
+
+def triton_problem() -> str | None:
+    """Why the Triton kernels cannot run here (with the fix), or None when they can."""
+    if triton is None:
+        return ("model.kernels=triton needs the triton package (it comes with CUDA builds of PyTorch on "
+                "Linux); install it, or keep model.kernels=torch")
+    return None
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    return triton is not None and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def _out_dtype(x: torch.Tensor) -> torch.dtype:
+    """What a norm hands the next matmul: the autocast dtype under autocast, else x's dtype."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+# ---- references -----------------------------------------------------------------------------------
+
+
+def _math(t: torch.Tensor) -> torch.Tensor:
+    """t in the dtype its arithmetic runs in: float64 stays, everything else float32."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def add_rmsnorm_reference(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float,
+                          out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, y): h = x + delta in x's dtype (x itself without delta), y = rmsnorm(h)·weight in float32 math."""
+    h = x if delta is None else x + delta.to(x.dtype)
+    hf = _math(h)
+    y = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps) * weight.to(hf.dtype)
+    return h, y.to(out_dtype or x.dtype)
+
+
+def silu_mul_reference(gu: torch.Tensor) -> torch.Tensor:
+    """silu(g)·u for gu = [g | u] along the last axis, in float32 math, gu's dtype out."""
+    g, u = _math(gu).chunk(2, dim=-1)
+    return (torch.nn.functional.silu(g) * u).to(gu.dtype)
+
+
+def rope_qkv_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                       heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """B×L×3D -> q, k, v (B×H×L×d), q and k rotated pairwise (j, j + P) by (cos, sin) (L×P), as blocks.apply_rope."""
+    B, L, three_d = qkv.shape
+    d = three_d // 3 // heads
+    q, k, v = qkv.view(B, L, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+    P = cos.shape[-1]
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        c, s = cos.to(x.dtype), sin.to(x.dtype)
+        x1, x2, rest = x.split([P, P, d - 2 * P], dim=-1)
+        return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c, rest], dim=-1)
+
+    return rotate(q), rotate(k), v.contiguous()
+
+
+# ---- Triton kernels --------------------------------------------------------------------------------
+
+if triton is not None:
+
+    @triton.jit
+    def _add_rmsnorm_fwd(X, DELTA, H, Y, W, RSTD, D, eps, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < D
+        x = tl.load(X + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_DELTA:
+            x += tl.load(DELTA + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+            h = x.to(H.dtype.element_ty)
+            tl.store(H + row * D + cols, h, mask=mask)
+            x = h.to(tl.float32)  # normalise the stream as stored, as the reference does
+        rstd = tl.rsqrt(tl.sum(x * x, axis=0) / D + eps)
+        w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(Y + row * D + cols, (x * rstd * w).to(Y.dtype.element_ty), mask=mask)
+        tl.store(RSTD + row, rstd)
+
+    @triton.jit
+    def _add_rmsnorm_bwd(DY, DH, H, W, RSTD, DX, DDELTA, DW, N, D, ROWS: tl.constexpr, HAS_DH: tl.constexpr,
+                         HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < D
+        w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+        dw = tl.zeros([BLOCK], dtype=tl.float32)
+        for i in range(ROWS):
+            row = (pid * ROWS + i).to(tl.int64)
+            live = mask & (row < N)
+            h = tl.load(H + row * D + cols, mask=live, other=0.0).to(tl.float32)
+            dy = tl.load(DY + row * D + cols, mask=live, other=0.0).to(tl.float32)
+            rstd = tl.load(RSTD + row, mask=row < N, other=0.0)
+            n = h * rstd
+            dn = dy * w
+            dx = rstd * (dn - n * (tl.sum(dn * n, axis=0) / D))
+            if HAS_DH:
+                dx += tl.load(DH + row * D + cols, mask=live, other=0.0).to(tl.float32)
+            tl.store(DX + row * D + cols, dx.to(DX.dtype.element_ty), mask=live)
+            if HAS_DELTA:
+                tl.store(DDELTA + row * D + cols, dx.to(DDELTA.dtype.element_ty), mask=live)
+            dw += dy * n
+        tl.store(DW + pid * D + cols, dw, mask=mask)
+
+    @triton.jit
+    def _silu_mul_fwd(GU, OUT, Hd, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < Hd
+        g = tl.load(GU + row * 2 * Hd + cols, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(GU + row * 2 * Hd + Hd + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(OUT + row * Hd + cols, (g * tl.sigmoid(g) * u).to(OUT.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _silu_mul_bwd(DOUT, GU, DGU, Hd, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < Hd
+        g = tl.load(GU + row * 2 * Hd + cols, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(GU + row * 2 * Hd + Hd + cols, mask=mask, other=0.0).to(tl.float32)
+        do = tl.load(DOUT + row * Hd + cols, mask=mask, other=0.0).to(tl.float32)
+        s = tl.sigmoid(g)
+        tl.store(DGU + row * 2 * Hd + cols, (do * u * s * (1 + g * (1 - s))).to(DGU.dtype.element_ty), mask=mask)
+        tl.store(DGU + row * 2 * Hd + Hd + cols, (do * g * s).to(DGU.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _rope_layout(SRC, DST, COS, SIN, L, NH, HD, P, part, sign, TO_HEADS: tl.constexpr,
+                     BH: tl.constexpr, BD: tl.constexpr):
+        # One token's heads of one of q/k/v. TO_HEADS: B×L×3D -> B×H×L×d (forward); else the reverse.
+        # Pair j < P rotates with j + P: y_j = x_j c - sign·x_{j+P} s, y_{j+P} = x_{j+P} c + sign·x_j s;
+        # channels from 2P on (odd head widths) and v pass through unrotated.
+        tok = tl.program_id(0).to(tl.int64)
+        b, l = tok // L, tok % L
+        h = tl.arange(0, BH)[:, None]
+        j = tl.arange(0, BD)[None, :]
+        mask = (h < NH) & (j < HD)
+        rot = (j < 2 * P) & (part < 2)
+        first = j < P
+        partner = tl.where(rot, tl.where(first, j + P, j - P), j)
+        k = tl.where(first, j, j - P)
+        c = tl.load(COS + l * P + k, mask=mask & rot, other=1.0).to(tl.float32)
+        s = tl.load(SIN + l * P + k, mask=mask & rot, other=0.0).to(tl.float32)
+        s = tl.where(rot, tl.where(first, -s, s), 0.0) * sign
+        D = NH * HD
+        flat = b * L * 3 * D + l * 3 * D + part * D + h * HD   # B×L×3D layout, channel 0 of head h
+        heads = ((b * NH + h) * L + l) * HD                    # B×H×L×d layout
+        src_row, dst_row = (flat, heads) if TO_HEADS else (heads, flat)
+        x = tl.load(SRC + src_row + j, mask=mask, other=0.0).to(tl.float32)
+        xp = tl.load(SRC + src_row + partner, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DST + dst_row + j, (x * c + xp * s).to(DST.dtype.element_ty), mask=mask)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+# ---- autograd functions ------------------------------------------------------------------------
+
+
+class _AddRMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, delta, weight, eps, out_dtype):
+        D = x.shape[-1]
+        x2 = x.reshape(-1, D).contiguous()
+        d2 = None if delta is None else delta.reshape(-1, D).contiguous()
+        h = torch.empty_like(x2) if delta is not None else x2
+        y = torch.empty(x2.shape, dtype=out_dtype, device=x.device)
+        rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
+        _add_rmsnorm_fwd[(x2.shape[0],)](x2, d2 if d2 is not None else x2, h, y, weight, rstd, D, eps,
+                                         HAS_DELTA=delta is not None, BLOCK=_pow2(D))
+        ctx.save_for_backward(h, weight, rstd)
+        ctx.has_delta, ctx.delta_dtype, ctx.shape = delta is not None, None if delta is None else delta.dtype, x.shape
+        if delta is None:
+            return y.view(x.shape)
+        return h.view(x.shape), y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        h, weight, rstd = ctx.saved_tensors
+        dh, dy = grads if ctx.has_delta else (None, grads[0])
+        N, D = h.shape
+        if dy is None:
+            dy = torch.zeros(h.shape, dtype=h.dtype, device=h.device)
+        dy = dy.reshape(N, D).contiguous()
+        dh = None if dh is None else dh.reshape(N, D).contiguous()
+        dx = torch.empty_like(h)
+        ddelta = torch.empty(h.shape, dtype=ctx.delta_dtype, device=h.device) if ctx.has_delta else dx
+        programs = max(1, min(N, 1024))  # a few per SM; each sums its rows' weight gradient
+        rows = triton.cdiv(N, programs)
+        programs = triton.cdiv(N, rows)
+        dw = torch.empty(programs, D, dtype=torch.float32, device=h.device)
+        _add_rmsnorm_bwd[(programs,)](dy, dh if dh is not None else dy, h, weight, rstd, dx, ddelta, dw, N, D,
+                                      ROWS=rows, HAS_DH=dh is not None, HAS_DELTA=ctx.has_delta, BLOCK=_pow2(D))
+        dweight = dw.sum(0).to(weight.dtype)
+        if ctx.has_delta:
+            return dx.view(ctx.shape), ddelta.view(ctx.shape), dweight, None, None
+        return dx.view(ctx.shape), None, dweight, None, None
+
+
+class _SiluMul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gu):
+        gu = gu.contiguous()
+        Hd = gu.shape[-1] // 2
+        out = torch.empty(*gu.shape[:-1], Hd, dtype=gu.dtype, device=gu.device)
+        rows = gu.numel() // (2 * Hd)
+        block = min(1024, _pow2(Hd))
+        _silu_mul_fwd[(rows, triton.cdiv(Hd, block))](gu, out, Hd, BLOCK=block)
+        ctx.save_for_backward(gu)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        (gu,) = ctx.saved_tensors
+        Hd = gu.shape[-1] // 2
+        dgu = torch.empty_like(gu)
+        rows = gu.numel() // (2 * Hd)
+        block = min(1024, _pow2(Hd))
+        _silu_mul_bwd[(rows, triton.cdiv(Hd, block))](dout.contiguous(), gu, dgu, Hd, BLOCK=block)
+        return dgu
+
+
+def _rope_launch(src, dst, cos, sin, B, L, heads, d, part, sign, to_heads):
+    _rope_layout[(B * L,)](src, dst, cos, sin, L, heads, d, cos.shape[-1], part, sign, TO_HEADS=to_heads,
+                           BH=_pow2(heads), BD=_pow2(d))
+
+
+class _RopeQKV(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv, cos, sin, heads):
+        qkv = qkv.contiguous()
+        B, L, three_d = qkv.shape
+        d = three_d // 3 // heads
+        cos, sin = cos.float().contiguous(), sin.float().contiguous()
+        outs = []
+        for part in range(3):
+            out = torch.empty(B, heads, L, d, dtype=qkv.dtype, device=qkv.device)
+            _rope_launch(qkv, out, cos, sin, B, L, heads, d, part, 1.0, True)
+            outs.append(out)
+        ctx.save_for_backward(cos, sin)
+        ctx.dims = (B, L, heads, d)
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, dq, dk, dv):
+        cos, sin = ctx.saved_tensors
+        B, L, heads, d = ctx.dims
+        ref = next(g for g in (dq, dk, dv) if g is not None)
+        dqkv = torch.empty(B, L, 3 * heads * d, dtype=ref.dtype, device=ref.device)
+        for part, g in enumerate((dq, dk, dv)):
+            g = torch.zeros_like(ref) if g is None else g.contiguous()
+            _rope_launch(g, dqkv, cos, sin, B, L, heads, d, part, -1.0, False)  # the inverse rotation
+        return dqkv, None, None, None
+
+
+# ---- the ops -----------------------------------------------------------------------------------------
+
+
+def add_rmsnorm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float):
+    """delta given: (x + delta, rmsnorm(x + delta)·weight); delta None: rmsnorm(x)·weight alone.
+
+    The norm's output is in the autocast dtype under autocast (the next matmul's input), else x's.
+    """
+    out_dtype = _out_dtype(x)
+    if not _use_triton(x):
+        h, y = add_rmsnorm_reference(x, delta, weight, eps, out_dtype)
+        return y if delta is None else (h, y)
+    return _AddRMSNorm.apply(x, delta, weight, eps, out_dtype)
+
+
+def silu_mul(gu: torch.Tensor) -> torch.Tensor:
+    """silu(g)·u for gu = [g | u] on the last axis."""
+    if not _use_triton(gu):
+        return silu_mul_reference(gu)
+    if torch.is_autocast_enabled(gu.device.type):
+        gu = gu.to(torch.get_autocast_dtype(gu.device.type))
+    return _SiluMul.apply(gu)
+
+
+def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int):
+    """The QKV matmul's B×L×3D output -> (q, k, v), B×H×L×d each, q and k rotated (blocks.apply_rope's pairs)."""
+    if not _use_triton(qkv):
+        return rope_qkv_reference(qkv, cos, sin, heads)
+    return _RopeQKV.apply(qkv, cos, sin, heads)

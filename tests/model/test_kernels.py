@@ -1,0 +1,211 @@
+"""The fused kernels (model/kernels.py) against independent references, forward and backward.
+
+Three layers: the references against the modules of blocks.py (always); the Triton kernels against
+autograd through the references in float64, run by Triton's interpreter on CPU when triton is
+installed (TRITON_INTERPRET=1, set before triton is imported: `TRITON_INTERPRET=1 pytest
+tests/model/test_kernels.py`) or on the GPU; and a whole model with kernels on against the same
+model with kernels off.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from vitok.model import kernels
+from vitok.model.blocks import Block, RMSNorm, SwiGLU, Transformer, apply_rope, rope_angles, rope_tables
+from vitok.model.kernels import (add_rmsnorm, add_rmsnorm_reference, rope_qkv, rope_qkv_reference, silu_mul,
+                                 silu_mul_reference)
+
+ON_GPU = torch.cuda.is_available() and kernels.triton is not None
+INTERPRETED = kernels.triton is not None and os.environ.get("TRITON_INTERPRET") == "1"
+needs_triton = pytest.mark.skipif(not (ON_GPU or INTERPRETED),
+                                  reason="Triton kernels run on CUDA, or on CPU under TRITON_INTERPRET=1")
+DEVICE = "cuda" if ON_GPU else "cpu"
+
+
+def rope_for(L_grid, d):
+    return rope_tables(rope_angles(L_grid, d))
+
+
+# ---- references against the modules they replace ---------------------------------------------------
+
+
+def test_add_rmsnorm_reference_is_residual_add_then_rmsnorm():
+    torch.manual_seed(0)
+    norm = RMSNorm(24)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x, delta = torch.randn(2, 5, 24, dtype=torch.float64), torch.randn(2, 5, 24, dtype=torch.float64)
+    h, y = add_rmsnorm_reference(x, delta, norm.weight.double(), norm.eps)
+    norm = norm.double()
+    torch.testing.assert_close(h, x + delta)
+    torch.testing.assert_close(y, norm(x + delta))
+    # Independent formula: y = h / sqrt(mean(h^2) + eps) * w.
+    torch.testing.assert_close(y, h / (h.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt() * norm.weight)
+
+
+def test_silu_mul_reference_is_the_swiglu_gate():
+    torch.manual_seed(0)
+    gu = torch.randn(3, 7, 20, dtype=torch.float64)
+    g, u = gu[..., :10], gu[..., 10:]
+    torch.testing.assert_close(silu_mul_reference(gu), g / (1 + torch.exp(-g)) * u)
+
+
+@pytest.mark.parametrize("heads, d, grid", [(2, 16, (3, 4)), (3, 10, (2, 2, 3)), (1, 9, (5,))])
+def test_rope_qkv_reference_matches_apply_rope_and_the_layout(heads, d, grid):
+    torch.manual_seed(0)
+    L = 1
+    for n in grid:
+        L *= n
+    qkv = torch.randn(2, L, 3 * heads * d, dtype=torch.float64)
+    cos, sin = (t.double() for t in rope_for(grid, d))
+    q, k, v = rope_qkv_reference(qkv, cos, sin, heads)
+    q0, k0, v0 = qkv.view(2, L, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+    torch.testing.assert_close(q, apply_rope(q0, (cos, sin)))
+    torch.testing.assert_close(k, apply_rope(k0, (cos, sin)))
+    torch.testing.assert_close(v, v0)
+    # A rotation: norms of every pair are kept.
+    torch.testing.assert_close(q.norm(dim=-1), q0.norm(dim=-1))
+
+
+# ---- the Triton kernels -----------------------------------------------------------------------------
+
+
+def grads(fn, *inputs, seed=1):
+    """Outputs of fn and the gradients of a fixed random projection of them w.r.t. the inputs."""
+    inputs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    outs = fn(*inputs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)).sum()
+               for o in outs if o is not None)
+    loss.backward()
+    return [o.detach().double() for o in outs], [t.grad.double() for t in inputs if t.requires_grad]
+
+
+def close(got, want, tol):
+    for a, b in zip(got, want):
+        scale = b.abs().max().clamp_min(1e-6)
+        assert (a - b).abs().max() / scale < tol, ((a - b).abs().max(), scale)
+
+
+@needs_triton
+@pytest.mark.parametrize("D, dtype, with_delta", [(48, torch.float32, True), (384, torch.float32, False),
+                                                   (100, torch.bfloat16, True)])
+def test_add_rmsnorm_kernel_forward_and_backward(D, dtype, with_delta):
+    torch.manual_seed(0)
+    x = torch.randn(3, 37, D, device=DEVICE).to(dtype)
+    delta = torch.randn(3, 37, D, device=DEVICE).to(dtype)
+    w = (torch.rand(D, device=DEVICE) + 0.5)
+    if with_delta:
+        def kernel(x, delta, w):
+            return kernels._AddRMSNorm.apply(x, delta, w, 1e-6, x.dtype)
+
+        def reference(x, delta, w):
+            return add_rmsnorm_reference(x, delta, w, 1e-6)
+        inputs = (x, delta, w)
+    else:
+        def kernel(x, w):
+            return kernels._AddRMSNorm.apply(x, None, w, 1e-6, x.dtype)
+
+        def reference(x, w):
+            return add_rmsnorm_reference(x, None, w, 1e-6)[1]
+        inputs = (x, w)
+    out, grad = grads(kernel, *inputs)
+    ref_out, ref_grad = grads(reference, *[t.double() for t in inputs])
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    close(out, ref_out, tol)
+    close(grad, ref_grad, tol if dtype == torch.float32 else 5e-2)
+
+
+@needs_triton
+@pytest.mark.parametrize("hidden, dtype", [(96, torch.float32), (1024, torch.float32), (40, torch.bfloat16)])
+def test_silu_mul_kernel_forward_and_backward(hidden, dtype):
+    torch.manual_seed(0)
+    gu = (3 * torch.randn(4, 9, 2 * hidden, device=DEVICE)).to(dtype)
+    out, grad = grads(kernels._SiluMul.apply, gu)
+    ref_out, ref_grad = grads(silu_mul_reference, gu.double())
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    close(out, ref_out, tol)
+    close(grad, ref_grad, tol)
+
+
+@needs_triton
+@pytest.mark.parametrize("heads, d, grid, dtype", [(6, 64, (4, 4), torch.float32), (3, 10, (2, 2, 3), torch.float32),
+                                                   (2, 9, (3, 5), torch.float32), (4, 32, (4, 4), torch.bfloat16)])
+def test_rope_qkv_kernel_forward_and_backward(heads, d, grid, dtype):
+    torch.manual_seed(0)
+    L = 1
+    for n in grid:
+        L *= n
+    qkv = torch.randn(2, L, 3 * heads * d, device=DEVICE).to(dtype)
+    cos, sin = (t.to(DEVICE) for t in rope_for(grid, d))
+    out, grad = grads(lambda x: kernels._RopeQKV.apply(x, cos, sin, heads), qkv)
+    ref_out, ref_grad = grads(lambda x: rope_qkv_reference(x, cos.double(), sin.double(), heads), qkv.double())
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    close(out, ref_out, tol)
+    close(grad, ref_grad, tol)
+
+
+@needs_triton
+def test_transformer_with_kernels_matches_without():
+    torch.manual_seed(0)
+    stack = Transformer(48, 3, 4).to(DEVICE)
+    with torch.no_grad():
+        for p in stack.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    rope = tuple(t.to(DEVICE) for t in rope_for((4, 5), 12))
+    x = torch.randn(2, 20, 48, device=DEVICE)
+    out, grad = grads(lambda x: stack(x, rope), x)
+    want_params = [p.grad.clone() for p in stack.parameters()]
+    stack.zero_grad()
+    stack.set_kernels(True)
+    got, got_grad = grads(lambda x: stack(x, rope), x)
+    close(got, out, 1e-5)
+    close(got_grad, grad, 1e-4)
+    close([p.grad for p in stack.parameters()], want_params, 1e-4)
+
+
+# ---- the ops' dispatch --------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(ON_GPU or INTERPRETED, reason="checks the CPU fallback")
+def test_ops_fall_back_to_the_references_where_triton_cannot_run():
+    torch.manual_seed(0)
+    x, delta, w = torch.randn(2, 3, 8), torch.randn(2, 3, 8), torch.rand(8)
+    h, y = add_rmsnorm(x, delta, w, 1e-6)
+    torch.testing.assert_close((h, y), add_rmsnorm_reference(x, delta, w, 1e-6))
+    torch.testing.assert_close(silu_mul(delta), silu_mul_reference(delta))
+    stack = Transformer(16, 2, 2)
+    rope = rope_for((2, 3), 8)
+    z = torch.randn(1, 6, 16)
+    want = stack(z, rope)
+    stack.set_kernels(True)
+    torch.testing.assert_close(stack(z, rope), want, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_block_paths_leave_parallel_blocks_and_checkpointing_alone():
+    torch.manual_seed(0)
+    stack = Transformer(16, 2, 2, parallel=True, final_norm=False)
+    rope = rope_for((2, 3), 8)
+    z = torch.randn(1, 6, 16)
+    want = stack(z, rope)
+    stack.set_kernels(True)
+    torch.testing.assert_close(stack(z, rope), want, rtol=1e-5, atol=1e-5)
+    block = Block(16, 2)
+    assert isinstance(block.mlp, SwiGLU) and not block.mlp.fused
+
+
+def test_vitok_refuses_unknown_kernels():
+    from conftest import tiny_config
+    from vitok.model import ViTok
+
+    model = ViTok(tiny_config())
+    with pytest.raises(ValueError, match="choose torch or triton"):
+        model.set_kernels("cuda")
+    if kernels.triton is None:
+        with pytest.raises(ValueError, match="model.kernels=torch"):
+            model.set_kernels("triton")
