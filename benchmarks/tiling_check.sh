@@ -12,7 +12,7 @@ mkdir -p "$work" "$out"
 export PYTHONPATH="$PWD/src"
 if [ ! -f "$work/tok/model/config.json" ]; then
     python3 -m vitok train --config sb16_256 model.image_size=128 model.compile=false train.batch_size=128 \
-        train.stage1_steps=1500 train.stage2_steps=0 train.time_limit_minutes=1.0 optim.lr=4e-4 \
+        train.stage1_steps=1500 train.stage2_steps=0 train.time_limit_minutes="${TRAIN_MINUTES:-1.0}" optim.lr=4e-4 \
         optim.warmup_steps=50 train.eval_every=0 train.image_every=100000 train.progress=false train.log_every=100 \
         data.source="$photos/train" data.val_source="$photos/val" data.workers=14 data.eval_limit=64 \
         loss.require_lpips=false --out "$work/tok" 2>&1 | grep -v "Warning\|warn(" | tail -n 8
