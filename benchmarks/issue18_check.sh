@@ -7,8 +7,9 @@
 # kernels  speed_probe.py: S-B/16 256p encode+decode and training step, model.kernels torch vs triton,
 #          eager and compiled (stacks), and bf16-weight inference; one process, ratios in one run
 # train    `vitok train --config sb16_256` stage 1 on the photos, compiled, 14 workers, batch 128,
-#          TRAIN_MINUTES each: data.decode cpu, data.decode gpu, and cpu on the prepared shards
-# bench    bench.py S-B/16@256 eager and compiled, infer/train/stages/baselines (SD-VAE compiled too)
+#          TRAIN_MINUTES each: data.decode cpu, data.decode gpu (also with model.kernels=triton), and
+#          cpu on the prepared shards (2 photos per shard, so that 14 workers each get whole shards)
+# bench    bench.py S-B/16@256 eager and compiled, encode/decode against the SD VAE (compiled too)
 # Every part writes under OUT_DIR; the parts are independent and bounded by `timeout`.
 set -uo pipefail
 photos="$1"; out="$2"; parts="${3:-tests,loader,kernels,train,bench}"
@@ -17,7 +18,7 @@ mkdir -p "$work" "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 has() { [[ ",$parts," == *",$1,"* ]]; }
 shards() { [ -f "$work/prep320/done" ] || { python3 -m vitok prepare "$photos/train" --out "$work/prep320" --size 320 \
-    >/dev/null && touch "$work/prep320/done"; }; }
+    --shard-size 2 >/dev/null && touch "$work/prep320/done"; }; }
 
 if has tests; then
     timeout 300 python3 -m pytest -q -p no:cacheprovider tests/model/test_kernels.py tests/data/test_gpu_decode.py \
@@ -47,10 +48,11 @@ if has train; then
     }
     run jpeg_cpu data.source="$photos/train" data.decode=cpu
     run jpeg_gpu data.source="$photos/train" data.decode=gpu
+    run jpeg_gpu_triton data.source="$photos/train" data.decode=gpu model.kernels=triton
     run shards_cpu data.source="$work/prep320" data.decode=cpu
 fi
 if has bench; then
     timeout 420 python3 benchmarks/bench.py --only S-B/16@256 --modes eager,compiled \
-        --parts infer,train,stages,baselines --compile-scope stacks --out "$out/bench.json" 2>&1 \
+        --parts infer,baselines --compile-scope stacks --out "$out/bench.json" 2>&1 \
         | grep -v -i warn | tail -n 30 | tee "$out/bench.log"
 fi

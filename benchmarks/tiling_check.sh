@@ -9,7 +9,7 @@ set -euo pipefail
 photos="$1"; large="$2"; out="$3"
 work="${WORK:-/tmp/vitok-tiling-check}"
 mkdir -p "$work" "$out"
-export PYTHONPATH="$PWD/src"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 if [ ! -f "$work/tok/model/config.json" ]; then
     python3 -m vitok train --config sb16_256 model.image_size=128 model.compile=false train.batch_size=128 \
         train.stage1_steps=1500 train.stage2_steps=0 train.time_limit_minutes="${TRAIN_MINUTES:-1.0}" optim.lr=4e-4 \

@@ -12,7 +12,7 @@ set -euo pipefail
 photos="$1"; videos="$2"; out="$3"
 work="${WORK:-/tmp/vitok-video-check}"; TRAIN_MINUTES="${TRAIN_MINUTES:-4}"
 mkdir -p "$work" "$out"
-export PYTHONPATH="$PWD/src"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 [ -f "$work/clips/done" ] || { python3 benchmarks/pan_clips.py "$photos" "$videos" "$work/clips" --size 128 \
     --frames 32 --per-photo 4 && touch "$work/clips/done"; }
 if [ ! -f "$work/tok/model/config.json" ]; then

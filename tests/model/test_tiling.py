@@ -154,7 +154,7 @@ def test_tiling_errors():
     for tiling, match in ((Tiling(tile_size=30), "multiple of the tubelet side 8"),
                           (Tiling(tile_size=32, overlap=32), "smaller than the tile"),
                           (Tiling(tile_size=0), "positive"), (Tiling(chunk=4), "image model"),
-                          (Tiling(tile_size=32, batch=0), "batch"), ("tiles", "tiling must be")):
+                          (Tiling(tile_size=32, batch=-1), "batch"), ("tiles", "tiling must be")):
         with pytest.raises(ValueError, match=match):
             model.encode(x, tiling=tiling)
 
@@ -200,3 +200,12 @@ def test_encode_takes_each_token_from_its_most_central_tile():
         region_best[better], region_want[better] = w[better], k + 1
     np.testing.assert_array_equal(got.numpy(), want)
     assert set(np.unique(got.numpy())) <= set(range(1, len(all_tiles) + 1))  # no averages
+
+
+def test_default_tile_batch_holds_a_token_budget():
+    from vitok.model.tiling import TILE_BATCH_TOKENS, TileSpec, tiles_per_batch
+
+    spec = TileSpec((8, 8), (2, 2))
+    assert tiles_per_batch(0, 1, spec) == TILE_BATCH_TOKENS // 64
+    assert tiles_per_batch(0, 4, spec) == TILE_BATCH_TOKENS // 256
+    assert tiles_per_batch(0, 10**6, spec) == 1 and tiles_per_batch(3, 1, spec) == 3

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .kernels import add_rmsnorm, rope_qkv, silu_mul
+from .kernels import add_rmsnorm, fused_now, rope_qkv, silu_mul
 
 
 class RMSNorm(nn.Module):
@@ -58,7 +58,7 @@ class SwiGLU(nn.Module):
         self.fused = False  # model.kernels=triton: the gate as one kernel (kernels.silu_mul)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:
+        if fused_now(self.fused):
             return self.w2(silu_mul(self.w13(x)))
         gate, up = self.w13(x).chunk(2, dim=-1)
         return self.w2(F.silu(gate) * up)
@@ -145,7 +145,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, L, D = x.shape
-        if self.fused and rope is not None and isinstance(self.q_norm, nn.Identity):
+        if fused_now(self.fused) and rope is not None and isinstance(self.q_norm, nn.Identity):
             out = F.scaled_dot_product_attention(*rope_qkv(self.qkv(x), *rope, self.heads))
             return self.proj(out.transpose(1, 2).reshape(B, L, D))
         # B×L×3D -> 3×B×H×L×d: the layout SDPA's flash kernel wants.
@@ -215,7 +215,7 @@ class Transformer(nn.Module):
             block.attn.fused = block.mlp.fused = fused
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        if self.fused and self.blocks and not self.blocks[0].parallel and not (
+        if fused_now(self.fused) and self.blocks and not self.blocks[0].parallel and not (
                 self.grad_checkpointing and torch.is_grad_enabled()):
             first = self.blocks[0].norm1
             h = add_rmsnorm(x, None, first.weight, first.eps)

@@ -31,7 +31,7 @@ try:
 except Exception:  # ImportError, or a triton that does not match this torch
     triton = None
 
-__all__ = ["triton_problem", "add_rmsnorm", "add_rmsnorm_reference", "silu_mul", "silu_mul_reference",
+__all__ = ["triton_problem", "fused_now", "add_rmsnorm", "add_rmsnorm_reference", "silu_mul", "silu_mul_reference",
            "rope_qkv", "rope_qkv_reference"]
 
 
@@ -41,6 +41,17 @@ def triton_problem() -> str | None:
         return ("model.kernels=triton needs the triton package (it comes with CUDA builds of PyTorch on "
                 "Linux); install it, or keep model.kernels=torch")
     return None
+
+
+def fused_now(enabled: bool) -> bool:
+    """Whether a module with kernels enabled takes the fused path in this call.
+
+    Not when torch.compile traces an inference pass: there inductor's own fusions were faster on an
+    H200 (S-B/16 256p compiled encode + decode 5,964 images/s plain against 5,406 fused), while
+    training (compiled: 1,764 -> 1,864 images/s) and eager inference (3,147 -> 5,559) gain
+    (benchmarks/NOTES.md).
+    """
+    return enabled and (torch.is_grad_enabled() or not torch.compiler.is_compiling())
 
 
 def _use_triton(x: torch.Tensor) -> bool:
