@@ -411,6 +411,9 @@ def test_gpu_decode_trains_like_cpu_decode_and_is_refused_without_cuda(tmp_path,
                    "data.decode=gpu"]
     with pytest.raises(ValueError, match="set data.decode=cpu"):
         loop.Trainer(load_config(None, args), tmp_path / "refused", distributed.setup("cpu"))
+    auto = load_config(None, args[:-1])  # data.decode=auto, the default: the CPU path where nvJPEG cannot run
+    assert auto.data.decode == "auto"
+    assert loop.Trainer(auto, tmp_path / "auto", distributed.setup("cpu")).gpu_decoder is None
 
     def pillow(datas, device):
         out = []
@@ -424,9 +427,9 @@ def test_gpu_decode_trains_like_cpu_decode_and_is_refused_without_cuda(tmp_path,
 
     monkeypatch.setattr(loop, "gpu_decode_problem", lambda device: None)
     monkeypatch.setattr(gpu_decode, "_nvjpeg", pillow)
-    monkeypatch.setattr(gpu_decode.GpuDecoder.__init__, "__defaults__", (pillow,))
+    assert loop.Trainer(auto, tmp_path / "auto2", distributed.setup("cpu")).gpu_decoder is not None
     gpu = train(load_config(None, args), out=tmp_path / "gpu")
-    cpu = train(load_config(None, args[:-1]), out=tmp_path / "cpu")
+    cpu = train(load_config(None, args[:-1] + ["data.decode=cpu"]), out=tmp_path / "cpu")
     assert gpu["steps"] == cpu["steps"] == 3
     assert {Path(s["file"]).name for s in gpu["skipped_files"]} == {"empty.jpg", "truncated.jpg"}
     assert gpu["skipped_files"] == cpu["skipped_files"]

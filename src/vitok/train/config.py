@@ -65,9 +65,11 @@ class DataSection:
     flip: bool = True
     frame_stride: int = 1  # video: take every k-th frame
     workers: int = 2  # data loader processes per rank
-    # Where training JPEGs are decoded: "cpu" (the loader processes, Pillow) or "gpu" (nvJPEG in the
-    # training process, crops resized on the device: data/gpu_decode.py; needs CUDA and torchvision).
-    decode: str = "cpu"
+    # Where training JPEGs are decoded: "cpu" (the loader processes, Pillow), "gpu" (nvJPEG in the
+    # training process, crops resized on the device: data/gpu_decode.py; needs CUDA and torchvision;
+    # 1.43x the images/s of "cpu" in real S-B/16 training on an H200, benchmarks/NOTES.md), or "auto":
+    # "gpu" for image models on CUDA when torchvision imports, else "cpu".
+    decode: str = "auto"
     eval_limit: int = 256  # held-out samples evaluated (0 = all)
 
 
@@ -192,7 +194,7 @@ class TrainConfig:
 SECTIONS = ("model", "data", "loss", "optim", "train", "guard")
 CHOICES = {
     "data.crop": ("random", "center"),
-    "data.decode": ("cpu", "gpu"),
+    "data.decode": ("auto", "cpu", "gpu"),
     "loss.reconstruction": ("mse", "l1"),
     "loss.gan_loss": ("non_saturating", "hinge"),
     "loss.disc_video": ("frame", "3d"),

@@ -144,12 +144,17 @@ class Trainer:
                                 world=dist_info.world, crop=config.data.crop, flip=config.data.flip,
                                 scale=(config.data.min_scale, 1.0), ratio=(3 / 4, 4 / 3),
                                 holdout=0 if config.data.val_source else config.data.holdout,
-                                pin_memory=self.device.type == "cuda", gpu_jpeg=config.data.decode == "gpu")
+                                pin_memory=self.device.type == "cuda")
         self.gpu_decoder = None
-        if config.data.decode == "gpu":
+        decode = config.data.decode
+        if decode == "auto":
+            usable = not self.model_config.is_video and gpu_decode_problem(self.device) is None
+            decode = "gpu" if usable else "cpu"
+        if decode == "gpu":
             problem = gpu_decode_problem(self.device)
             if problem is not None:
                 raise ValueError(problem)
+            self.loader_args["gpu_jpeg"] = True
             self.gpu_decoder = GpuDecoder(self.model_config.image_size, self.device)
 
     def load_init(self) -> None:
