@@ -179,6 +179,9 @@ def test_ops_fall_back_to_the_references_where_triton_cannot_run():
     h, y = add_rmsnorm(x, delta, w, 1e-6)
     torch.testing.assert_close((h, y), add_rmsnorm_reference(x, delta, w, 1e-6))
     torch.testing.assert_close(silu_mul(delta), silu_mul_reference(delta))
+    qkv, (cos, sin) = torch.randn(2, 6, 3 * 16), rope_for((2, 3), 8)
+    for got, want in zip(rope_qkv(qkv, cos, sin, 2), rope_qkv_reference(qkv, cos, sin, 2)):
+        torch.testing.assert_close(got, want)
     stack = Transformer(16, 2, 2)
     rope = rope_for((2, 3), 8)
     z = torch.randn(1, 6, 16)

@@ -52,6 +52,7 @@ def test_run_writes_every_artefact(tmp_path, photo_folder):
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [l["step"] for l in lines if "loss" in l]
     assert steps == [1, 2, 3, 4, 5, 6] and lines[-1]["stage"] == 2 and "gan_d" in lines[-1]
+    assert all(0 <= l["data_wait"] <= 1 for l in lines if "loss" in l) and 0 <= report["data_wait"] <= 1
     assert any("eval" in l for l in lines)
     # The last checkpoint and the best one are kept; the exported tokenizer loads and runs.
     kept = [s for s, _ in ckpt.list_checkpoints(run / "checkpoints")]
@@ -97,7 +98,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, photo_folder):
 
     def logged(run):
         lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in l.items() if k != "images_per_second"} for l in lines if "loss" in l]
+        return [{k: v for k, v in l.items() if k not in ("images_per_second", "data_wait")} for l in lines if "loss" in l]
 
     # Nothing logged twice or lost across the kill, and the same values as the unbroken run.
     assert logged(tmp_path / "killed") == logged(tmp_path / "whole")

@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
 
 from vitok.train import checkpoint as ckpt
 from vitok.train import load_config, rundir, train

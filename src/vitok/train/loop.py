@@ -402,7 +402,10 @@ class Trainer:
             self.guard_evaluation(self.progress.step, True, logger)
             if self.heldout is not None:
                 self.save()
-        window_start, window_images = time.perf_counter(), 0
+        # window_wait: host seconds spent waiting for the next batch. The host runs ahead of the GPU
+        # between log steps (which synchronise), so a share near 0 means the loader keeps up and a
+        # large one that the data, not the model, sets the pace.
+        window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
         last_good: torch.Tensor | None = None
         new_skips: list[dict] = []  # this rank's unreadable files since the last log step
         batches = iter(loader)
@@ -417,7 +420,9 @@ class Trainer:
                     # checkpoint it resumed from is the end of stage 1, so it becomes the reference.
                     self.guard_evaluation(step, True, logger)
                 self.enter_stage(2)
+            waiting = time.perf_counter()
             batch = next(batches)
+            window_wait += time.perf_counter() - waiting
             new_skips.extend(item for item in batch["skipped"] if item["file"] not in self.progress.skipped_files)
             weight = 1.0
             if batch["pixels"] is not None and batch["pixels"].shape[0] < self.per_rank_batch:
@@ -457,11 +462,12 @@ class Trainer:
                 self.merge_skips(new_skips, logger)
                 new_skips = []
                 elapsed = time.perf_counter() - window_start
-                record = self.log_record(sums, done, rates, window_images / max(elapsed, 1e-9))
+                record = self.log_record(sums, done, rates, window_images / max(elapsed, 1e-9),
+                                         window_wait / max(elapsed, 1e-9))
                 logger.log(record)
                 self.history.append(record)
                 bar.set_postfix(report.postfix(record))
-                sums, window_start, window_images = {}, time.perf_counter(), 0
+                sums, window_start, window_images, window_wait = {}, time.perf_counter(), 0, 0.0
                 self.live_sums = sums
             # The end of stage 1 is always evaluated: it is the guard's reference.
             boundary = done == t.stage1_steps and t.stage2_steps > 0
@@ -520,8 +526,10 @@ class Trainer:
                 self.progress.skipped_files[item["file"]] = item["reason"]
                 logger.warn(f"skipped {item['file']}: {item['reason']}")
 
-    def log_record(self, sums: dict, step: int, rates: dict, images_per_second: float) -> dict:
-        """Each loss term averaged over the steps that computed it and over ranks (one small all-reduce)."""
+    def log_record(self, sums: dict, step: int, rates: dict, images_per_second: float,
+                   data_wait: float = 0.0) -> dict:
+        """Each loss term averaged over the steps that computed it and over ranks (one small all-reduce);
+        data_wait: this rank's share of the window's wall time spent waiting for batches."""
         values = {}
         if sums:
             stacked = torch.stack([torch.stack([torch.as_tensor(total, device=self.device).float(),
@@ -530,7 +538,7 @@ class Trainer:
             all_reduce_mean(stacked)
             values = {k: total / n for k, (total, n) in zip(sums, stacked.tolist()) if n > 0}
         return {"step": step, "stage": self.stage, **values, **rates, "images_per_second": images_per_second,
-                "bad_steps": self.progress.bad_total}
+                "data_wait": round(data_wait, 4), "bad_steps": self.progress.bad_total}
 
     # ---- evaluation, checkpoints, report -----------------------------------------------------
 

@@ -116,6 +116,8 @@ def postfix(record: dict) -> dict:
     """The progress bar's summary: loss terms, images/s and the stage."""
     out = {k: f"{record[k]:.4g}" for k in LOSS_KEYS if k in record}
     out["img/s"] = f"{record['images_per_second']:.1f}"
+    if "data_wait" in record:
+        out["data wait"] = f"{record['data_wait']:.0%}"
     out["stage"] = record["stage"]
     return out
 
@@ -281,6 +283,7 @@ def write_run_report(trainer, exported_eval: dict, data_info: dict, selection: d
     final_eval = final_eval if final_eval is not None else exported_eval
     config, run_dir = trainer.config, trainer.run_dir
     throughput = [r["images_per_second"] for r in trainer.history if r.get("images_per_second")]
+    waits = [r["data_wait"] for r in trainer.history if "data_wait" in r]
     params = trainer.model.num_params()
     init = config.model.init
     document = {
@@ -310,6 +313,8 @@ def write_run_report(trainer, exported_eval: dict, data_info: dict, selection: d
         "loss_terms": loss_terms(trainer),
         "final_losses": {k: v for k, v in (trainer.history[-1] if trainer.history else {}).items() if k in LOSS_KEYS},
         "images_per_second": sum(throughput) / len(throughput) if throughput else None,
+        # Share of wall time the training process waited for batches (mean over log windows).
+        "data_wait": sum(waits) / len(waits) if waits else None,
         "bad_steps": trainer.progress.bad_total,
         "skipped_files": [{"file": f, "reason": r} for f, r in trainer.progress.skipped_files.items()]
         + [s for s in final_eval.get("skipped", []) if s["file"] not in trainer.progress.skipped_files],
@@ -335,7 +340,9 @@ def _markdown(doc: dict) -> str:
              f"(encoder {doc['parameters']['encoder'] / 1e6:.2f}M, decoder {doc['parameters']['decoder'] / 1e6:.2f}M); "
              f"L = {doc['tokens']} tokens x c = {doc['channels']}",
              *([f"- stopped early: {doc['stopped_early']}"] if doc.get("stopped_early") else []),
-             f"- throughput: {doc['images_per_second'] or 0:.1f} samples/s; non-finite steps skipped: {doc['bad_steps']}",
+             f"- throughput: {doc['images_per_second'] or 0:.1f} samples/s"
+             + (f" (waiting for data {doc['data_wait']:.0%} of the time)" if doc.get("data_wait") is not None else "")
+             + f"; non-finite steps skipped: {doc['bad_steps']}",
              "", f"## Held-out metrics of the exported tokenizer (step {doc['exported_step']}, "
                  f"{doc['num_eval_samples']} samples)", ""]
     if doc.get("selection"):
