@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import queue
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -159,6 +160,7 @@ class GpuDecoder:
         self.size, self.device, self.group = size, torch.device(device), group
         self.decode = decode or _nvjpeg
         self.fallbacks = 0  # JPEGs the GPU decoder refused and Pillow decoded
+        self.warned = False
 
     def _crop(self, item: dict, image: torch.Tensor | None) -> torch.Tensor:
         """One pending JPEG's training crop from its decoded pixels (None: the GPU decoder refused it)."""
@@ -187,6 +189,13 @@ class GpuDecoder:
             jpegs = [i for i, item in enumerate(group) if "jpeg" in item]
             decoded = self.decode([group[i]["jpeg"] for i in jpegs], self.device) if jpegs else []
             images: dict[int, torch.Tensor] = dict(zip(jpegs, decoded))
+            if len(jpegs) > 1 and all(d is None for d in decoded) and not self.warned:
+                # Every JPEG refused: the decoder itself fails here, and Pillow in this one process
+                # would be far slower than the CPU path's loader processes.
+                self.warned = True
+                warnings.warn("the GPU JPEG decoder refused every JPEG of a batch, so they are decoded with "
+                              "Pillow in the training process (slow); set data.decode=cpu", RuntimeWarning,
+                              stacklevel=2)
             for i, item in enumerate(group):
                 if "pixels" in item:  # decoded on the CPU by the worker
                     pixels.append(item["pixels"].to(self.device, non_blocking=True))
