@@ -27,12 +27,12 @@ fi
 if has loader; then
     shards
     timeout 240 python3 benchmarks/loader_bench.py "$photos/train" "$work/prep320" --size 256 --batch 128 \
-        --workers 14 --batches 30 --decode cpu,gpu 2>&1 | grep -v -i warn | tee "$out/loader.log"
+        --workers 14 --batches 30 --decode cpu,gpu 2>&1 | grep --line-buffered -v -i warn | tee "$out/loader.log"
 fi
 if has kernels; then
     timeout 330 python3 benchmarks/speed_probe.py --sections model --variant S-B/16 --size 256 --batch 128 \
         --variants eager,eager+triton,stacks,stacks+triton,stacks-w16-x4,stacks-w16-x4+triton \
-        --out "$out/kernels.json" 2>&1 | grep -v -i warn | tail -n 8
+        --out "$out/kernels.json" 2>&1 | grep --line-buffered -v -i warn | tail -n 8
 fi
 if has train; then
     shards
@@ -43,7 +43,7 @@ if has train; then
             train.stage1_steps=100000 train.stage2_steps=0 train.time_limit_minutes="$TRAIN_MINUTES" \
             train.eval_every=0 train.image_every=100000 train.progress=false train.log_every=25 \
             data.workers=14 data.eval_limit=32 loss.lpips_weight=0 loss.require_lpips=false \
-            data.val_source="$photos/val" "$@" --out "$work/train_$name" 2>&1 | grep -v -i "warn" | tail -n 3
+            data.val_source="$photos/val" "$@" --out "$work/train_$name" 2>&1 | grep --line-buffered -v -i "warn" | tail -n 3
         cp "$work/train_$name/metrics.jsonl" "$out/train_$name.jsonl" 2>/dev/null
     }
     run jpeg_cpu data.source="$photos/train" data.decode=cpu
@@ -54,5 +54,5 @@ fi
 if has bench; then
     timeout 420 python3 benchmarks/bench.py --only S-B/16@256 --modes eager,compiled \
         --parts infer,baselines --compile-scope stacks --out "$out/bench.json" 2>&1 \
-        | grep -v -i warn | tail -n 30 | tee "$out/bench.log"
+        | grep --line-buffered -v -i warn | tail -n 30 | tee "$out/bench.log"
 fi
