@@ -1,9 +1,17 @@
 """Shared fixtures: tiny configurations that run in milliseconds on a CPU."""
 
+import os
+
 import pytest
 import torch
 
-from vitok.model import ViTok, ViTokConfig
+# Without a GPU, Triton (where installed: the test extra on Linux x86-64) runs model/kernels.py's
+# kernels in its interpreter, so tests/model/test_kernels.py checks them on CPU too. Triton reads
+# this when a kernel is defined, so it must be set before vitok is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from vitok.model import ViTok, ViTokConfig  # noqa: E402
 
 
 def tiny_config(**overrides) -> ViTokConfig:
