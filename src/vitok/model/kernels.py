@@ -134,10 +134,12 @@ if triton is not None:
         dw = tl.zeros([BLOCK], dtype=tl.float32)
         for i in range(ROWS):
             row = (pid * ROWS + i).to(tl.int64)
-            live = mask & (row < N)
+            # Rows past N (the last program's tail) load zeros and store nothing. The mask is one
+            # comparison of a vector: masks built from scalars are refused by newer interpreters.
+            live = cols < tl.where(row < N, D, 0)
             h = tl.load(H + row * D + cols, mask=live, other=0.0).to(tl.float32)
             dy = tl.load(DY + row * D + cols, mask=live, other=0.0).to(tl.float32)
-            rstd = tl.load(RSTD + row, mask=row < N, other=0.0)
+            rstd = tl.load(RSTD + tl.minimum(row, N - 1))
             n = h * rstd
             dn = dy * w
             dx = rstd * (dn - n * (tl.sum(dn * n, axis=0) / D))
@@ -171,7 +173,7 @@ if triton is not None:
         tl.store(DGU + row * 2 * Hd + Hd + cols, (do * g * s).to(DGU.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _rope_layout(SRC, DST, COS, SIN, L, NH, HD, P, part, sign, TO_HEADS: tl.constexpr,
+    def _rope_layout(SRC, DST, COS, SIN, L, NH, HD, P, part, sign, ROTATE: tl.constexpr, TO_HEADS: tl.constexpr,
                      BH: tl.constexpr, BD: tl.constexpr):
         # One token's heads of one of q/k/v. TO_HEADS: B×L×3D -> B×H×L×d (forward); else the reverse.
         # Pair j < P rotates with j + P: y_j = x_j c - sign·x_{j+P} s, y_{j+P} = x_{j+P} c + sign·x_j s;
@@ -181,7 +183,10 @@ if triton is not None:
         h = tl.arange(0, BH)[:, None]
         j = tl.arange(0, BD)[None, :]
         mask = (h < NH) & (j < HD)
-        rot = (j < 2 * P) & (part < 2)
+        if ROTATE:  # q and k; v (part 2) passes through
+            rot = j < 2 * P
+        else:
+            rot = j < 0
         first = j < P
         partner = tl.where(rot, tl.where(first, j + P, j - P), j)
         k = tl.where(first, j, j - P)
@@ -268,8 +273,8 @@ class _SiluMul(torch.autograd.Function):
 
 
 def _rope_launch(src, dst, cos, sin, B, L, heads, d, part, sign, to_heads):
-    _rope_layout[(B * L,)](src, dst, cos, sin, L, heads, d, cos.shape[-1], part, sign, TO_HEADS=to_heads,
-                           BH=_pow2(heads), BD=_pow2(d))
+    _rope_layout[(B * L,)](src, dst, cos, sin, L, heads, d, cos.shape[-1], part, sign, ROTATE=part < 2,
+                           TO_HEADS=to_heads, BH=_pow2(heads), BD=_pow2(d))
 
 
 class _RopeQKV(torch.autograd.Function):
