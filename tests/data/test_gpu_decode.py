@@ -160,6 +160,25 @@ def test_refused_jpeg_falls_back_to_pillow(mixed_folder):
     assert torch.equal(a["pixels"], b["pixels"])  # Pillow applies the EXIF turn itself in the fallback
 
 
+def test_decode_groups_bound_count_and_pixels(mixed_folder):
+    files = sorted(p for p in mixed_folder.iterdir() if p.name.startswith("o"))  # 4 JPEGs of 160x120
+    items = [TrainImages(files, 32, seed=1, gpu_jpeg=True)[(i, 0)] for i in range(4)]
+    assert all(it["plan"][6] == 160 * 120 for it in items)
+    calls = []
+
+    def counting(datas, device):
+        calls.append(len(datas))
+        return pillow_batch(datas, device)
+
+    whole = GpuDecoder(32, "cpu", decode=pillow_batch)(collate(items))
+    for decoder, want in ((GpuDecoder(32, "cpu", decode=counting, group=3), [3, 1]),
+                          (GpuDecoder(32, "cpu", decode=counting, group_pixels=2 * 160 * 120), [2, 2]),
+                          (GpuDecoder(32, "cpu", decode=counting, group_pixels=1), [1, 1, 1, 1])):
+        calls.clear()
+        out = decoder(collate(items))
+        assert calls == want and torch.equal(out["pixels"], whole["pixels"]) and out["keys"] == whole["keys"]
+
+
 def test_decoded_size_disagreeing_with_header_is_skipped(mixed_folder):
     item = TrainImages([mixed_folder / "o0.jpg"], 32, seed=1, gpu_jpeg=True)[(0, 0)]
     tiny = GpuDecoder(32, "cpu", decode=lambda datas, device: [torch.zeros(3, 4, 4, dtype=torch.uint8)])

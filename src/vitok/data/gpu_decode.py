@@ -34,8 +34,10 @@ from .transforms import TrainAugment, random_crop_box
 
 __all__ = ["Plan", "plan_jpeg", "orient", "crop_resize", "GpuDecoder", "gpu_decode_problem"]
 
-# EXIF orientation -> what makes the stored pixels upright, as Pillow's exif_transpose does.
+# EXIF orientations that include a quarter turn (height and width swap).
 _TURNS = {5, 6, 7, 8}
+# Decoded pixels per nvJPEG call at most (0.8 GB of RGB): 128 photos of 2 Mpixel, or 11 of 24 Mpixel.
+DECODE_PIXELS = 2**28
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,10 @@ class Plan:
     width: int
     flip: bool
     orientation: int = 1
+    pixels: int = 0  # the whole decoded image's pixel count (what decoding it costs in memory)
 
-    def as_tuple(self) -> tuple[int, int, int, int, bool, int]:
-        return (self.top, self.left, self.height, self.width, self.flip, self.orientation)
+    def as_tuple(self) -> tuple[int, int, int, int, bool, int, int]:
+        return (self.top, self.left, self.height, self.width, self.flip, self.orientation, self.pixels)
 
 
 def plan_jpeg(data: bytes, augment: TrainAugment, rng: np.random.Generator) -> Plan | None:
@@ -76,7 +79,7 @@ def plan_jpeg(data: bytes, augment: TrainAugment, rng: np.random.Generator) -> P
         h, w = w, h
     top, left, bh, bw = random_crop_box(h, w, augment.scale, augment.ratio, rng)
     flip = bool(rng.random() < 0.5) if augment.flip else False
-    return Plan(top, left, bh, bw, flip, orientation)
+    return Plan(top, left, bh, bw, flip, orientation, h * w)
 
 
 def orient(x: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -156,11 +159,25 @@ class GpuDecoder:
     """
 
     def __init__(self, size: int, device: torch.device | str,
-                 decode: Callable[[Sequence[torch.Tensor], torch.device], list] | None = None, group: int = 128) -> None:
-        self.size, self.device, self.group = size, torch.device(device), group
+                 decode: Callable[[Sequence[torch.Tensor], torch.device], list] | None = None, group: int = 128,
+                 group_pixels: int = DECODE_PIXELS) -> None:
+        self.size, self.device, self.group, self.group_pixels = size, torch.device(device), group, group_pixels
         self.decode = decode or _nvjpeg
         self.fallbacks = 0  # JPEGs the GPU decoder refused and Pillow decoded
         self.warned = False
+
+    def _groups(self, items: list[dict]) -> Iterator[list[dict]]:
+        """items cut into consecutive groups of at most `group` items and `group_pixels` decoded pixels."""
+        group, pixels = [], 0
+        for item in items:
+            cost = item["plan"][6] if "jpeg" in item else 0
+            if group and (len(group) == self.group or pixels + cost > self.group_pixels):
+                yield group
+                group, pixels = [], 0
+            group.append(item)
+            pixels += cost
+        if group:
+            yield group
 
     def _crop(self, item: dict, image: torch.Tensor | None) -> torch.Tensor:
         """One pending JPEG's training crop from its decoded pixels (None: the GPU decoder refused it)."""
@@ -182,10 +199,10 @@ class GpuDecoder:
         items = batch["pending"]
         pixels, keys, skipped = [], [], list(batch["skipped"])
         # Decode a group at a time: full-size decodes are transient (a 12-Mpixel photo is 36 MB), so
-        # a group bounds their memory whatever the batch size; the crops kept are size x size. The
-        # measured setting (benchmarks/NOTES.md) is one call per 128-image batch.
-        for first in range(0, len(items), self.group):
-            group = items[first:first + self.group]
+        # a group of at most `group` images and `group_pixels` pixels bounds their memory whatever
+        # the batch and photo sizes; the crops kept are size x size. The measured setting
+        # (benchmarks/NOTES.md: 128 photos of ~1 Mpixel) is one call per batch.
+        for group in self._groups(items):
             jpegs = [i for i, item in enumerate(group) if "jpeg" in item]
             decoded = self.decode([group[i]["jpeg"] for i in jpegs], self.device) if jpegs else []
             images: dict[int, torch.Tensor] = dict(zip(jpegs, decoded))
