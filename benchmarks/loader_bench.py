@@ -28,8 +28,9 @@ def throughput(source: str, size: int, batch: int, workers: int, batches: int, w
                decode: str = "cpu") -> dict:
     gpu = decode == "gpu"
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if gpu and gpu_decode_problem(device):
-        raise SystemExit(gpu_decode_problem(device))
+    problem = gpu_decode_problem(device) if gpu else None
+    if problem:
+        raise SystemExit(problem)
     loader, _, info = make_train_loader(source, size=size, batch_size=batch, workers=workers, holdout=0,
                                         pin_memory=gpu, gpu_jpeg=gpu)
     it = iter(loader)

@@ -84,7 +84,7 @@ def test_plan_draws_what_the_cpu_path_draws(tmp_path, photo):
     plan = plan_jpeg(data, augment, sample_rng(3, 1, 0))
     ref = sample_rng(3, 1, 0)
     box = random_crop_box(160, 120, (0.3, 1.0), (3 / 4, 4 / 3), ref)  # orientation 6: upright is 160 x 120
-    assert plan.as_tuple()[:4] == box and plan.flip == bool(ref.random() < 0.5) and plan.orientation == 6
+    assert (plan.top, plan.left, plan.height, plan.width) == box and plan.flip == bool(ref.random() < 0.5) and plan.orientation == 6
 
 
 def test_plan_leaves_other_files_to_the_cpu(tmp_path, photo):
@@ -163,7 +163,7 @@ def test_refused_jpeg_falls_back_to_pillow(mixed_folder):
 def test_decode_groups_bound_count_and_pixels(mixed_folder):
     files = sorted(p for p in mixed_folder.iterdir() if p.name.startswith("o"))  # 4 JPEGs of 160x120
     items = [TrainImages(files, 32, seed=1, gpu_jpeg=True)[(i, 0)] for i in range(4)]
-    assert all(it["plan"][6] == 160 * 120 for it in items)
+    assert all(it["plan"].pixels == 160 * 120 for it in items)
     calls = []
 
     def counting(datas, device):

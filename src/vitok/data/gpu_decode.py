@@ -17,7 +17,6 @@ path decodes JPEGs at a reduced DCT scale when the box allows and the two decode
 
 from __future__ import annotations
 
-import io
 import queue
 import threading
 import warnings
@@ -27,15 +26,12 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from .images import _DECODE_ERRORS, decode_rgb
+from .images import decode_rgb, read_header
 from .transforms import TrainAugment, random_crop_box
 
 __all__ = ["Plan", "plan_jpeg", "orient", "crop_resize", "GpuDecoder", "gpu_decode_problem"]
 
-# EXIF orientations that include a quarter turn (height and width swap).
-_TURNS = {5, 6, 7, 8}
 # Decoded pixels per nvJPEG call at most (0.8 GB of RGB): 128 photos of 2 Mpixel, or 11 of 24 Mpixel.
 DECODE_PIXELS = 2**28
 
@@ -52,9 +48,6 @@ class Plan:
     orientation: int = 1
     pixels: int = 0  # the whole decoded image's pixel count (what decoding it costs in memory)
 
-    def as_tuple(self) -> tuple[int, int, int, int, bool, int, int]:
-        return (self.top, self.left, self.height, self.width, self.flip, self.orientation, self.pixels)
-
 
 def plan_jpeg(data: bytes, augment: TrainAugment, rng: np.random.Generator) -> Plan | None:
     """The crop plan for a JPEG the GPU decoder can take, or None (the caller decodes it on the CPU).
@@ -63,23 +56,18 @@ def plan_jpeg(data: bytes, augment: TrainAugment, rng: np.random.Generator) -> P
     returns a plan, so a None leaves rng untouched for the CPU path. Only random-resized crops are
     planned: centre crops (held-out sets) are not a training hot path.
     """
-    if augment.crop != "random" or len(data) < 4 or data[:2] != b"\xff\xd8":
+    if augment.crop != "random" or data[:2] != b"\xff\xd8":
         return None
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format != "JPEG" or img.mode not in ("RGB", "L"):
-                return None
-            w, h = img.size
-            orientation = int(img.getexif().get(0x0112, 1))
-    except _DECODE_ERRORS:
+        header = read_header(data, "")
+    except ValueError:
         return None  # the CPU path gives the precise error
-    if orientation not in range(1, 9):
-        orientation = 1
-    if orientation in _TURNS:
-        h, w = w, h
+    if header.format != "JPEG" or header.mode not in ("RGB", "L"):
+        return None
+    h, w = header.height, header.width
     top, left, bh, bw = random_crop_box(h, w, augment.scale, augment.ratio, rng)
     flip = bool(rng.random() < 0.5) if augment.flip else False
-    return Plan(top, left, bh, bw, flip, orientation, h * w)
+    return Plan(top, left, bh, bw, flip, header.orientation, h * w)
 
 
 def orient(x: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -114,8 +102,8 @@ def crop_resize(upright: torch.Tensor, plan: Plan, size: int) -> torch.Tensor:
 
 
 def _pillow_decode(data: torch.Tensor, key: str) -> torch.Tensor:
-    """3×H×W uint8 of a JPEG as stored (no EXIF rotation), decoded by Pillow: the fallback decoder."""
-    img = decode_rgb(data.numpy().tobytes(), key)  # applies EXIF orientation
+    """3×H×W uint8 of a JPEG, upright (EXIF orientation applied), decoded by Pillow: the fallback decoder."""
+    img = decode_rgb(data.numpy().tobytes(), key)
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
@@ -170,7 +158,7 @@ class GpuDecoder:
         """items cut into consecutive groups of at most `group` items and `group_pixels` decoded pixels."""
         group, pixels = [], 0
         for item in items:
-            cost = item["plan"][6] if "jpeg" in item else 0
+            cost = item["plan"].pixels if "jpeg" in item else 0
             if group and (len(group) == self.group or pixels + cost > self.group_pixels):
                 yield group
                 group, pixels = [], 0
@@ -181,7 +169,7 @@ class GpuDecoder:
 
     def _crop(self, item: dict, image: torch.Tensor | None) -> torch.Tensor:
         """One pending JPEG's training crop from its decoded pixels (None: the GPU decoder refused it)."""
-        plan = Plan(*item["plan"])
+        plan = item["plan"]
         if image is None:
             self.fallbacks += 1
             upright = _pillow_decode(item["jpeg"], item["key"]).to(self.device)

@@ -7,6 +7,7 @@ import io
 import os
 import stat
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -155,18 +156,39 @@ def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def oriented_size(data: bytes, name: str) -> tuple[int, int]:
-    """(H, W) of an encoded image as decode_image will return it (EXIF rotation applied), from the header."""
+@dataclass(frozen=True)
+class Header:
+    """What an encoded image's header says: format, Pillow mode, EXIF orientation (1-8), upright size."""
+
+    format: str | None
+    mode: str
+    orientation: int
+    height: int  # as decode_image returns it: EXIF rotation applied
+    width: int
+
+
+def read_header(data: bytes, name: str) -> Header:
+    """The header of an encoded image (named `name` in errors), without decoding its pixels."""
     if len(data) == 0:
         raise ValueError(f"{name}: file is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as img:
             w, h = img.size
-            # EXIF orientations 5-8 include a quarter turn, which swaps height and width.
-            turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+            orientation = int(img.getexif().get(0x0112, 1))
+            fmt, mode = img.format, img.mode
     except _DECODE_ERRORS as e:
         raise ValueError(f"{name}: not a readable image ({_describe(e)})") from e
-    return (w, h) if turned else (h, w)
+    if orientation not in range(1, 9):
+        orientation = 1
+    if orientation in (5, 6, 7, 8):  # a quarter turn: height and width swap
+        h, w = w, h
+    return Header(fmt, mode, orientation, h, w)
+
+
+def oriented_size(data: bytes, name: str) -> tuple[int, int]:
+    """(H, W) of an encoded image as decode_image will return it (EXIF rotation applied), from the header."""
+    header = read_header(data, name)
+    return header.height, header.width
 
 
 def decode_image(data: bytes, name: str, reduce: int = 1) -> np.ndarray:

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_
 
 from .datasets import (IMAGE_SUFFIXES, TarShards, check_shards, collate, is_glob, link_member_reason, list_images,
                        resolve_glob, shard_paths, tar_end_problem)
-from .gpu_decode import plan_jpeg
+from .gpu_decode import Plan, plan_jpeg
 from .images import decode_image, decode_rgb, load_image, oriented_size, read_image_bytes
 from .transforms import (TrainAugment, random_crop_box, random_flip, sample_rng, split_holdout,
                          stable_seed)
@@ -108,9 +108,9 @@ def _index_epoch(item: int | tuple[int, int]) -> tuple[int, int]:
     return int(item), 0
 
 
-def _pending_jpeg(data: bytes, plan, key: str) -> dict:
+def _pending_jpeg(data: bytes, plan: Plan, key: str) -> dict:
     """A worker's sample whose JPEG the training process decodes (data.decode=gpu; see gpu_decode)."""
-    return {"jpeg": torch.frombuffer(bytearray(data), dtype=torch.uint8), "plan": plan.as_tuple(), "key": key}
+    return {"jpeg": torch.frombuffer(bytearray(data), dtype=torch.uint8), "plan": plan, "key": key}
 
 
 def _channels_first(pixels: np.ndarray) -> torch.Tensor:
@@ -130,21 +130,15 @@ class _TrainFiles(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         index, epoch = _index_epoch(item)
         path = self.files[index]
-        rng = sample_rng(self.seed, epoch, index)
         try:
-            pending = self._pending(path, rng)
-            if pending is not None:
-                return pending
-            pixels = self._read(path, rng)
+            pixels = self._read(path, sample_rng(self.seed, epoch, index))
         except (ValueError, OSError) as err:
             return {"skipped": str(path), "reason": str(err)}
+        if isinstance(pixels, dict):  # a JPEG left for the training process to decode (gpu_decode)
+            return pixels
         return {"pixels": _channels_first(pixels), "key": str(path)}
 
-    def _pending(self, path: Path, rng: np.random.Generator) -> dict | None:
-        """A sample left for the training process to decode (see gpu_decode), or None to decode it here."""
-        return None
-
-    def _read(self, path: Path, rng: np.random.Generator) -> np.ndarray:
+    def _read(self, path: Path, rng: np.random.Generator) -> np.ndarray | dict:
         raise NotImplementedError
 
 
@@ -162,21 +156,18 @@ class TrainImages(_TrainFiles):
         super().__init__(files, TrainAugment(size, crop, flip, tuple(scale), tuple(ratio)), seed)
         self.gpu_jpeg = gpu_jpeg
 
-    def _pending(self, path: Path, rng: np.random.Generator) -> dict | None:
-        if not self.gpu_jpeg:
-            return None
-        data = read_image_bytes(path)
-        plan = plan_jpeg(data, self.augment, rng)  # draws nothing when it returns None
-        return None if plan is None else _pending_jpeg(data, plan, str(path))
-
-    def _read(self, path: Path, rng: np.random.Generator) -> np.ndarray:
+    def _read(self, path: Path, rng: np.random.Generator) -> np.ndarray | dict:
         a = self.augment
         if a.crop != "random":
             return a(load_image(path), rng)
+        data = read_image_bytes(path)
+        if self.gpu_jpeg:
+            plan = plan_jpeg(data, a, rng)  # draws nothing when it returns None
+            if plan is not None:
+                return _pending_jpeg(data, plan, str(path))
         # The box is drawn on the full-size image (from its header), exactly as random_resized_crop
         # would; a JPEG is then decoded at the largest 1/2^k that still leaves the box at least
         # `size` pixels on its shorter side: a 4000x3000 photo cropped to 256 decodes about 8x faster.
-        data = read_image_bytes(path)
         height, width = oriented_size(data, str(path))
         top, left, h, w = random_crop_box(height, width, a.scale, a.ratio, rng)
         reduce = 1

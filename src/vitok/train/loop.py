@@ -147,11 +147,10 @@ class Trainer:
                                 pin_memory=self.device.type == "cuda")
         self.gpu_decoder = None
         decode = config.data.decode
+        problem = gpu_decode_problem(self.device) if decode != "cpu" else None
         if decode == "auto":
-            usable = not self.model_config.is_video and gpu_decode_problem(self.device) is None
-            decode = "gpu" if usable else "cpu"
+            decode = "gpu" if not self.model_config.is_video and problem is None else "cpu"
         if decode == "gpu":
-            problem = gpu_decode_problem(self.device)
             if problem is not None:
                 raise ValueError(problem)
             self.loader_args["gpu_jpeg"] = True
