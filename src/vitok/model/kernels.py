@@ -202,10 +202,6 @@ if triton is not None:
         tl.store(DST + dst_row + j, (x * c + xp * s).to(DST.dtype.element_ty), mask=mask)
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 # ---- autograd functions ------------------------------------------------------------------------
 
 
@@ -219,7 +215,7 @@ class _AddRMSNorm(torch.autograd.Function):
         y = torch.empty(x2.shape, dtype=out_dtype, device=x.device)
         rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
         _add_rmsnorm_fwd[(x2.shape[0],)](x2, d2 if d2 is not None else x2, h, y, weight, rstd, D, eps,
-                                         HAS_DELTA=delta is not None, BLOCK=_pow2(D))
+                                         HAS_DELTA=delta is not None, BLOCK=triton.next_power_of_2(D))
         ctx.save_for_backward(h, weight, rstd)
         ctx.has_delta, ctx.delta_dtype, ctx.shape = delta is not None, None if delta is None else delta.dtype, x.shape
         if delta is None:
@@ -242,7 +238,8 @@ class _AddRMSNorm(torch.autograd.Function):
         programs = triton.cdiv(N, rows)
         dw = torch.empty(programs, D, dtype=torch.float32, device=h.device)
         _add_rmsnorm_bwd[(programs,)](dy, dh if dh is not None else dy, h, weight, rstd, dx, ddelta, dw, N, D,
-                                      ROWS=rows, HAS_DH=dh is not None, HAS_DELTA=ctx.has_delta, BLOCK=_pow2(D))
+                                      ROWS=rows, HAS_DH=dh is not None, HAS_DELTA=ctx.has_delta,
+                                      BLOCK=triton.next_power_of_2(D))
         dweight = dw.sum(0).to(weight.dtype)
         if ctx.has_delta:
             return dx.view(ctx.shape), ddelta.view(ctx.shape), dweight, None, None
@@ -256,7 +253,7 @@ class _SiluMul(torch.autograd.Function):
         Hd = gu.shape[-1] // 2
         out = torch.empty(*gu.shape[:-1], Hd, dtype=gu.dtype, device=gu.device)
         rows = gu.numel() // (2 * Hd)
-        block = min(1024, _pow2(Hd))
+        block = min(1024, triton.next_power_of_2(Hd))
         _silu_mul_fwd[(rows, triton.cdiv(Hd, block))](gu, out, Hd, BLOCK=block)
         ctx.save_for_backward(gu)
         return out
@@ -267,14 +264,14 @@ class _SiluMul(torch.autograd.Function):
         Hd = gu.shape[-1] // 2
         dgu = torch.empty_like(gu)
         rows = gu.numel() // (2 * Hd)
-        block = min(1024, _pow2(Hd))
+        block = min(1024, triton.next_power_of_2(Hd))
         _silu_mul_bwd[(rows, triton.cdiv(Hd, block))](dout.contiguous(), gu, dgu, Hd, BLOCK=block)
         return dgu
 
 
 def _rope_launch(src, dst, cos, sin, B, L, heads, d, part, sign, to_heads):
     _rope_layout[(B * L,)](src, dst, cos, sin, L, heads, d, cos.shape[-1], part, sign, ROTATE=part < 2,
-                           TO_HEADS=to_heads, BH=_pow2(heads), BD=_pow2(d))
+                           TO_HEADS=to_heads, BH=triton.next_power_of_2(heads), BD=triton.next_power_of_2(d))
 
 
 class _RopeQKV(torch.autograd.Function):

@@ -214,8 +214,9 @@ class ViTok(nn.Module):
         model/kernels.py for the residual-add + RMSNorm, SiLU gate and RoPE + q/k/v layout. Returns self."""
         if kernels not in ("torch", "triton"):
             raise ValueError(f"kernels is {kernels!r}; choose torch or triton")
-        if kernels == "triton" and triton_problem() is not None:
-            raise ValueError(triton_problem())
+        problem = triton_problem() if kernels == "triton" else None
+        if problem is not None:
+            raise ValueError(problem)
         self.encoder.set_kernels(kernels == "triton")
         self.decoder.set_kernels(kernels == "triton")
         return self
