@@ -34,6 +34,14 @@ def tiny_video_model() -> ViTok:
     return ViTok(tiny_config(temporal_patch=2, frames=4)).eval()
 
 
+@pytest.fixture
+def checkpoint(tmp_path):
+    """The tiny image tokenizer saved as a checkpoint folder (tmp_path/ckpt)."""
+    torch.manual_seed(0)
+    ViTok(tiny_config()).save_pretrained(tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
 def run_ranks(args: list[str], world: int) -> list[str]:
     """`python -m vitok ARGS` as `world` gloo processes (torchrun's environment); returns their outputs."""
     import os

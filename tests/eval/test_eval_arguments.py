@@ -5,17 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_config
 from vitok.cli import main
 from vitok.eval.run import run_eval
-from vitok.model import ViTok
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    torch.manual_seed(0)
-    ViTok(tiny_config()).save_pretrained(tmp_path / "ckpt")
-    return tmp_path / "ckpt"
 
 
 @pytest.fixture

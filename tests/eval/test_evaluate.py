@@ -29,13 +29,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def checkpoint(tmp_path):
-    torch.manual_seed(0)
-    ViTok(tiny_config()).save_pretrained(tmp_path / "ckpt")
-    return tmp_path / "ckpt"
-
-
-@pytest.fixture
 def photo_folder(tmp_path):
     folder = tmp_path / "photos"
     (folder / "nested").mkdir(parents=True)

@@ -24,10 +24,8 @@ TINY_DIT = ["width=32", "depth=1", "heads=2", "batch_size=4", "steps=1", "log_ev
 
 
 @pytest.fixture
-def tokenizer(tmp_path):
-    torch.manual_seed(0)
-    ViTok(tiny_config()).save_pretrained(tmp_path / "tok")
-    return tmp_path / "tok"
+def tokenizer(checkpoint):
+    return checkpoint
 
 
 @pytest.fixture
