@@ -381,7 +381,6 @@ def test_adaptive_gan_weight_is_the_ratio_of_gradient_norms_at_the_last_layer(tm
     x_hat, _ = trainer.model(x, check=False)
     rec = reconstruction_loss(x_hat, x, "mse")
     gan = generator_loss(trainer.disc(x_hat), "non_saturating")
-    weight = trainer.adaptive_gan_weight(rec, gan)
     # Second formulation: each loss's full backward pass, read off the last layer's .grad, in float64.
     last = trainer.model.unembed.weight
     norms = []
@@ -389,12 +388,49 @@ def test_adaptive_gan_weight_is_the_ratio_of_gradient_norms_at_the_last_layer(tm
         trainer.model.zero_grad(set_to_none=True)
         loss.backward(retain_graph=True)
         norms.append(last.grad.double().norm().item())
-    assert weight.item() == pytest.approx(norms[0] / (norms[1] + 1e-4), rel=1e-5)
-    # And the step applies lambda x ramp x that weight, logged as gan_lambda.
     trainer.model.zero_grad(set_to_none=True)
+    weight = trainer.adaptive_gan_weight(x_hat, *trainer.pixel_gradients(x_hat, rec, gan))
+    assert weight.item() == pytest.approx(norms[0] / (norms[1] + 1e-4), rel=1e-5)
+    assert last.grad is None  # measuring the weight accumulates no gradient
+    # And the step applies lambda x ramp x that weight, logged as gan_lambda.
     terms = trainer.train_step(x, step=1, weight=1.0)
     ramp = 1 / config.loss.gan_warmup_steps
     assert terms["gan_lambda"].item() == pytest.approx(config.loss.gan_weight * ramp * terms["gan_adaptive"].item())
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.5])
+def test_stage_two_gradients_equal_one_backward_of_the_whole_loss(tmp_path, photo_folder, weight):
+    """The step's backward starts from the pixel gradients it took for the adaptive weight; the
+    decoder's gradients must equal one plain backward of (rec + LPIPS + lambda GAN) x weight."""
+    from vitok.losses import PerceptualLoss, generator_loss, reconstruction_loss
+    from vitok.metrics.lpips import build_lpips
+    from vitok.train import distributed
+    from vitok.train.loop import Trainer
+
+    config = load_config(None, TINY + [f"data.source={photo_folder}", "train.stage1_steps=1",
+                                       "train.stage2_steps=1", "optim.grad_clip=0"])
+    trainer = Trainer(config, tmp_path / "run", distributed.setup("cpu"))
+    torch.manual_seed(2)
+    # LPIPS with random weights (no published weights here): its backward is what the step saves.
+    trainer.perceptual = PerceptualLoss(build_lpips(None, None))
+    trainer.enter_stage(2)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    terms = trainer.train_step(x, step=3, weight=weight)
+    got = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert got and all(g.abs().sum() > 0 for g in got.values())
+
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.disc.requires_grad_(False)
+    x_hat, _ = trainer.model(x, noise=trainer.step_noise(3, 4), check=False)
+    lo = config.loss
+    total = lo.reconstruction_weight * reconstruction_loss(x_hat, x, lo.reconstruction)
+    total = total + lo.lpips_weight * trainer.perceptual(x_hat, x)
+    total = total + terms["gan_lambda"].detach() * generator_loss(trainer.disc(x_hat).float(), lo.gan_loss)
+    (total * weight).backward()
+    assert total.item() == pytest.approx(terms["loss"].item(), rel=1e-6)
+    for name, grad in got.items():
+        want = dict(trainer.model.named_parameters())[name].grad
+        assert torch.allclose(grad, want, rtol=1e-5, atol=1e-8), name
 
 
 def test_gpu_decode_trains_like_cpu_decode_and_is_refused_without_cuda(tmp_path, photo_folder, monkeypatch):

@@ -251,6 +251,7 @@ class Trainer:
         if self.stage == 1 and not posterior.deterministic:
             terms["kl"] = kl_loss(posterior)
             loss = loss + c.kl_weight * terms["kl"]
+        pixel_grads = None
         if self.perceptual is not None:
             k = leading_count(x.shape[0], c.lpips_fraction)
             with self.autocast():
@@ -267,12 +268,20 @@ class Trainer:
             # torch.full is a fill kernel; torch.tensor(value, device=cuda) would be a copy that syncs the host.
             lam = torch.full((), c.gan_weight * ramp * self.guard.state.gan_scale, device=x.device)
             if c.adaptive_gan_weight:
-                terms["gan_adaptive"] = self.adaptive_gan_weight(loss, terms["gan_g"])
+                # Every stage-2 term is a function of x_hat alone (no KL), so each part's gradient at
+                # x_hat carries all that the adaptive weight and the decoder's backward need.
+                pixel_grads = self.pixel_gradients(x_hat, loss, terms["gan_g"])
+                terms["gan_adaptive"] = self.adaptive_gan_weight(x_hat, *pixel_grads)
                 lam = lam * terms["gan_adaptive"]
             terms["gan_lambda"] = lam
             loss = loss + lam * terms["gan_g"]
         terms["loss"] = loss
-        (loss * weight).backward()
+        if pixel_grads is not None:
+            # The pixel gradients were taken once for the adaptive weight; the decoder's backward
+            # starts from them instead of running LPIPS and the discriminator backward a second time.
+            x_hat.backward(weight * (pixel_grads[0] + lam * pixel_grads[1]))
+        else:
+            (loss * weight).backward()
         params = [p for g in self.opt_g.param_groups for p in g["params"]]
         clip = self.config.optim.grad_clip or float("inf")
         terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip)
@@ -280,17 +289,32 @@ class Trainer:
             terms.update(self.disc_step(x, x_hat.detach(), step, weight))
         return terms
 
-    def adaptive_gan_weight(self, rec_loss: torch.Tensor, gan_loss: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def pixel_gradients(x_hat: torch.Tensor, rec_loss: torch.Tensor,
+                        gan_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """d rec / d x_hat and d GAN / d x_hat: one backward through LPIPS and one through the discriminator.
+
+        autograd.grad stops at x_hat: it frees the LPIPS and discriminator graphs as it goes, keeps
+        the decoder's for the backward that starts at x_hat, and accumulates no .grad, so neither
+        DDP's hooks nor the frozen discriminator see it.
+        """
+        (g_rec,) = torch.autograd.grad(rec_loss, x_hat)
+        (g_gan,) = torch.autograd.grad(gan_loss, x_hat)
+        return g_rec, g_gan
+
+    def adaptive_gan_weight(self, x_hat: torch.Tensor, g_rec: torch.Tensor, g_gan: torch.Tensor) -> torch.Tensor:
         """||d rec / dW|| / ||d GAN / dW|| at the decoder's last layer W, clamped; averaged over ranks.
 
         taming-transformers' rule: lambda then sets the GAN gradient's size relative to the
-        reconstruction gradient, whatever the latter's scale. Both gradients stop at W (autograd.grad,
-        no .grad accumulated, so DDP's hooks do not fire), which costs one extra discriminator backward.
+        reconstruction gradient, whatever the latter's scale. g_rec and g_gan are the two losses'
+        gradients at x_hat (pixel_gradients); W's are the backward from x_hat through the unembedding
+        alone, a matmul each. Before, each loss was differentiated from scratch down to W, and the
+        step's backward then ran LPIPS and the discriminator backward again.
         """
         last = self.model.unembed.weight
-        (g_rec,) = torch.autograd.grad(rec_loss, last, retain_graph=True)
-        (g_gan,) = torch.autograd.grad(gan_loss, last, retain_graph=True)
-        weight = (g_rec.float().norm() / (g_gan.float().norm() + 1e-4)).clamp(0.0, ADAPTIVE_WEIGHT_MAX).detach()
+        (w_rec,) = torch.autograd.grad(x_hat, last, g_rec, retain_graph=True)
+        (w_gan,) = torch.autograd.grad(x_hat, last, g_gan, retain_graph=True)
+        weight = (w_rec.float().norm() / (w_gan.float().norm() + 1e-4)).clamp(0.0, ADAPTIVE_WEIGHT_MAX).detach()
         return all_reduce_mean(weight)  # one lambda for every rank, so they all optimise one loss
 
     def disc_step(self, x: torch.Tensor, fake: torch.Tensor, step: int, weight: float) -> dict[str, torch.Tensor]:
