@@ -8,7 +8,8 @@
 #          eager and compiled (stacks), and bf16-weight inference; one process, ratios in one run
 # train    `vitok train --config sb16_256` stage 1 on the photos, compiled, 14 workers, batch 128,
 #          TRAIN_MINUTES each: data.decode cpu, data.decode gpu (also with model.kernels=triton), and
-#          cpu on the prepared shards (2 photos per shard, so that 14 workers each get whole shards)
+#          cpu on the prepared shards (2 photos per shard, so that 14 workers each get whole shards);
+#          RUNS (comma list of jpeg_cpu,jpeg_gpu,jpeg_gpu_triton,shards_cpu,shards_gpu) picks some
 # bench    bench.py S-B/16@256 eager and compiled, encode/decode against the SD VAE (compiled too)
 # Every part writes under OUT_DIR; the parts are independent and bounded by `timeout`.
 set -uo pipefail
@@ -38,6 +39,7 @@ if has train; then
     shards
     run() {  # name, then overrides
         local name="$1"; shift
+        [[ ",${RUNS:-jpeg_cpu,jpeg_gpu,jpeg_gpu_triton,shards_cpu}," == *",$name,"* ]] || return 0
         rm -rf "$work/train_$name"
         timeout 240 python3 -m vitok train --config sb16_256 model.compile=true train.batch_size=128 \
             train.stage1_steps=100000 train.stage2_steps=0 train.time_limit_minutes="$TRAIN_MINUTES" \
@@ -50,6 +52,7 @@ if has train; then
     run jpeg_gpu data.source="$photos/train" data.decode=gpu
     run jpeg_gpu_triton data.source="$photos/train" data.decode=gpu model.kernels=triton
     run shards_cpu data.source="$work/prep320" data.decode=cpu
+    run shards_gpu data.source="$work/prep320" data.decode=gpu
 fi
 if has bench; then
     timeout 420 python3 benchmarks/bench.py --only S-B/16@256 --modes eager,compiled \
