@@ -31,13 +31,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from vitok.data.datasets import collate  # noqa: E402
 from vitok.data.gpu_decode import GpuDecoder, _nvjpeg, plan_jpeg  # noqa: E402
 from vitok.data.transforms import TrainAugment  # noqa: E402
 
 
 def pending_batches(files: list[Path], batch: int, size: int, count: int, seed: int = 0) -> list[dict]:
-    """`count` loader batches of pending JPEGs (bytes in pinned memory, crop plans), as the workers send them."""
-    datas = [np.frombuffer(f.read_bytes(), dtype=np.uint8) for f in files]
+    """`count` loader batches of pending JPEGs (one packed, pinned buffer and the crop plans), as
+    the workers send them (datasets.collate)."""
+    datas = [f.read_bytes() for f in files]
     augment = TrainAugment(size, crop="random", flip=True, scale=(0.5, 1.0))
     rng = np.random.default_rng(seed)
     order = itertools.cycle(range(len(files)))
@@ -46,12 +48,14 @@ def pending_batches(files: list[Path], batch: int, size: int, count: int, seed: 
         items = []
         for _ in range(batch):
             i = next(order)
-            plan = plan_jpeg(datas[i].tobytes(), augment, rng)
+            plan = plan_jpeg(datas[i], augment, rng)
             if plan is None:
                 raise SystemExit(f"{files[i]} is not a JPEG the GPU path plans; use a folder of JPEGs")
-            jpeg = torch.from_numpy(datas[i].copy())
-            items.append({"jpeg": jpeg.pin_memory() if torch.cuda.is_available() else jpeg, "plan": plan, "key": str(files[i])})
-        out.append({"pending": items, "keys": [], "skipped": []})
+            items.append({"jpeg": datas[i], "plan": plan, "key": str(files[i])})
+        packed = collate(items)
+        if torch.cuda.is_available():
+            packed["jpegs"] = packed["jpegs"].pin_memory()
+        out.append(packed)
     return out
 
 
@@ -117,7 +121,7 @@ def main() -> None:
         gpu = GpuDecoder(args.size, device, decode=fn)
         row = {"what": "decode", "decoder": name, "batch": args.batch, "megapixels_per_batch": megapixels}
         try:
-            datas = [item["jpeg"] for item in batches[0]["pending"]]
+            datas = [batches[0]["jpegs"][slice(*item["span"])] for item in batches[0]["pending"]]
             row["decode_ms"] = median_ms(lambda: fn(datas, device), device, args.repeats)
             row["decode_and_crop_ms"] = median_ms(lambda: gpu(batches[0]), device, args.repeats)
             row["fallbacks"] = gpu.fallbacks

@@ -126,7 +126,7 @@ def test_gpu_path_matches_cpu_path_batch_for_batch(mixed_folder):
     for epoch in range(3):
         want = collate([cpu[(i, epoch)] for i in range(len(files))])
         pending = collate([gpu[(i, epoch)] for i in range(len(files))])
-        kinds = {Path(it["key"]).name: "jpeg" if "jpeg" in it else "pixels" for it in pending["pending"]}
+        kinds = {Path(it["key"]).name: "jpeg" if "span" in it else "pixels" for it in pending["pending"]}
         assert kinds["lossless.png"] == kinds["cmyk.jpg"] == "pixels" and kinds["o2.jpg"] == kinds["grey.jpg"] == "jpeg"
         got = decoder(pending)
         # The cut JPEG: its header plans, Pillow refuses the scan in both paths.
@@ -197,7 +197,7 @@ def test_shards_plan_like_folders(tmp_path, photo):
             tar.addfile(info, io.BytesIO(data))
     cpu = next(iter(TrainShards([shard], 40, 4, seed=2)))
     gpu = next(iter(TrainShards([shard], 40, 4, seed=2, gpu_jpeg=True)))
-    assert "pending" in gpu and all("jpeg" in it for it in gpu["pending"])
+    assert "pending" in gpu and all("span" in it for it in gpu["pending"])
     out = GpuDecoder(40, "cpu", decode=pillow_batch)(gpu)
     assert out["keys"] == cpu["keys"]
     for a, b in zip(out["pixels"], cpu["pixels"]):
@@ -253,3 +253,18 @@ def test_nvjpeg_decodes_like_pillow_and_isolates_a_bad_file(mixed_folder):
     items = [TrainImages([mixed_folder / n for n in names], 48, seed=0, gpu_jpeg=True)[(i, 0)] for i in range(4)]
     out = GpuDecoder(48, device)(collate(items))
     assert out["pixels"].is_cuda and out["pixels"].shape[1:] == (3, 48, 48)
+
+
+def test_collate_packs_a_batch_of_jpegs_into_one_buffer(mixed_folder):
+    files = sorted(mixed_folder.iterdir())
+    gpu = TrainImages(files, 32, seed=1, gpu_jpeg=True)
+    batch = collate([gpu[(i, 0)] for i in range(len(files))])
+    packed = batch["jpegs"]
+    assert packed.dtype == torch.uint8 and packed.dim() == 1
+    spans = [it["span"] for it in batch["pending"] if "span" in it]
+    assert len(spans) == 6 and spans[0][0] == 0 and spans[-1][1] == packed.numel()
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # end to end, in batch order
+    for it in batch["pending"]:
+        if "span" in it:
+            assert "jpeg" not in it
+            assert packed[slice(*it["span"])].numpy().tobytes() == Path(it["key"]).read_bytes()

@@ -217,12 +217,24 @@ def collate(items: list[dict]) -> dict:
     """Stack usable samples; pass skipped files through by name and reason.
 
     Samples whose JPEG the training process decodes (data.decode=gpu) make the batch
-    {"pending": usable samples in order, "keys", "skipped"} for gpu_decode.GpuDecoder instead.
+    {"pending": usable samples in order, "jpegs", "keys", "skipped"} for gpu_decode.GpuDecoder
+    instead: the batch's JPEG files are packed end to end into one uint8 tensor ("jpegs"), each
+    pending sample holding its (start, stop) "span" in it, so a batch crosses from a loader
+    process and into pinned memory as one buffer, not one shared-memory file per sample.
     """
     skipped = [{"file": it["skipped"], "reason": it["reason"]} for it in items if "skipped" in it]
     if any("jpeg" in it for it in items):
-        pending = [it for it in items if "pixels" in it or "jpeg" in it]
-        return {"pending": pending, "keys": [it["key"] for it in pending], "skipped": skipped}
+        pending, parts, start = [], [], 0
+        for it in items:
+            if "jpeg" in it:
+                data = it["jpeg"]
+                parts.append(data)
+                it = {k: v for k, v in it.items() if k != "jpeg"} | {"span": (start, start + len(data))}
+                start += len(data)
+            if "pixels" in it or "span" in it:
+                pending.append(it)
+        jpegs = torch.frombuffer(bytearray(b"".join(parts)), dtype=torch.uint8)
+        return {"pending": pending, "jpegs": jpegs, "keys": [it["key"] for it in pending], "skipped": skipped}
     good = [it for it in items if "pixels" in it]
     return {
         "pixels": torch.stack([it["pixels"] for it in good]) if good else None,

@@ -158,7 +158,7 @@ class GpuDecoder:
         """items cut into consecutive groups of at most `group` items and `group_pixels` decoded pixels."""
         group, pixels = [], 0
         for item in items:
-            cost = item["plan"].pixels if "jpeg" in item else 0
+            cost = item["plan"].pixels if "span" in item else 0
             if group and (len(group) == self.group or pixels + cost > self.group_pixels):
                 yield group
                 group, pixels = [], 0
@@ -167,12 +167,13 @@ class GpuDecoder:
         if group:
             yield group
 
-    def _crop(self, item: dict, image: torch.Tensor | None) -> torch.Tensor:
-        """One pending JPEG's training crop from its decoded pixels (None: the GPU decoder refused it)."""
+    def _crop(self, item: dict, data: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+        """One pending JPEG's training crop from its decoded pixels (None: the GPU decoder refused it,
+        so Pillow decodes its bytes `data`)."""
         plan = item["plan"]
         if image is None:
             self.fallbacks += 1
-            upright = _pillow_decode(item["jpeg"], item["key"]).to(self.device)
+            upright = _pillow_decode(data, item["key"]).to(self.device)
         else:
             upright = orient(image, plan.orientation)
         if upright.shape[-2] < plan.top + plan.height or upright.shape[-1] < plan.left + plan.width:
@@ -181,18 +182,20 @@ class GpuDecoder:
         return crop_resize(upright, plan, self.size)
 
     def __call__(self, batch: dict) -> dict:
-        """{"pending": [...], "keys", "skipped"} -> {"pixels": b×3×S×S uint8 on device or None, "keys", "skipped"}."""
+        """{"pending": [...], "jpegs", "keys", "skipped"} (datasets.collate) -> {"pixels": b×3×S×S uint8 on
+        device or None, "keys", "skipped"}."""
         if "pending" not in batch:
             return batch
-        items = batch["pending"]
+        items, packed = batch["pending"], batch["jpegs"]
         pixels, keys, skipped = [], [], list(batch["skipped"])
         # Decode a group at a time: full-size decodes are transient (a 12-Mpixel photo is 36 MB), so
         # a group of at most `group` images and `group_pixels` pixels bounds their memory whatever
         # the batch and photo sizes; the crops kept are size x size. The measured setting
         # (benchmarks/NOTES.md: 128 photos of ~1 Mpixel) is one call per batch.
         for group in self._groups(items):
-            jpegs = [i for i, item in enumerate(group) if "jpeg" in item]
-            decoded = self.decode([group[i]["jpeg"] for i in jpegs], self.device) if jpegs else []
+            jpegs = [i for i, item in enumerate(group) if "span" in item]
+            datas = {i: packed[slice(*group[i]["span"])] for i in jpegs}  # views of the one buffer
+            decoded = self.decode([datas[i] for i in jpegs], self.device) if jpegs else []
             images: dict[int, torch.Tensor] = dict(zip(jpegs, decoded))
             if len(jpegs) > 1 and all(d is None for d in decoded) and not self.warned:
                 # Every JPEG refused: the decoder itself fails here, and Pillow in this one process
@@ -207,7 +210,7 @@ class GpuDecoder:
                     keys.append(item["key"])
                     continue
                 try:
-                    pixels.append(self._crop(item, images.pop(i, None)))
+                    pixels.append(self._crop(item, datas[i], images.pop(i, None)))
                     keys.append(item["key"])
                 except (ValueError, OSError) as err:
                     skipped.append({"file": item["key"], "reason": str(err)})

@@ -109,8 +109,9 @@ def _index_epoch(item: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def _pending_jpeg(data: bytes, plan: Plan, key: str) -> dict:
-    """A worker's sample whose JPEG the training process decodes (data.decode=gpu; see gpu_decode)."""
-    return {"jpeg": torch.frombuffer(bytearray(data), dtype=torch.uint8), "plan": plan, "key": key}
+    """A worker's sample whose JPEG the training process decodes (data.decode=gpu; see gpu_decode).
+    collate packs the batch's files into one buffer."""
+    return {"jpeg": bytes(data), "plan": plan, "key": key}
 
 
 def _channels_first(pixels: np.ndarray) -> torch.Tensor:
