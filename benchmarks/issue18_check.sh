@@ -11,12 +11,13 @@
 #          cpu on the prepared shards (2 photos per shard, so that 14 workers each get whole shards);
 #          RUNS (comma list of jpeg_cpu,jpeg_gpu,jpeg_gpu_triton,shards_cpu,shards_gpu) picks some
 # bench    bench.py S-B/16@256 eager and compiled, encode/decode against the SD VAE (compiled too)
-# Every part writes under OUT_DIR; the parts are independent and bounded by `timeout`.
+# Every part writes under OUT_DIR; the parts are independent and bounded by `timeout`. SRC: another
+# copy of the package to run (a baseline from `git archive`), TAG: a suffix for the output names.
 set -uo pipefail
 photos="$1"; out="$2"; parts="${3:-tests,loader,kernels,train,bench}"
 work="${WORK:-/tmp/vitok-issue18}"; TRAIN_MINUTES="${TRAIN_MINUTES:-1.5}"
 mkdir -p "$work" "$out"
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONPATH="${SRC:-$PWD/src}${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1; tag="${TAG:-}"
 has() { [[ ",$parts," == *",$1,"* ]]; }
 shards() { [ -f "$work/prep320/done" ] || { python3 -m vitok prepare "$photos/train" --out "$work/prep320" --size 320 \
     --shard-size 2 >/dev/null && touch "$work/prep320/done"; }; }
@@ -46,7 +47,7 @@ if has train; then
             train.eval_every=0 train.image_every=100000 train.progress=false train.log_every=25 \
             data.workers=14 data.eval_limit=32 loss.lpips_weight=0 loss.require_lpips=false \
             data.val_source="$photos/val" "$@" --out "$work/train_$name" 2>&1 | grep --line-buffered -v -i "warn" | tail -n 3
-        cp "$work/train_$name/metrics.jsonl" "$out/train_$name.jsonl" 2>/dev/null
+        cp "$work/train_$name/metrics.jsonl" "$out/train_$name$tag.jsonl" 2>/dev/null
     }
     run jpeg_cpu data.source="$photos/train" data.decode=cpu
     run jpeg_gpu data.source="$photos/train" data.decode=gpu
