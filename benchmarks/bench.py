@@ -371,24 +371,24 @@ class TrainingStep:
             k = leading_count(x.shape[0], lo.lpips_fraction)
             with self._autocast():
                 loss = loss + lo.lpips_weight * self.perceptual(x_hat[:k], x[:k])
-        if self.disc is not None:
-            self.disc.requires_grad_(False)
-            k = leading_count(x.shape[0], lo.disc_fraction)
-            with self._autocast():
-                loss = loss + lo.gan_weight * generator_loss(self.disc(x_hat[:k]).float(), lo.gan_loss)
-        loss.backward()
         if self.disc is None:
+            loss.backward()
             return
-        self.disc.requires_grad_(True)
+        # As the trainer does: one discriminator pass over the fakes for both players, each
+        # player's backward restricted to its own weights.
+        k = leading_count(x.shape[0], lo.disc_fraction)
+        with self._autocast():
+            fake_logits = self.disc(x_hat[:k]).float()
+        loss = loss + lo.gan_weight * generator_loss(fake_logits, lo.gan_loss)
+        torch.autograd.backward(loss, inputs=self.params, retain_graph=True)
         real = x[:k].detach().requires_grad_(r1)
         with self._autocast():
             real_logits = self.disc(real).float()
-            fake_logits = self.disc(x_hat[:k].detach()).float()
         d_loss = discriminator_loss(real_logits, fake_logits, lo.gan_loss)
         if r1:
             # Lazy R1: every r1_every steps, weighted up by r1_every (StyleGAN2).
             d_loss = d_loss + lo.r1_weight * lo.r1_every * r1_penalty(real_logits, real)
-        d_loss.backward()
+        torch.autograd.backward(d_loss, inputs=list(self.disc.parameters()))
 
     def apply(self) -> None:
         """Clip, step the optimizers, update the decoder EMA, drop the gradients."""

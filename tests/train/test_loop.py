@@ -398,11 +398,11 @@ def test_adaptive_gan_weight_is_the_ratio_of_gradient_norms_at_the_last_layer(tm
     assert terms["gan_lambda"].item() == pytest.approx(config.loss.gan_weight * ramp * terms["gan_adaptive"].item())
 
 
-@pytest.mark.parametrize("weight", [1.0, 0.5])
-def test_stage_two_gradients_equal_one_backward_of_the_whole_loss(tmp_path, photo_folder, weight):
+@pytest.mark.parametrize("weight,step", [(1.0, 3), (0.5, 3), (1.0, 16)])  # step 16: with lazy R1
+def test_stage_two_gradients_equal_one_backward_of_the_whole_loss(tmp_path, photo_folder, weight, step):
     """The step's backward starts from the pixel gradients it took for the adaptive weight; the
     decoder's gradients must equal one plain backward of (rec + LPIPS + lambda GAN) x weight."""
-    from vitok.losses import PerceptualLoss, generator_loss, reconstruction_loss
+    from vitok.losses import PerceptualLoss, discriminator_loss, generator_loss, r1_penalty, reconstruction_loss
     from vitok.metrics.lpips import build_lpips
     from vitok.train import distributed
     from vitok.train.loop import Trainer
@@ -415,13 +415,16 @@ def test_stage_two_gradients_equal_one_backward_of_the_whole_loss(tmp_path, phot
     trainer.perceptual = PerceptualLoss(build_lpips(None, None))
     trainer.enter_stage(2)
     x = torch.rand(4, 3, 32, 32) * 2 - 1
-    terms = trainer.train_step(x, step=3, weight=weight)
+    terms = trainer.train_step(x, step=step, weight=weight)
+    assert ("r1" in terms) == (step % config.loss.r1_every == 0)
     got = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    got_disc = {n: p.grad.clone() for n, p in trainer.disc.named_parameters()}
     assert got and all(g.abs().sum() > 0 for g in got.values())
 
     trainer.model.zero_grad(set_to_none=True)
+    trainer.disc.zero_grad(set_to_none=True)
     trainer.disc.requires_grad_(False)
-    x_hat, _ = trainer.model(x, noise=trainer.step_noise(3, 4), check=False)
+    x_hat, _ = trainer.model(x, noise=trainer.step_noise(step, 4), check=False)
     lo = config.loss
     total = lo.reconstruction_weight * reconstruction_loss(x_hat, x, lo.reconstruction)
     total = total + lo.lpips_weight * trainer.perceptual(x_hat, x)
@@ -431,6 +434,19 @@ def test_stage_two_gradients_equal_one_backward_of_the_whole_loss(tmp_path, phot
     for name, grad in got.items():
         want = dict(trainer.model.named_parameters())[name].grad
         assert torch.allclose(grad, want, rtol=1e-5, atol=1e-8), name
+    # The discriminator's step shares the generator's pass over the fakes; its gradients must be
+    # those of its own passes over real and (detached) fake images, and none may reach the decoder.
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.disc.requires_grad_(True)
+    real = x.clone().requires_grad_(step % lo.r1_every == 0)
+    real_logits = trainer.disc(real).float()
+    d_loss = discriminator_loss(real_logits, trainer.disc(x_hat.detach()).float(), lo.gan_loss)
+    assert d_loss.item() == pytest.approx(terms["gan_d"].item(), rel=1e-6)
+    if real.requires_grad:
+        d_loss = d_loss + lo.r1_weight * lo.r1_every * r1_penalty(real_logits, real)
+    (d_loss * weight).backward()
+    for name, param in trainer.disc.named_parameters():
+        assert torch.allclose(got_disc[name], param.grad, rtol=1e-5, atol=1e-8), name
 
 
 def test_gpu_decode_trains_like_cpu_decode_and_is_refused_without_cuda(tmp_path, photo_folder, monkeypatch):

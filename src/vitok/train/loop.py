@@ -251,42 +251,45 @@ class Trainer:
         if self.stage == 1 and not posterior.deterministic:
             terms["kl"] = kl_loss(posterior)
             loss = loss + c.kl_weight * terms["kl"]
-        pixel_grads = None
         if self.perceptual is not None:
             k = leading_count(x.shape[0], c.lpips_fraction)
             with self.autocast():
                 terms["lpips"] = self.perceptual(x_hat[:k], x[:k])
             loss = loss + c.lpips_weight * terms["lpips"]
+        fake_logits = None
         if self.stage == 2:
-            self.disc.requires_grad_(False)
+            # One discriminator pass over the fakes serves both players: the generator's loss is
+            # differentiated to x_hat only (pixel_gradients), the discriminator's to its weights only
+            # (disc_step), so the pass that the discriminator step used to repeat is gone.
+            self.disc.requires_grad_(True)
             k = leading_count(x.shape[0], c.disc_fraction)
             with self.autocast():
-                terms["gan_g"] = generator_loss(self.disc(x_hat[:k]).float(), c.gan_loss)
+                fake_logits = self.disc(x_hat[:k]).float()
+            terms["gan_g"] = generator_loss(fake_logits, c.gan_loss)
             # A converged stage-1 decoder meets a fresh discriminator: ramping lambda in keeps the
             # first, uninformed GAN gradients from overwhelming the reconstruction terms.
             ramp = min(1.0, (step - self.config.train.stage1_steps + 1) / max(1, c.gan_warmup_steps))
             # torch.full is a fill kernel; torch.tensor(value, device=cuda) would be a copy that syncs the host.
             lam = torch.full((), c.gan_weight * ramp * self.guard.state.gan_scale, device=x.device)
+            # Every stage-2 term is a function of x_hat alone (no KL), so each part's gradient at x_hat
+            # carries all that the adaptive weight and the decoder's backward need.
+            g_rec, g_gan = self.pixel_gradients(x_hat, loss, terms["gan_g"])
             if c.adaptive_gan_weight:
-                # Every stage-2 term is a function of x_hat alone (no KL), so each part's gradient at
-                # x_hat carries all that the adaptive weight and the decoder's backward need.
-                pixel_grads = self.pixel_gradients(x_hat, loss, terms["gan_g"])
-                terms["gan_adaptive"] = self.adaptive_gan_weight(x_hat, *pixel_grads)
+                terms["gan_adaptive"] = self.adaptive_gan_weight(x_hat, g_rec, g_gan)
                 lam = lam * terms["gan_adaptive"]
             terms["gan_lambda"] = lam
-            loss = loss + lam * terms["gan_g"]
-        terms["loss"] = loss
-        if pixel_grads is not None:
-            # The pixel gradients were taken once for the adaptive weight; the decoder's backward
-            # starts from them instead of running LPIPS and the discriminator backward a second time.
-            x_hat.backward(weight * (pixel_grads[0] + lam * pixel_grads[1]))
+            terms["loss"] = loss + lam * terms["gan_g"]
+            # The decoder's backward starts from the pixel gradients: LPIPS and the discriminator
+            # run backward once for the generator, not once for the weight and again for the step.
+            x_hat.backward(weight * (g_rec + lam * g_gan))
         else:
+            terms["loss"] = loss
             (loss * weight).backward()
         params = [p for g in self.opt_g.param_groups for p in g["params"]]
         clip = self.config.optim.grad_clip or float("inf")
         terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip)
         if self.stage == 2:
-            terms.update(self.disc_step(x, x_hat.detach(), step, weight))
+            terms.update(self.disc_step(x, fake_logits, step, weight))
         return terms
 
     @staticmethod
@@ -294,12 +297,13 @@ class Trainer:
                         gan_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """d rec / d x_hat and d GAN / d x_hat: one backward through LPIPS and one through the discriminator.
 
-        autograd.grad stops at x_hat: it frees the LPIPS and discriminator graphs as it goes, keeps
-        the decoder's for the backward that starts at x_hat, and accumulates no .grad, so neither
-        DDP's hooks nor the frozen discriminator see it.
+        autograd.grad stops at x_hat and accumulates no .grad (neither DDP's hooks nor the
+        discriminator's weights see it). It frees the LPIPS graph and keeps the discriminator's,
+        which disc_step differentiates again to the discriminator's weights, and the decoder's,
+        whose backward starts at x_hat.
         """
         (g_rec,) = torch.autograd.grad(rec_loss, x_hat)
-        (g_gan,) = torch.autograd.grad(gan_loss, x_hat)
+        (g_gan,) = torch.autograd.grad(gan_loss, x_hat, retain_graph=True)
         return g_rec, g_gan
 
     def adaptive_gan_weight(self, x_hat: torch.Tensor, g_rec: torch.Tensor, g_gan: torch.Tensor) -> torch.Tensor:
@@ -317,17 +321,20 @@ class Trainer:
         weight = (w_rec.float().norm() / (w_gan.float().norm() + 1e-4)).clamp(0.0, ADAPTIVE_WEIGHT_MAX).detach()
         return all_reduce_mean(weight)  # one lambda for every rank, so they all optimise one loss
 
-    def disc_step(self, x: torch.Tensor, fake: torch.Tensor, step: int, weight: float) -> dict[str, torch.Tensor]:
-        """Discriminator loss, lazy R1 on real images and optional LeCam; gradients averaged over ranks."""
+    def disc_step(self, x: torch.Tensor, fake_logits: torch.Tensor, step: int,
+                  weight: float) -> dict[str, torch.Tensor]:
+        """Discriminator loss, lazy R1 on real images and optional LeCam; gradients averaged over ranks.
+
+        fake_logits: the discriminator's logits of this step's reconstructions, from the generator's
+        pass (train_step), whose graph reaches the decoder too: the backward here is restricted to
+        the discriminator's weights, so nothing of this loss flows into the decoder.
+        """
         c = self.config.loss
-        self.disc.requires_grad_(True)
         lazy_r1 = c.r1_weight > 0 and step % c.r1_every == 0
         k = leading_count(x.shape[0], c.disc_fraction)
-        x, fake = x[:k], fake[:k]
-        real = x.detach().requires_grad_(lazy_r1)
+        real = x[:k].detach().requires_grad_(lazy_r1)
         with self.autocast():
             real_logits = self.disc(real).float()
-            fake_logits = self.disc(fake).float()
         terms = {"gan_d": discriminator_loss(real_logits, fake_logits, c.gan_loss)}
         loss = terms["gan_d"]
         if self.lecam is not None:
@@ -341,8 +348,8 @@ class Trainer:
             # Lazy regularisation: every r1_every steps, scaled up by r1_every to keep its weight.
             terms["r1"] = r1_penalty(real_logits, real)
             loss = loss + c.r1_weight * c.r1_every * terms["r1"]
-        (loss * weight).backward()
         params = list(self.disc.parameters())
+        torch.autograd.backward(loss * weight, inputs=params)
         average_gradients(params)
         clip = self.config.optim.grad_clip or float("inf")
         terms["disc_grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip)
