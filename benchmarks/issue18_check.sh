@@ -11,10 +11,14 @@
 #          cpu on the prepared shards (2 photos per shard, so that 14 workers each get whole shards);
 #          RUNS (comma list of jpeg_cpu,jpeg_gpu,jpeg_gpu_triton,shards_cpu,shards_gpu) picks some
 # bench    bench.py S-B/16@256 eager and compiled, encode/decode against the SD VAE (compiled too)
+# probe    decode_probe.py: nvJPEG decode and crop time per batch, the compiled step fed through the
+#          decode thread against a fixed batch (no loader processes)
+# stages   bench.py S-B/16@256 compiled: model-only, +LPIPS and stage-2 steps (the trainer's), then
+#          profile_step.py's kernel categories of the stage-2 step (plain and with R1)
 # Every part writes under OUT_DIR; the parts are independent and bounded by `timeout`. SRC: another
 # copy of the package to run (a baseline from `git archive`), TAG: a suffix for the output names.
 set -uo pipefail
-photos="$1"; out="$2"; parts="${3:-tests,loader,kernels,train,bench}"
+photos="$1"; out="$2"; parts="${3:-tests,loader,kernels,train,bench,probe,stages}"
 work="${WORK:-/tmp/vitok-issue18}"; TRAIN_MINUTES="${TRAIN_MINUTES:-1.5}"
 mkdir -p "$work" "$out"
 export PYTHONPATH="${SRC:-$PWD/src}${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1; tag="${TAG:-}"
@@ -59,4 +63,17 @@ if has bench; then
     timeout 420 python3 benchmarks/bench.py --only S-B/16@256 --modes eager,compiled \
         --parts infer,baselines --compile-scope stacks --out "$out/bench.json" 2>&1 \
         | grep --line-buffered -v -i warn | tail -n 30 | tee "$out/bench.log"
+fi
+if has probe; then
+    timeout 180 python3 benchmarks/decode_probe.py "$photos/train" --out "$out/decode_probe$tag.json" 2>&1 \
+        | grep --line-buffered -v -i warn | tail -n 6
+fi
+if has stages; then
+    timeout 240 python3 benchmarks/bench.py --only S-B/16@256 --modes compiled --parts train,stages \
+        --compile-scope stacks --out "$out/bench_stages$tag.json" 2>&1 | grep --line-buffered -v -i warn \
+        | grep --line-buffered -A2 "^row .*mode"
+    for r1 in "" "--r1"; do
+        timeout 150 python3 benchmarks/profile_step.py --mode stage2 $r1 --scope stacks --batch 128 \
+            --out "$out/profile_stage2${r1:+_r1}$tag.json" 2>&1 | grep --line-buffered -v -i warn | tail -n 10
+    done
 fi

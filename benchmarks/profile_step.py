@@ -4,10 +4,13 @@ The compiled S-B/16 step reaches 40.7 % MFU and max-autotune gains nothing (benc
 the gap to the floor lies between the matmuls. This script runs torch.profiler over a few steps and
 sums device time per kernel into categories (matmul/conv, attention, inductor's fused kernels,
 normalisation, copies and casts, elementwise, optimizer, other), with the top kernels and how busy
-the device was. One call:
+the device was. `--mode lpips` and `--mode stage2` profile the trainer's own step (through
+bench.py's TrainerStep: LPIPS with random weights, the shipped discriminator), where the
+convolutions of LPIPS and the discriminator get their own category. One call:
 
     python benchmarks/profile_step.py --variant S-B/16 --size 256 --batch 128 --compile --out prof.json
     python benchmarks/profile_step.py ... --mode infer         # encode + decode instead of a train step
+    python benchmarks/profile_step.py ... --mode stage2 [--r1] # the trainer's stage-2 step (random LPIPS)
     python benchmarks/profile_step.py ... --scope full --residual bfloat16   # other compile scopes
 
 `--smoke` runs a tiny model on the CPU (CPU time instead of device time), as the test suite does.
@@ -34,11 +37,15 @@ from vitok.train.optim import build_adamw  # noqa: E402
 
 # First match wins; names are lower-cased kernel or op names. Inductor's fused kernels get their own
 # bucket (they mix norms, casts and elementwise work); its matmul templates ("triton_tem") count as matmul.
+# (Results before 2026-12-03 have one "matmul/conv" bucket for both.)
 CATEGORIES = (
     ("attention", ("flash", "attention", "fmha", "sdpa", "cudnn_mha")),
     ("optimizer", ("adam", "multi_tensor", "foreach")),
-    ("matmul/conv", ("gemm", "matmul", "aten::mm", "aten::addmm", "aten::bmm", "cutlass", "sm90_xmma", "nvjet",
-                     "aten::linear", "triton_tem", "convolution", "conv2d", "conv3d")),
+    # cuDNN's convolution kernels (fprop/dgrad/wgrad, implicit GEMMs, depthwise and layout helpers):
+    # LPIPS and the discriminator in stage 2, apart from the Transformer's GEMMs.
+    ("convolution", ("conv", "fprop", "dgrad", "wgrad", "implicit_gemm", "cudnn::", "depthwise")),
+    ("matmul", ("gemm", "matmul", "aten::mm", "aten::addmm", "aten::bmm", "cutlass", "sm90_xmma", "nvjet",
+                "aten::linear", "triton_tem")),
     ("compiled (triton)", ("triton",)),
     ("normalisation", ("rms_norm", "layer_norm", "group_norm", "batch_norm")),
     ("copy/cast", ("copy", "cast", "memcpy", "memset", "contiguous", "catarray", "aten::cat")),
@@ -66,6 +73,24 @@ def build(args: argparse.Namespace, device: torch.device) -> tuple[ViTok, torch.
     if device.type == "cuda":
         model.amp_dtype = torch.bfloat16
     return model, x.to(device)
+
+
+def trainer_step_fn(args: argparse.Namespace, device: torch.device):
+    """The trainer's own stage-1-with-LPIPS or stage-2 step (bench.py's TrainerStep, the timed unit of
+    `bench.py --parts stages`); stage 2 on a step without R1 unless --r1."""
+    from bench import SMOKE, Spec, TrainerStep, VitokTokenizer
+
+    spec = SMOKE[0] if args.smoke else Spec(f"{args.variant}@{args.size}", "vitok", args.size, 1, args.batch,
+                                            args.batch, name=args.variant)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    tok = VitokTokenizer(spec, device, amp, getattr(torch, args.residual))
+    if args.scope == "full":
+        raise SystemExit("--mode lpips/stage2 compiles the model's blocks or stacks, not the whole step")
+    if args.scope != "none":
+        tok.compile(None, args.scope)
+    x = torch.rand(spec.train_batch, *spec.shape, device=device) * 2 - 1
+    step = TrainerStep(args.mode, tok, x, spec, amp, disc_channels=args.disc_channels)
+    return lambda: step(r1=args.r1)
 
 
 def step_fn(args: argparse.Namespace, model: ViTok, x: torch.Tensor):
@@ -123,7 +148,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--mode", choices=("train", "infer"), default="train")
+    parser.add_argument("--mode", choices=("train", "infer", "lpips", "stage2"), default="train",
+                        help="train: MSE + KL model step; infer: encode + decode; lpips / stage2: the trainer's step")
+    parser.add_argument("--r1", action="store_true", help="stage2: profile a step that runs lazy R1")
+    parser.add_argument("--disc-channels", type=int, default=0, help="stage2: loss.disc_channels (0 = shipped)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block (= --scope blocks)")
     parser.add_argument("--scope", choices=("none", "blocks", "stacks", "full"), default="none",
                         help="what is compiled: each block, each Transformer stack, or the whole step function")
@@ -141,8 +169,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.steps < 1 or args.warmup < 0:
         raise SystemExit("--steps must be >= 1 and --warmup >= 0")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
-    model, x = build(args, device)
-    fn = step_fn(args, model, x)
+    if args.mode in ("lpips", "stage2"):
+        fn = trainer_step_fn(args, device)
+    else:
+        model, x = build(args, device)
+        fn = step_fn(args, model, x)
     for _ in range(args.warmup):
         fn()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -22,18 +22,31 @@ def test_smoke_profile_of_train_and_infer(tmp_path):
                               "--out", str(out)])
         assert json.loads(out.read_text()) == json.loads(json.dumps(result))
         categories = result["categories_s_per_step"]
-        assert "matmul/conv" in categories and all(v > 0 for v in categories.values())
+        assert "matmul" in categories and all(v > 0 for v in categories.values())
         assert abs(sum(categories.values()) - result["busy_s_per_step"]) < 1e-9
         assert 0 < len(result["top_kernels"]) <= 5 and result["wall_s_per_step"] > 0
     assert "optimizer" in load_script().main(["--smoke", "--steps", "1", "--warmup", "1"])["categories_s_per_step"]
 
 
+def test_smoke_profile_of_the_trainers_stage_two_step():
+    script = load_script()
+    for r1 in ([], ["--r1"]):
+        result = script.main(["--smoke", "--mode", "stage2", "--steps", "1", "--warmup", "1", *r1])
+        categories = result["categories_s_per_step"]
+        # The discriminator's and LPIPS's convolutions, apart from the Transformer's matmuls.
+        assert categories["convolution"] > 0 and categories["matmul"] > 0 and categories["optimizer"] > 0
+        assert abs(sum(categories.values()) - result["busy_s_per_step"]) < 1e-9
+
+
 def test_categories():
     script = load_script()
     assert script.category("void flash_fwd_kernel<...>") == "attention"
-    assert script.category("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul/conv"
+    assert script.category("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
+    assert script.category("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_nhwckrsc") == "convolution"
+    assert script.category("void conv2d_grouped_direct_kernel<...>") == "convolution"
+    assert script.category("aten::mkldnn_convolution") == "convolution"
     assert script.category("triton_per_fused__to_copy_mean_mul_pow_rsqrt_0") == "compiled (triton)"
-    assert script.category("triton_tem_fused_mm_0") == "matmul/conv"
+    assert script.category("triton_tem_fused_mm_0") == "matmul"
     assert script.category("void at::native::vectorized_elementwise_kernel<4, CUDAFunctor_add>") == "elementwise"
     assert script.category("void at::native::unrolled_elementwise_kernel<direct_copy_kernel_cuda>") == "copy/cast"
     assert script.category("void multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
