@@ -268,3 +268,26 @@ def test_collate_packs_a_batch_of_jpegs_into_one_buffer(mixed_folder):
         if "span" in it:
             assert "jpeg" not in it
             assert packed[slice(*it["span"])].numpy().tobytes() == Path(it["key"]).read_bytes()
+
+
+def test_batched_finish_equals_each_crop_finished_alone(mixed_folder):
+    """GpuDecoder rounds, clamps and flips the whole batch at once; each crop must be what
+    crop_resize gives for that sample alone."""
+    from vitok.data.gpu_decode import _pillow_decode
+
+    files = sorted(mixed_folder.iterdir())
+    gpu = TrainImages(files, 40, scale=(0.3, 1.0), seed=9, gpu_jpeg=True)
+    flips = 0
+    for epoch in range(3):
+        batch = collate([gpu[(i, epoch)] for i in range(len(files))])
+        got = GpuDecoder(40, "cpu", decode=pillow_batch)(batch)
+        kept = [it for it in batch["pending"] if not it["key"].endswith("cut.jpg")]  # cut.jpg: skipped
+        assert got["keys"] == [it["key"] for it in kept]
+        for it, pixels in zip(kept, got["pixels"]):
+            if "span" not in it:
+                assert torch.equal(pixels, it["pixels"])  # a worker's crop passes through unchanged
+                continue
+            upright = orient(_pillow_decode(batch["jpegs"][slice(*it["span"])], it["key"]), 1)
+            assert torch.equal(pixels, crop_resize(upright, it["plan"], 40)), it["key"]
+            flips += it["plan"].flip
+    assert flips > 0
