@@ -263,11 +263,16 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     # "function": the package's blur (hand-written gradients); "grouped": autograd of the plain
     # depthwise convolution it replaced; "compiled": the package's discriminator under torch.compile
-    # (plain passes only: compiled graphs do not support R1's double backward).
-    for blur in ("function", "grouped") if smoke else ("function", "compiled", "grouped"):
+    # (plain passes only: compiled graphs do not support R1's double backward); "channels_last":
+    # NHWC inputs (Discriminator.channels_last). At the shipped width (loss.disc_channels).
+    from vitok.train.config import TrainConfig
+
+    width = 8 if smoke else TrainConfig().loss.disc_channels
+    for blur in ("function", "grouped") if smoke else ("function", "channels_last", "compiled", "grouped"):
         torch._dynamo.reset()
         torch.manual_seed(0)
-        disc = Discriminator(size, channels=8 if smoke else 64).to(device)
+        disc = Discriminator(size, channels=width).to(device)
+        disc.channels_last = blur == "channels_last"
         if blur == "grouped":
             for block in disc.blocks:
                 block.down.forward = grouped_blur
@@ -287,7 +292,7 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
                     logits = disc(r).float()
                     loss = discriminator_loss(logits, disc(fake).float())
                 (loss + r1_penalty(logits, r)).backward()
-            row = {"section": "stage2", "net": "discriminator", "blur": blur, "batch": batch}
+            row = {"section": "stage2", "net": "discriminator", "blur": blur, "batch": batch, "channels": width}
             try:
                 row["plain_ms"] = timer(plain) * 1e3
                 if blur != "compiled":

@@ -490,3 +490,25 @@ def test_gpu_decode_trains_like_cpu_decode_and_is_refused_without_cuda(tmp_path,
     assert abs(gpu["metrics"]["psnr"] - cpu["metrics"]["psnr"]) < 0.5
     with pytest.raises(ValueError, match="video"):
         validate(load_config(None, TINY + ["model.name=T-T/4x8", "model.frames=8", "data.decode=gpu"]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled backward donates buffers on CUDA only")
+def test_stage_two_runs_with_compiled_lpips_and_the_adaptive_weight(tmp_path, photo_folder):
+    """The shipped recipe on a GPU: LPIPS compiled, adaptive lambda. The old weight differentiated
+    through the compiled LPIPS with retain_graph=True, which PyTorch 2.11's compiled backward refuses
+    ("non-empty donated buffers"); stage 2 crashed whenever LPIPS weights were present."""
+    from vitok.losses import PerceptualLoss
+    from vitok.metrics.lpips import build_lpips
+    from vitok.train import distributed
+    from vitok.train.loop import Trainer
+
+    config = load_config(None, TINY + [f"data.source={photo_folder}", "train.stage1_steps=1", "train.stage2_steps=2",
+                                       "train.device=cuda"])
+    trainer = Trainer(config, tmp_path / "run", distributed.setup("cuda"))
+    trainer.perceptual = PerceptualLoss(build_lpips(None, None)).to(trainer.device).compile_network()
+    trainer.enter_stage(2)
+    x = torch.rand(4, 3, 32, 32, device=trainer.device) * 2 - 1
+    for step in (2, 3):  # r1_every=2 in TINY: one step with R1, one without
+        terms = trainer.train_step(x, step=step, weight=1.0)
+        trainer.apply_step(terms)
+    assert all(torch.isfinite(v).all() for v in terms.values())
