@@ -312,8 +312,7 @@ class Trainer:
         taming-transformers' rule: lambda then sets the GAN gradient's size relative to the
         reconstruction gradient, whatever the latter's scale. g_rec and g_gan are the two losses'
         gradients at x_hat (pixel_gradients); W's are the backward from x_hat through the unembedding
-        alone, a matmul each. Before, each loss was differentiated from scratch down to W, and the
-        step's backward then ran LPIPS and the discriminator backward again.
+        alone, a matmul each, so the weight costs no pass through LPIPS or the discriminator.
         """
         last = self.model.unembed.weight
         (w_rec,) = torch.autograd.grad(x_hat, last, g_rec, retain_graph=True)
