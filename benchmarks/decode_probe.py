@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # speed_probe.py
 
-from vitok.data.datasets import collate  # noqa: E402
+from vitok.data.datasets import collate, to_model_range  # noqa: E402
 from vitok.data.gpu_decode import GpuDecoder, _nvjpeg, plan_jpeg  # noqa: E402
 from vitok.data.transforms import TrainAugment  # noqa: E402
 
@@ -81,6 +82,8 @@ def nvimgcodec_decoder(kind: str):
 
 
 def median_ms(fn, device, repeats: int) -> float:
+    """Median wall milliseconds of fn() up to a device sync. Not timing.bench's CUDA events on the
+    current stream: nvJPEG works on a stream of its own, and the crop loop is host time."""
     fn()
     torch.cuda.synchronize(device)
     times = []
@@ -134,21 +137,20 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    # The compiled stage-1 step, alone and fed through the decode thread.
-    from vitok.losses import kl_loss, reconstruction_loss
+    # The compiled stage-1 step (MSE + KL, compiled blocks, as speed_probe.py's "blocks" variant),
+    # alone and fed through the decode thread.
+    from speed_probe import prepare
     from vitok.model import ViTok
 
     torch.manual_seed(0)
     model = ViTok.from_name("S-B/16", channels=16, image_size=args.size).to(device)
     model.amp_dtype = torch.bfloat16
-    model.compile_blocks()
     model.train()
+    loss_fn = prepare(model, "blocks", "float32", None, train=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
-    def step(x):
-        x = x.float() / 127.5 - 1
-        x_hat, post = model(x, check=False)
-        (reconstruction_loss(x_hat, x, "mse") + 1e-3 * kl_loss(post)).backward()
+    def step(pixels):
+        loss_fn(to_model_range(pixels)).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 

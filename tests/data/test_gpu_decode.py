@@ -287,7 +287,7 @@ def test_batched_finish_equals_each_crop_finished_alone(mixed_folder):
             if "span" not in it:
                 assert torch.equal(pixels, it["pixels"])  # a worker's crop passes through unchanged
                 continue
-            upright = orient(_pillow_decode(batch["jpegs"][slice(*it["span"])], it["key"]), 1)
+            upright = _pillow_decode(batch["jpegs"][slice(*it["span"])], it["key"])  # upright already
             assert torch.equal(pixels, crop_resize(upright, it["plan"], 40)), it["key"]
             flips += it["plan"].flip
     assert flips > 0

@@ -261,7 +261,6 @@ class Trainer:
             # One discriminator pass over the fakes serves both players: the generator's loss is
             # differentiated to x_hat only (pixel_gradients), the discriminator's to its weights only
             # (disc_step), so the pass that the discriminator step used to repeat is gone.
-            self.disc.requires_grad_(True)
             k = leading_count(x.shape[0], c.disc_fraction)
             with self.autocast():
                 fake_logits = self.disc(x_hat[:k]).float()
