@@ -450,10 +450,10 @@ class TrainerStep:
             with torch.device(device):
                 trainer.perceptual = PerceptualLoss(build_lpips(None, None), lo.lpips_max_frames if video else None)
             trainer.perceptual.lpips.channels_last = channels_last
-            if getattr(tok, "compiled", False):
-                trainer.perceptual.compile_network()
         if trainer.disc is not None:
             trainer.disc.channels_last = channels_last
+        if getattr(tok, "compiled", False):
+            trainer.compile_losses()  # as model.compile=true does in a run
         trainer.enter_stage(2 if kind == "stage2" else 1)
         self.x = x
         t = config.train

@@ -9,9 +9,10 @@ Sections (pick with --sections):
   block, each Transformer stack, the whole step function), the residual stream's dtype, the
   attention backend and the batch. `--src` points at another copy of the package (a baseline
   from `git archive`), so a change is measured as a ratio in the same session.
-* stage2: the extra networks of training: the discriminator's plain step (real and fake passes,
-  backward) and its R1 step (double backward) with the separable blur against the depthwise
-  convolution it replaced, and LPIPS forward + input backward, eager and compiled.
+* stage2: the extra networks of training: the discriminator's passes as the trainer runs them (the
+  reconstructions' pass differentiated to them and to the weights, the reals' to the weights), with
+  and without R1's double backward, eager and compiled, NCHW and NHWC, with the blur's variants and
+  the top kernels of the main ones; LPIPS forward + input backward, eager and compiled.
 
     python benchmarks/speed_probe.py --out probe.json
     python benchmarks/speed_probe.py --src .baseline/src --sections model --variants eager,blocks --out base.json
@@ -252,54 +253,97 @@ def grouped_blur(x):
     return F.conv2d(x, k.expand(x.shape[1], 1, 4, 4).contiguous(), stride=2, padding=1, groups=x.shape[1])
 
 
+# The discriminator's variants: (compiled, channels_last, blur, cudnn.benchmark). "function": the
+# package's blur (_BlurDown, hand-written gradients; blur_down's strided views when compiled);
+# "conv": _BlurDown even inside the compiled graph; "grouped": autograd of the plain depthwise conv.
+DISC_VARIANTS = {
+    "eager": (False, False, "function", True),
+    "eager-nobench": (False, False, "function", False),
+    "eager-nhwc": (False, True, "function", True),
+    "eager-grouped": (False, False, "grouped", True),
+    "compiled": (True, False, "function", True),
+    "compiled-nhwc": (True, True, "function", True),
+    "compiled-convblur": (True, False, "conv", True),
+}
+
+
+def top_kernels(fn, count: int = 12) -> list[dict]:
+    """Device time per kernel name over one call of fn (after it has run once), largest first."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = [{"name": e.key[:140], "ms": e.device_time_total / 1e3, "calls": e.count}
+            for e in prof.key_averages() if e.device_time_total > 0]
+    rows.sort(key=lambda r: -r["ms"])
+    return [{"total_ms": sum(r["ms"] for r in rows)}] + rows[:count]
+
+
 def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
     import torch
 
-    from vitok.losses import Discriminator, discriminator_loss, r1_penalty
+    from vitok.losses import Discriminator, discriminator_loss, generator_loss, r1_penalty
+    from vitok.losses.discriminator import _BlurDown
     from vitok.metrics.lpips import LPIPS
-
-    size = 32 if smoke else args.size
-    batches = [2] if smoke else [32, 128]
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    # "function": the package's blur (hand-written gradients); "grouped": autograd of the plain
-    # depthwise convolution it replaced; "compiled": the package's discriminator under torch.compile
-    # (plain passes only: compiled graphs do not support R1's double backward); "channels_last":
-    # NHWC inputs (Discriminator.channels_last). At the shipped width (loss.disc_channels).
     from vitok.train.config import TrainConfig
 
-    width = 8 if smoke else TrainConfig().loss.disc_channels
-    for blur in ("function", "grouped") if smoke else ("function", "channels_last", "compiled", "grouped"):
+    size = 32 if smoke else args.size
+    batches = [2] if smoke else [128]
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    width = 8 if smoke else TrainConfig().loss.disc_channels  # the shipped width (loss.disc_channels)
+    names = ("eager", "compiled") if smoke else tuple(DISC_VARIANTS)
+    bench_before = torch.backends.cudnn.benchmark
+    for name in names:
+        compiled, nhwc, blur, cudnn_bench = DISC_VARIANTS[name]
         torch._dynamo.reset()
+        torch.backends.cudnn.benchmark = cudnn_bench
         torch.manual_seed(0)
         disc = Discriminator(size, channels=width).to(device)
-        disc.channels_last = blur == "channels_last"
-        if blur == "grouped":
-            for block in disc.blocks:
-                block.down.forward = grouped_blur
-        net = torch.compile(disc) if blur == "compiled" else disc
-        for batch in batches[:1] if blur == "grouped" else batches:
+        disc.channels_last = nhwc
+        for block in disc.blocks:
+            down = block.down
+            if blur == "grouped":
+                down.forward = grouped_blur
+            elif blur == "conv":
+                down.forward = lambda x, d=down: _BlurDown.apply(x, d.weight, d.stride, d.padding)
+        net = disc.compiled() if compiled else disc
+        params = list(disc.parameters())
+        for batch in batches:
             real = torch.rand(batch, 3, size, size, device=device) * 2 - 1
             fake = torch.rand(batch, 3, size, size, device=device) * 2 - 1
 
-            def plain():
+            def trainer_passes(r1: bool = False):
+                # As Trainer.train_step + disc_step run them: one pass over the reconstructions
+                # differentiated to them (generator) and to the weights (discriminator), one over the
+                # reals to the weights; with R1 the reals' pass is the module's own, double backward.
+                x_hat = fake.detach().requires_grad_(True)
+                r = real.detach().requires_grad_(r1)
                 with amp:
-                    loss = discriminator_loss(net(real).float(), net(fake).float())
-                loss.backward()
-
-            def with_r1():
-                r = real.detach().requires_grad_(True)
+                    fake_logits = net(x_hat).float()
+                torch.autograd.grad(generator_loss(fake_logits), x_hat, retain_graph=True)
                 with amp:
-                    logits = disc(r).float()
-                    loss = discriminator_loss(logits, disc(fake).float())
-                (loss + r1_penalty(logits, r)).backward()
-            row = {"section": "stage2", "net": "discriminator", "blur": blur, "batch": batch, "channels": width}
+                    real_logits = (disc if r1 else net)(r).float()
+                loss = discriminator_loss(real_logits, fake_logits)
+                if r1:
+                    loss = loss + r1_penalty(real_logits, r)
+                torch.autograd.backward(loss, inputs=params)
+            row = {"section": "stage2", "net": "discriminator", "variant": name, "batch": batch, "channels": width,
+                   "compiled": compiled, "channels_last": nhwc, "blur": blur, "cudnn_benchmark": cudnn_bench}
             try:
-                row["plain_ms"] = timer(plain) * 1e3
-                if blur != "compiled":
-                    row["r1_ms"] = timer(with_r1) * 1e3
+                row["trainer_ms"] = timer(trainer_passes) * 1e3
+                if not compiled or blur == "function":
+                    row["r1_ms"] = timer(lambda: trainer_passes(True)) * 1e3
+                if device.type == "cuda" and name in ("eager", "compiled", "compiled-nhwc"):
+                    row["kernels"] = top_kernels(trainer_passes)
             except Exception as err:  # noqa: BLE001
                 row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
             rec.add(row)
+        del disc, net
+    torch.backends.cudnn.benchmark = bench_before
     for compiled in (False,) if smoke else (False, True):
         torch._dynamo.reset()
         lpips = LPIPS().to(device).requires_grad_(False).eval()

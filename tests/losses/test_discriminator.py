@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vitok.data.images import bundled_photos, load_image, to_tensor
-from vitok.losses import Discriminator, blur_kernel, discriminator_loss, minibatch_std
+from vitok.losses import Discriminator, blur_down, blur_kernel, discriminator_loss, minibatch_std
 from vitok.losses.discriminator import _Downsample
 
 
@@ -67,6 +67,48 @@ def test_blur_function_equals_autograd_of_the_depthwise_convolution():
         second = [torch.autograd.grad((gr * v).sum(), probe, retain_graph=True)[0] for gr in grads]
         torch.testing.assert_close(second[0], second[1], rtol=1e-12, atol=1e-12)
         assert torch.autograd.gradcheck(ours, (x,)) and torch.autograd.gradgradcheck(ours, (x,))
+
+
+@pytest.mark.parametrize("halve_time", [False, True])
+def test_blur_down_views_equal_the_depthwise_convolution(halve_time):
+    """blur_down (the compiled passes' blur, strided sums of views) against _BlurDown in float64:
+    images, channels-last images and clips with and without halving time; values and gradients."""
+    g = torch.Generator().manual_seed(2)
+    cases = [(_Downsample(2, 3, halve_time=False), (2, 3, 8, 6)),
+             (_Downsample(3, 2, halve_time=halve_time), (1, 2, 4, 6, 8))]
+    for down, shape in cases:
+        down = down.double()
+        x = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+        ref = down(x)
+        layouts = [x] + ([x.contiguous(memory_format=torch.channels_last)] if x.dim() == 4 else [])
+        for inp in layouts:
+            out = blur_down(inp, down.blurred)
+            torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+            probe = torch.randn(out.shape, generator=g, dtype=torch.float64)
+            grads = [torch.autograd.grad((y * probe).sum(), x, retain_graph=True)[0] for y in (out, ref)]
+            torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+def test_compiled_discriminator_matches_the_module_and_shares_its_weights():
+    """Discriminator.compiled (inductor on the CPU here; the blur as blur_down) against the module:
+    logits, input gradients and weight gradients of one pass differentiated twice, as the trainer does."""
+    torch.manual_seed(0)
+    disc = Discriminator(16, channels=4, max_channels=8)
+    fast = disc.compiled()
+    x = torch.randn(3, 3, 16, 16)
+    results = []
+    for fn in (disc, fast):
+        disc.zero_grad(set_to_none=True)
+        leaf = x.clone().requires_grad_(True)
+        logits = fn(leaf)
+        (g_x,) = torch.autograd.grad(logits.square().sum(), leaf, retain_graph=True)
+        torch.autograd.backward(logits.sum(), inputs=list(disc.parameters()))
+        results.append((logits.detach(), g_x, [p.grad.clone() for p in disc.parameters()]))
+    (ref, ref_gx, ref_w), (out, out_gx, out_w) = results
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out_gx, ref_gx, rtol=1e-3, atol=1e-6)
+    for a, b in zip(out_w, ref_w):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
 
 
 def test_minibatch_std_matches_stylegan_grouping_for_divisible_batches():

@@ -297,15 +297,17 @@ def test_lpips_term_trains_when_its_weights_load(tmp_path, photo_folder, monkeyp
 
 def test_compile_and_residual_dtype_reach_the_model_and_lpips(tmp_path, photo_folder, monkeypatch):
     import vitok.train.loop as loop
-    from vitok.losses import PerceptualLoss
+    from vitok.losses import Discriminator, PerceptualLoss
     from vitok.metrics.lpips import build_lpips
     from vitok.model import ViTok
 
-    calls = []
+    calls, passes = [], []
     monkeypatch.setattr(loop, "load_perceptual_loss", lambda folder: (PerceptualLoss(build_lpips(None, None)), None))
     # The compilers themselves are tested elsewhere; here only that training asks for them.
     monkeypatch.setattr(ViTok, "compile_blocks", lambda self, **kw: calls.append("blocks") or self)
     monkeypatch.setattr(PerceptualLoss, "compile_network", lambda self, **kw: calls.append("lpips") or self)
+    monkeypatch.setattr(Discriminator, "compiled",
+                        lambda self, **kw: calls.append("disc") or (lambda x: passes.append(x.requires_grad) or self(x)))
     seen = []
     original = loop.Trainer.train_step
 
@@ -313,10 +315,13 @@ def test_compile_and_residual_dtype_reach_the_model_and_lpips(tmp_path, photo_fo
         seen.append(self.model.residual_dtype)
         return original(self, x, step, weight)
     monkeypatch.setattr(loop.Trainer, "train_step", spy)
-    args = TINY + [f"data.source={photo_folder}", "train.stage1_steps=1", "train.stage2_steps=0",
-                   "loss.lpips_weight=0.5", "model.compile=true", "model.residual_dtype=bfloat16"]
+    args = TINY + [f"data.source={photo_folder}", "train.stage1_steps=1", "train.stage2_steps=2",
+                   "loss.r1_every=2", "loss.lpips_weight=0.5", "model.compile=true", "model.residual_dtype=bfloat16"]
     train(load_config(None, args), out=tmp_path / "run")
-    assert calls == ["blocks", "lpips"] and seen == [torch.bfloat16]
+    assert calls == ["blocks", "lpips", "disc"] and seen == [torch.bfloat16] * 3
+    # Stage 2's steps 1 (no R1) and 2 (lazy R1): the compiled passes take the reconstructions both
+    # times (they carry gradients to the decoder) and the reals only on the step without R1.
+    assert passes == [True, False, True]
 
 
 def _weights(folder: Path) -> dict:

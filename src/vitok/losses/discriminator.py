@@ -24,6 +24,7 @@ Two deliberate departures from StyleGAN2:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +134,25 @@ class _BlurUp(torch.autograd.Function):
         return _BlurDown.apply(grad, weight, stride, padding).to(dtype), None, None, None, None
 
 
+def blur_down(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """The binomial blur at every second position along each of ``dims`` (zero padding 1), as sums of strided views.
+
+    The same linear map as the depthwise convolution of _BlurDown (tested against it), written as
+    elementwise work so that torch.compile fuses it with the leaky ReLU before it into one pass over
+    the map, where cuDNN runs a separate, slow grouped convolution. Eager autograd of these views is
+    slower than _BlurDown's (NOTES: separable strided adds), so only compiled passes use it.
+    """
+    taps = _BINOMIAL
+    scale = 1.0 / sum(taps)
+    for d in dims:
+        n = x.shape[d]
+        xp = F.pad(x, [0, 0] * (x.dim() - 1 - d) + [1, 1])
+        # Tap k of output i reads input 2i + k - 1: every second element of xp from offset k.
+        view = [xp[(slice(None),) * d + (slice(k, k + n - 1, 2),)] for k in range(len(taps))]
+        x = (taps[0] * view[0] + taps[1] * view[1] + taps[2] * view[2] + taps[3] * view[3]) * scale
+    return x
+
+
 class _Downsample(nn.Module):
     """Anti-aliased 2× downsampling: the binomial blur evaluated at every second position (per channel)."""
 
@@ -144,8 +164,11 @@ class _Downsample(nn.Module):
         self.stride = (2, 2) if dims == 2 else (2 if halve_time else 1, 2, 2)
         # Pad 1 on each side of a 4-tap filter: n even -> n/2 outputs, centred between sample pairs.
         self.padding = tuple(1 if s == 2 else 0 for s in self.stride)
+        self.blurred = tuple(2 + i for i, s in enumerate(self.stride) if s == 2)  # the dims it halves
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return blur_down(x, self.blurred)
         return _BlurDown.apply(x, self.weight, self.stride, self.padding)
 
 
@@ -237,6 +260,23 @@ class Discriminator(nn.Module):
                     nn.init.kaiming_normal_(m.weight, a=_SLOPE, nonlinearity="leaky_relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+
+    def compiled(self, **options) -> Callable[[Tensor], Tensor]:
+        """This discriminator's forward under torch.compile, sharing its weights, for passes without R1.
+
+        Inductor fuses the leaky ReLUs, the blur (as blur_down), the residual sums and the
+        minibatch std around cuDNN's convolutions. A compiled graph has no double backward, so
+        R1's pass must call the module itself. The graph's saved tensors are not donated to its
+        backward (functorch's donated_buffer): the trainer differentiates the pass over the
+        reconstructions twice, to the decoder's output and to these weights (retain_graph).
+        """
+        options.setdefault("dynamic", False)
+        fn = torch.compile(self, **options)
+
+        def forward(x: Tensor) -> Tensor:
+            with torch._functorch.config.patch(donated_buffer=False):
+                return fn(x)
+        return forward
 
     def _check(self, x: Tensor) -> None:
         """Raise ValueError unless x has the layout and a size this discriminator accepts."""
