@@ -342,7 +342,6 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
             except Exception as err:  # noqa: BLE001
                 row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
             rec.add(row)
-        del disc, net
     torch.backends.cudnn.benchmark = bench_before
     for compiled in (False,) if smoke else (False, True):
         torch._dynamo.reset()
