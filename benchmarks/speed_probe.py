@@ -253,14 +253,26 @@ def grouped_blur(x):
     return F.conv2d(x, k.expand(x.shape[1], 1, 4, 4).contiguous(), stride=2, padding=1, groups=x.shape[1])
 
 
+def pooled_blur(x):
+    """The same blur as three 2×2 box averages ([1,3,3,1] = [1,1]*[1,1]*[1,1]), the last one strided:
+    avg_pool's kernels and plain autograd (its double backward is avg_pool again)."""
+    import torch.nn.functional as F
+
+    x = F.avg_pool2d(F.avg_pool2d(F.pad(x, (1, 1, 1, 1)), 2, 1), 2, 1)
+    return F.avg_pool2d(x, 2, 2)
+
+
 # The discriminator's variants: (compiled, channels_last, blur, cudnn.benchmark). "function": the
 # package's blur (_BlurDown, hand-written gradients; blur_down's strided views when compiled);
-# "conv": _BlurDown even inside the compiled graph; "grouped": autograd of the plain depthwise conv.
+# "conv": _BlurDown even inside the compiled graph; "grouped": autograd of the plain depthwise conv;
+# "pool": pooled_blur (three box filters).
 DISC_VARIANTS = {
     "eager": (False, False, "function", True),
     "eager-nobench": (False, False, "function", False),
     "eager-nhwc": (False, True, "function", True),
     "eager-grouped": (False, False, "grouped", True),
+    "eager-pool": (False, False, "pool", True),
+    "eager-pool-nhwc": (False, True, "pool", True),
     "compiled": (True, False, "function", True),
     "compiled-nhwc": (True, True, "function", True),
     "compiled-convblur": (True, False, "conv", True),
@@ -295,7 +307,9 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
     batches = [2] if smoke else [128]
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     width = 8 if smoke else TrainConfig().loss.disc_channels  # the shipped width (loss.disc_channels)
-    names = ("eager", "compiled") if smoke else tuple(DISC_VARIANTS)
+    names = ("eager", "eager-pool", "compiled") if smoke else args.disc_variants.split(",")
+    if set(names) - set(DISC_VARIANTS):
+        raise SystemExit(f"--disc-variants {sorted(set(names) - set(DISC_VARIANTS))}: choose from {list(DISC_VARIANTS)}")
     bench_before = torch.backends.cudnn.benchmark
     for name in names:
         compiled, nhwc, blur, cudnn_bench = DISC_VARIANTS[name]
@@ -308,6 +322,8 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
             down = block.down
             if blur == "grouped":
                 down.forward = grouped_blur
+            elif blur == "pool":
+                down.forward = pooled_blur
             elif blur == "conv":
                 down.forward = lambda x, d=down: _BlurDown.apply(x, d.weight, d.stride, d.padding)
         net = disc.compiled() if compiled else disc
@@ -343,9 +359,10 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
                 row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
             rec.add(row)
     torch.backends.cudnn.benchmark = bench_before
-    for compiled in (False,) if smoke else (False, True):
+    for compiled, nhwc in ((False, False),) if smoke else ((False, False), (True, False), (True, True)):
         torch._dynamo.reset()
         lpips = LPIPS().to(device).requires_grad_(False).eval()
+        lpips.channels_last = nhwc
         fn = torch.compile(lpips) if compiled else lpips
         for batch in batches:
             x = torch.rand(batch, 3, size, size, device=device) * 2 - 1
@@ -356,7 +373,7 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
                 with amp:
                     d = fn(xx, y).mean()
                 d.backward()
-            row = {"section": "stage2", "net": "lpips", "compiled": compiled, "batch": batch}
+            row = {"section": "stage2", "net": "lpips", "compiled": compiled, "channels_last": nhwc, "batch": batch}
             try:
                 row["fwd_bwd_ms"] = timer(fwd_bwd) * 1e3
             except Exception as err:  # noqa: BLE001
@@ -372,6 +389,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--src", default=str(ROOT.parent / "src"), help="the vitok package to measure")
     parser.add_argument("--sections", default="attention,model,stage2")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--disc-variants", default=",".join(DISC_VARIANTS), help="stage2 section: of "
+                        + ", ".join(DISC_VARIANTS))
     parser.add_argument("--variant", default="S-B/16")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--channels", type=int, default=16)
