@@ -9,7 +9,8 @@
 # train    `vitok train --config sb16_256` stage 1 on the photos, compiled, 14 workers, batch 128,
 #          TRAIN_MINUTES each: data.decode cpu, data.decode gpu (also with model.kernels=triton), and
 #          cpu on the prepared shards (2 photos per shard, so that 14 workers each get whole shards);
-#          RUNS (comma list of jpeg_cpu,jpeg_gpu,jpeg_gpu_triton,shards_cpu,shards_gpu) picks some
+#          RUNS (comma list of jpeg_cpu,jpeg_gpu,jpeg_gpu_triton,shards_cpu,shards_gpu,stage2_gpu) picks
+#          some; stage2_gpu: stage 2 (discriminator, R1, adaptive weight; no LPIPS) on the photos
 # bench    bench.py S-B/16@256 eager and compiled, encode/decode against the SD VAE (compiled too)
 # probe    decode_probe.py: nvJPEG decode and crop time per batch, the compiled step fed through the
 #          decode thread against a fixed batch (no loader processes)
@@ -59,6 +60,9 @@ if has train; then
     run jpeg_gpu_triton data.source="$photos/train" data.decode=gpu model.kernels=triton
     run shards_cpu data.source="$work/prep320" data.decode=cpu
     run shards_gpu data.source="$work/prep320" data.decode=gpu
+    # Stage 2 from the first step (its speed does not depend on the weights), without LPIPS: no
+    # LPIPS weights exist on the GPU machine, and the trainer loads no random ones.
+    run stage2_gpu data.source="$photos/train" data.decode=gpu train.stage1_steps=0 train.stage2_steps=100000
 fi
 if has bench; then
     timeout 420 python3 benchmarks/bench.py --only S-B/16@256 --modes eager,compiled \
