@@ -274,6 +274,7 @@ DISC_VARIANTS = {
     "eager-pool": (False, False, "pool", True),
     "eager-pool-nhwc": (False, True, "pool", True),
     "compiled": (True, False, "function", True),
+    "compiled-r1eager": (True, False, "function", True),
     "compiled-nhwc": (True, True, "function", True),
     "compiled-convblur": (True, False, "conv", True),
 }
@@ -298,7 +299,7 @@ def top_kernels(fn, count: int = 12) -> list[dict]:
 def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
     import torch
 
-    from vitok.losses import Discriminator, discriminator_loss, generator_loss, r1_penalty
+    from vitok.losses import Discriminator, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
     from vitok.losses.discriminator import _BlurDown
     from vitok.metrics.lpips import LPIPS
     from vitok.train.config import TrainConfig
@@ -327,6 +328,9 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
             elif blur == "conv":
                 down.forward = lambda x, d=down: _BlurDown.apply(x, d.weight, d.stride, d.padding)
         net = disc.compiled() if compiled else disc
+        # R1's pass: compiled with the input gradient inside the graph, as the trainer runs it, or
+        # the module's own double backward ("-r1eager", as before 2026-12-03d).
+        net_r1 = disc.compiled(input_gradient=True) if compiled and not name.endswith("-r1eager") else None
         params = list(disc.parameters())
         for batch in batches:
             real = torch.rand(batch, 3, size, size, device=device) * 2 - 1
@@ -337,15 +341,19 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
                 # differentiated to them (generator) and to the weights (discriminator), one over the
                 # reals to the weights; with R1 the reals' pass is the module's own, double backward.
                 x_hat = fake.detach().requires_grad_(True)
-                r = real.detach().requires_grad_(r1)
+                r = real.detach().requires_grad_(r1 and net_r1 is None)
                 with amp:
                     fake_logits = net(x_hat).float()
                 torch.autograd.grad(generator_loss(fake_logits), x_hat, retain_graph=True)
                 with amp:
-                    real_logits = (disc if r1 else net)(r).float()
+                    if r1 and net_r1 is not None:
+                        real_logits, grad = net_r1(r)
+                    else:
+                        real_logits = (disc if r1 else net)(r)
+                real_logits = real_logits.float()
                 loss = discriminator_loss(real_logits, fake_logits)
                 if r1:
-                    loss = loss + r1_penalty(real_logits, r)
+                    loss = loss + (r1_penalty(real_logits, r) if net_r1 is None else gradient_penalty(grad))
                 torch.autograd.backward(loss, inputs=params)
             row = {"section": "stage2", "net": "discriminator", "variant": name, "batch": batch, "channels": width,
                    "compiled": compiled, "channels_last": nhwc, "blur": blur, "cudnn_benchmark": cudnn_bench}

@@ -57,6 +57,13 @@ def minibatch_std(x: Tensor, group_size: int, eps: float = 1e-8) -> Tensor:
         raise ValueError(f"group_size must be ≥ 1, got {group_size}")
     n = x.shape[0]
     groups = -(-n // min(group_size, n))
+    if n % groups == 0:
+        # Equal groups (the usual case): a reshape instead of scatters, as in StyleGAN2 (and inductor's
+        # CPU code generator fails on the scatter into a single group).
+        var = x.float().view(n // groups, groups, *x.shape[1:]).var(dim=0, unbiased=False)
+        stat = (var + eps).sqrt().flatten(1).mean(1).repeat(n // groups)  # sample i: group i mod groups
+        channel = stat.to(x.dtype).view(n, 1, *[1] * (x.dim() - 2)).expand(n, 1, *x.shape[2:])
+        return torch.cat([x, channel], dim=1)
     gid = torch.arange(n, device=x.device) % groups
     # Built with arange rather than torch.tensor(list, device=...): no host-to-device copy, no sync.
     counts = ((n // groups) + (torch.arange(groups, device=x.device) < n % groups)).float()
@@ -261,22 +268,35 @@ class Discriminator(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def compiled(self, **options) -> Callable[[Tensor], Tensor]:
-        """This discriminator's forward under torch.compile, sharing its weights, for passes without R1.
+    def compiled(self, input_gradient: bool = False, **options) -> Callable:
+        """This discriminator's forward under torch.compile, sharing its weights (options go to torch.compile).
 
         Inductor fuses the leaky ReLUs, the blur (as blur_down), the residual sums and the
-        minibatch std around cuDNN's convolutions. A compiled graph has no double backward, so
-        R1's pass must call the module itself. The graph's saved tensors are not donated to its
-        backward (functorch's donated_buffer): the trainer differentiates the pass over the
+        minibatch std around cuDNN's convolutions. The graph's saved tensors are not donated to
+        its backward (functorch's donated_buffer): the trainer differentiates the pass over the
         reconstructions twice, to the decoder's output and to these weights (retain_graph).
+
+        ``input_gradient``: the function returns (logits, d sum(logits) / d x) instead, the
+        gradient taken by torch.func.grad inside the compiled graph and itself differentiable to
+        the weights: R1's pass. (autograd.grad(create_graph=True) through a compiled graph is
+        refused, since its backward is not differentiable again.)
         """
         options.setdefault("dynamic", False)
-        fn = torch.compile(self, **options)
+        if input_gradient:
+            def with_gradient(x: Tensor) -> tuple[Tensor, Tensor]:
+                def total(inp: Tensor) -> tuple[Tensor, Tensor]:
+                    logits = self(inp)
+                    return logits.sum(), logits
+                grad, logits = torch.func.grad(total, has_aux=True)(x)
+                return logits, grad
+            fn = torch.compile(with_gradient, **options)
+        else:
+            fn = torch.compile(self, **options)
 
-        def forward(x: Tensor) -> Tensor:
+        def run(x: Tensor):
             with torch._functorch.config.patch(donated_buffer=False):
                 return fn(x)
-        return forward
+        return run
 
     def _check(self, x: Tensor) -> None:
         """Raise ValueError unless x has the layout and a size this discriminator accepts."""

@@ -54,6 +54,14 @@ def r1_penalty(real_logits: Tensor, real_images: Tensor) -> Tensor:
     if not real_images.requires_grad:
         raise ValueError("r1_penalty needs real_images.requires_grad_(True) set before the discriminator runs")
     (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
+    return gradient_penalty(grad)
+
+
+def gradient_penalty(grad: Tensor) -> Tensor:
+    """Mean over the batch of ||grad||² (B×…): R1 from an input gradient taken elsewhere (a scalar, ≥ float32).
+
+    Discriminator.compiled(input_gradient=True) returns that gradient from inside its graph.
+    """
     return _acc(grad).square().flatten(1).sum(1).mean()
 
 

@@ -24,8 +24,8 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.datasets import to_model_range
 from ..data.gpu_decode import GpuDecoder, gpu_decode_problem
 from ..data.training import make_train_loader
-from ..losses import (Discriminator, LeCam, discriminator_loss, generator_loss, kl_loss, load_perceptual_loss,
-                      r1_penalty, reconstruction_loss)
+from ..losses import (Discriminator, LeCam, discriminator_loss, generator_loss, gradient_penalty, kl_loss,
+                      load_perceptual_loss, r1_penalty, reconstruction_loss)
 from ..model import ViTok
 from ..model.pretrained import write_checkpoint
 from . import checkpoint as ckpt
@@ -121,8 +121,10 @@ class Trainer:
                                       frames=self.model_config.frames).to(self.device)
             self.lecam = LeCam() if lo.lecam_weight > 0 else None
         # The discriminator's passes without R1 (the reconstructions' every step, the reals' on 15 of
-        # 16 steps); the module itself where R1's double backward runs.
+        # 16 steps), and the reals' pass with R1 (logits and input gradient; None: the module's own
+        # double backward). Compiled by compile_losses.
         self.disc_passes = self.disc
+        self.disc_r1 = None
         if config.model.compile:
             self.compile_losses()
         self.ema: EMA | None = None
@@ -165,6 +167,7 @@ class Trainer:
             self.perceptual.compile_network()
         if self.disc is not None:
             self.disc_passes = self.disc.compiled()
+            self.disc_r1 = self.disc.compiled(input_gradient=True)
 
     def load_init(self) -> None:
         """A fresh run's starting weights from model.init (a resumed run reads its own checkpoint instead)."""
@@ -340,9 +343,15 @@ class Trainer:
         c = self.config.loss
         lazy_r1 = c.r1_weight > 0 and step % c.r1_every == 0
         k = leading_count(x.shape[0], c.disc_fraction)
-        real = x[:k].detach().requires_grad_(lazy_r1)
+        compiled_r1 = lazy_r1 and self.disc_r1 is not None
+        real = x[:k].detach().requires_grad_(lazy_r1 and not compiled_r1)
+        real_grad = None
         with self.autocast():
-            real_logits = (self.disc if lazy_r1 else self.disc_passes)(real).float()
+            if compiled_r1:
+                real_logits, real_grad = self.disc_r1(real)
+            else:
+                real_logits = (self.disc if lazy_r1 else self.disc_passes)(real)
+            real_logits = real_logits.float()
         terms = {"gan_d": discriminator_loss(real_logits, fake_logits, c.gan_loss)}
         loss = terms["gan_d"]
         if self.lecam is not None:
@@ -354,7 +363,7 @@ class Trainer:
             loss = loss + c.lecam_weight * terms["lecam"]
         if lazy_r1:
             # Lazy regularisation: every r1_every steps, scaled up by r1_every to keep its weight.
-            terms["r1"] = r1_penalty(real_logits, real)
+            terms["r1"] = gradient_penalty(real_grad) if compiled_r1 else r1_penalty(real_logits, real)
             loss = loss + c.r1_weight * c.r1_every * terms["r1"]
         params = list(self.disc.parameters())
         torch.autograd.backward(loss * weight, inputs=params)
