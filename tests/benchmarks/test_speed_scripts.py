@@ -28,7 +28,7 @@ def test_speed_probe_smoke_measures_every_section(tmp_path):
     model = [r for r in data["rows"] if r["section"] == "model"]
     assert model[0]["encode_decode_per_s"] > 0 and model[0]["train_per_s"] > 0
     disc = [r for r in data["rows"] if r.get("net") == "discriminator"]
-    assert {r["variant"] for r in disc} == {"eager", "eager-pool", "compiled"}
+    assert {r["variant"] for r in disc} == {"eager", "eager-pool"}
     assert all(r["trainer_ms"] > 0 and r["r1_ms"] > 0 for r in disc)
 
 
