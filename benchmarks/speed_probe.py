@@ -274,10 +274,31 @@ DISC_VARIANTS = {
     "eager-pool": (False, False, "pool", True),
     "eager-pool-nhwc": (False, True, "pool", True),
     "compiled": (True, False, "function", True),
-    "compiled-r1eager": (True, False, "function", True),
+    "compiled-r1graph": (True, False, "function", True),
     "compiled-nhwc": (True, True, "function", True),
     "compiled-convblur": (True, False, "conv", True),
 }
+
+
+def compiled_r1(disc):
+    """R1's pass as one compiled graph: x -> (logits, d sum(logits) / dx), the gradient taken by
+    torch.func.grad inside the graph and itself differentiable to the weights (autograd.grad with
+    create_graph through a compiled graph is refused). Measured slower than the eager double
+    backward in a real run (NOTES, 2026-12-03, fourth session), so the trainer does not use it."""
+    import torch
+
+    def with_gradient(x):
+        def total(inp):
+            logits = disc(inp)
+            return logits.sum(), logits
+        grad, logits = torch.func.grad(total, has_aux=True)(x)
+        return logits, grad
+    fn = torch.compile(with_gradient, dynamic=False)
+
+    def run(x):
+        with torch._functorch.config.patch(donated_buffer=False):
+            return fn(x)
+    return run
 
 
 def top_kernels(fn, count: int = 12) -> list[dict]:
@@ -328,9 +349,9 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
             elif blur == "conv":
                 down.forward = lambda x, d=down: _BlurDown.apply(x, d.weight, d.stride, d.padding)
         net = disc.compiled() if compiled else disc
-        # R1's pass: compiled with the input gradient inside the graph, as the trainer runs it, or
-        # the module's own double backward ("-r1eager", as before 2026-12-03d).
-        net_r1 = disc.compiled(input_gradient=True) if compiled and not name.endswith("-r1eager") else None
+        # R1's pass: the module's own double backward (as the trainer runs it), or ("-r1graph") compiled
+        # with the input gradient taken by torch.func.grad inside the graph.
+        net_r1 = compiled_r1(disc) if name.endswith("-r1graph") else None
         params = list(disc.parameters())
         for batch in batches:
             real = torch.rand(batch, 3, size, size, device=device) * 2 - 1

@@ -306,19 +306,8 @@ def test_compile_and_residual_dtype_reach_the_model_and_lpips(tmp_path, photo_fo
     # The compilers themselves are tested elsewhere; here only that training asks for them.
     monkeypatch.setattr(ViTok, "compile_blocks", lambda self, **kw: calls.append("blocks") or self)
     monkeypatch.setattr(PerceptualLoss, "compile_network", lambda self, **kw: calls.append("lpips") or self)
-
-    def compiled(self, input_gradient=False, **options):
-        calls.append("disc_r1" if input_gradient else "disc")
-        if not input_gradient:
-            return lambda x: passes.append(x.requires_grad) or self(x)
-
-        def with_gradient(x):
-            passes.append("r1")
-            leaf = x.detach().requires_grad_(True)
-            logits = self(leaf)
-            return logits, torch.autograd.grad(logits.sum(), leaf, create_graph=True)[0]
-        return with_gradient
-    monkeypatch.setattr(Discriminator, "compiled", compiled)
+    monkeypatch.setattr(Discriminator, "compiled",
+                        lambda self, **kw: calls.append("disc") or (lambda x: passes.append(x.requires_grad) or self(x)))
     seen = []
     original = loop.Trainer.train_step
 
@@ -329,11 +318,11 @@ def test_compile_and_residual_dtype_reach_the_model_and_lpips(tmp_path, photo_fo
     args = TINY + [f"data.source={photo_folder}", "train.stage1_steps=1", "train.stage2_steps=2",
                    "loss.r1_every=2", "loss.lpips_weight=0.5", "model.compile=true", "model.residual_dtype=bfloat16"]
     train(load_config(None, args), out=tmp_path / "run")
-    assert calls == ["blocks", "lpips", "disc", "disc_r1"] and seen == [torch.bfloat16] * 3
+    assert calls == ["blocks", "lpips", "disc"] and seen == [torch.bfloat16] * 3
     # Stage 2's steps 1 (no R1) and 2 (lazy R1): the compiled passes take the reconstructions both
-    # times (they carry gradients to the decoder), the reals on the step without R1, and the
-    # compiled R1 pass (logits and input gradient) the reals on the step with it.
-    assert passes == [True, False, True, "r1"]
+    # times (they carry gradients to the decoder) and the reals only on the step without R1 (R1's
+    # double backward runs on the module).
+    assert passes == [True, False, True]
 
 
 def _weights(folder: Path) -> dict:
@@ -416,7 +405,7 @@ def test_adaptive_gan_weight_is_the_ratio_of_gradient_norms_at_the_last_layer(tm
 
 
 # step 16: with lazy R1; compiled: the discriminator's passes as model.compile runs them (inductor on
-# the CPU here), R1's input gradient taken inside the compiled graph.
+# the CPU here), the reconstructions' compiled and R1's on the module.
 @pytest.mark.parametrize("weight,step,compiled", [(1.0, 3, False), (0.5, 3, False), (1.0, 16, False),
                                                   (1.0, 16, True)])
 def test_stage_two_gradients_equal_one_backward_of_the_whole_loss(tmp_path, photo_folder, weight, step, compiled):
@@ -435,7 +424,6 @@ def test_stage_two_gradients_equal_one_backward_of_the_whole_loss(tmp_path, phot
     trainer.perceptual = PerceptualLoss(build_lpips(None, None))
     if compiled:  # the discriminator's half of compile_losses (LPIPS compiles too slowly on a CPU)
         trainer.disc_passes = trainer.disc.compiled()
-        trainer.disc_r1 = trainer.disc.compiled(input_gradient=True)
     tol = dict(rtol=1e-4, atol=1e-6) if compiled else dict(rtol=1e-5, atol=1e-8)
     trainer.enter_stage(2)
     x = torch.rand(4, 3, 32, 32) * 2 - 1

@@ -268,32 +268,22 @@ class Discriminator(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def compiled(self, input_gradient: bool = False, **options) -> Callable:
-        """This discriminator's forward under torch.compile, sharing its weights (options go to torch.compile).
+    def compiled(self, **options) -> Callable[[Tensor], Tensor]:
+        """This discriminator's forward under torch.compile, sharing its weights, for passes without R1.
 
         Inductor fuses the leaky ReLUs, the blur (as blur_down), the residual sums and the
-        minibatch std around cuDNN's convolutions. The graph's saved tensors are not donated to
-        its backward (functorch's donated_buffer): the trainer differentiates the pass over the
-        reconstructions twice, to the decoder's output and to these weights (retain_graph).
-
-        ``input_gradient``: the function returns (logits, d sum(logits) / d x) instead, the
-        gradient taken by torch.func.grad inside the compiled graph and itself differentiable to
-        the weights: R1's pass. (autograd.grad(create_graph=True) through a compiled graph is
-        refused, since its backward is not differentiable again.)
+        minibatch std around cuDNN's convolutions: 2.3x faster than the module's own passes in the
+        trainer's pattern on an H200 (benchmarks/NOTES.md). A compiled graph has no double backward,
+        so R1's pass calls the module itself (R1 through torch.func.grad inside a compiled graph
+        ran, but an R1 step cost about twice the eager one in a real run: NOTES). The graph's saved
+        tensors are not donated to its backward (functorch's donated_buffer): the trainer
+        differentiates the pass over the reconstructions twice, to the decoder's output and to
+        these weights (retain_graph).
         """
         options.setdefault("dynamic", False)
-        if input_gradient:
-            def with_gradient(x: Tensor) -> tuple[Tensor, Tensor]:
-                def total(inp: Tensor) -> tuple[Tensor, Tensor]:
-                    logits = self(inp)
-                    return logits.sum(), logits
-                grad, logits = torch.func.grad(total, has_aux=True)(x)
-                return logits, grad
-            fn = torch.compile(with_gradient, **options)
-        else:
-            fn = torch.compile(self, **options)
+        fn = torch.compile(self, **options)
 
-        def run(x: Tensor):
+        def run(x: Tensor) -> Tensor:
             with torch._functorch.config.patch(donated_buffer=False):
                 return fn(x)
         return run

@@ -60,7 +60,7 @@ def r1_penalty(real_logits: Tensor, real_images: Tensor) -> Tensor:
 def gradient_penalty(grad: Tensor) -> Tensor:
     """Mean over the batch of ||grad||² (B×…): R1 from an input gradient taken elsewhere (a scalar, ≥ float32).
 
-    Discriminator.compiled(input_gradient=True) returns that gradient from inside its graph.
+    E.g. by torch.func.grad inside a compiled graph (benchmarks/speed_probe.py's R1 variant).
     """
     return _acc(grad).square().flatten(1).sum(1).mean()
 

@@ -24,8 +24,8 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.datasets import to_model_range
 from ..data.gpu_decode import GpuDecoder, gpu_decode_problem
 from ..data.training import make_train_loader
-from ..losses import (Discriminator, LeCam, discriminator_loss, generator_loss, gradient_penalty, kl_loss,
-                      load_perceptual_loss, r1_penalty, reconstruction_loss)
+from ..losses import (Discriminator, LeCam, discriminator_loss, generator_loss, kl_loss, load_perceptual_loss,
+                      r1_penalty, reconstruction_loss)
 from ..model import ViTok
 from ..model.pretrained import write_checkpoint
 from . import checkpoint as ckpt
@@ -121,10 +121,8 @@ class Trainer:
                                       frames=self.model_config.frames).to(self.device)
             self.lecam = LeCam() if lo.lecam_weight > 0 else None
         # The discriminator's passes without R1 (the reconstructions' every step, the reals' on 15 of
-        # 16 steps), and the reals' pass with R1 (logits and input gradient; None: the module's own
-        # double backward). Compiled by compile_losses.
+        # 16 steps), compiled by compile_losses; R1's double backward runs on the module itself.
         self.disc_passes = self.disc
-        self.disc_r1 = None
         if config.model.compile:
             self.compile_losses()
         self.ema: EMA | None = None
@@ -161,13 +159,13 @@ class Trainer:
             self.gpu_decoder = GpuDecoder(self.model_config.image_size, self.device)
 
     def compile_losses(self) -> None:
-        """torch.compile the LPIPS network and the discriminator's passes without R1 (benchmarks/NOTES.md:
-        LPIPS 2.4x faster forward + input backward at 256p; the discriminator's numbers are there too)."""
+        """torch.compile the LPIPS network and the discriminator's passes without R1: 2.4x (LPIPS forward +
+        input backward at 256p, H100) and 2.3x (the discriminator's passes of a step, H200) faster
+        (benchmarks/NOTES.md)."""
         if self.perceptual is not None:
             self.perceptual.compile_network()
         if self.disc is not None:
             self.disc_passes = self.disc.compiled()
-            self.disc_r1 = self.disc.compiled(input_gradient=True)
 
     def load_init(self) -> None:
         """A fresh run's starting weights from model.init (a resumed run reads its own checkpoint instead)."""
@@ -343,15 +341,9 @@ class Trainer:
         c = self.config.loss
         lazy_r1 = c.r1_weight > 0 and step % c.r1_every == 0
         k = leading_count(x.shape[0], c.disc_fraction)
-        compiled_r1 = lazy_r1 and self.disc_r1 is not None
-        real = x[:k].detach().requires_grad_(lazy_r1 and not compiled_r1)
-        real_grad = None
+        real = x[:k].detach().requires_grad_(lazy_r1)
         with self.autocast():
-            if compiled_r1:
-                real_logits, real_grad = self.disc_r1(real)
-            else:
-                real_logits = (self.disc if lazy_r1 else self.disc_passes)(real)
-            real_logits = real_logits.float()
+            real_logits = (self.disc if lazy_r1 else self.disc_passes)(real).float()
         terms = {"gan_d": discriminator_loss(real_logits, fake_logits, c.gan_loss)}
         loss = terms["gan_d"]
         if self.lecam is not None:
@@ -363,7 +355,7 @@ class Trainer:
             loss = loss + c.lecam_weight * terms["lecam"]
         if lazy_r1:
             # Lazy regularisation: every r1_every steps, scaled up by r1_every to keep its weight.
-            terms["r1"] = gradient_penalty(real_grad) if compiled_r1 else r1_penalty(real_logits, real)
+            terms["r1"] = r1_penalty(real_logits, real)
             loss = loss + c.r1_weight * c.r1_every * terms["r1"]
         params = list(self.disc.parameters())
         torch.autograd.backward(loss * weight, inputs=params)
