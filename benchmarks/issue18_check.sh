@@ -16,10 +16,12 @@
 #          decode thread against a fixed batch (no loader processes)
 # stages   bench.py S-B/16@256 compiled: model-only, +LPIPS and stage-2 steps (the trainer's), then
 #          profile_step.py's kernel categories of the stage-2 step (plain and with R1)
+# disc     speed_probe.py's stage-2 section: the discriminator's passes eager, compiled, and with R1 as
+#          one compiled graph, with their top kernels (plain and R1); LPIPS eager, compiled, NHWC
 # Every part writes under OUT_DIR; the parts are independent and bounded by `timeout`. SRC: another
 # copy of the package to run (a baseline from `git archive`), TAG: a suffix for the output names.
 set -uo pipefail
-photos="$1"; out="$2"; parts="${3:-tests,loader,kernels,train,bench,probe,stages}"
+photos="$1"; out="$2"; parts="${3:-tests,loader,kernels,train,bench,probe,stages,disc}"
 work="${WORK:-/tmp/vitok-issue18}"; TRAIN_MINUTES="${TRAIN_MINUTES:-1.5}"
 mkdir -p "$work" "$out"
 export PYTHONPATH="${SRC:-$PWD/src}${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1; tag="${TAG:-}"
@@ -81,4 +83,8 @@ if has stages; then
         timeout 150 python3 benchmarks/profile_step.py --mode stage2 $r1 --scope stacks --batch 128 \
             --out "$out/profile_stage2${r1:+_r1}$tag.json" 2>&1 | grep --line-buffered -v -i warn | tail -n 10
     done
+fi
+if has disc; then
+    timeout 300 python3 benchmarks/speed_probe.py --sections stage2 --disc-variants eager,compiled,compiled-r1graph \
+        --out "$out/probe_disc$tag.json" 2>&1 | grep --line-buffered -v -i warn | cut -c1-300
 fi

@@ -384,6 +384,8 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
                     row["r1_ms"] = timer(lambda: trainer_passes(True)) * 1e3
                 if device.type == "cuda" and name in ("eager", "compiled", "compiled-nhwc"):
                     row["kernels"] = top_kernels(trainer_passes)
+                if device.type == "cuda" and name in ("eager", "compiled-r1graph"):
+                    row["r1_kernels"] = top_kernels(lambda: trainer_passes(True))
             except Exception as err:  # noqa: BLE001
                 row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
             rec.add(row)
