@@ -61,18 +61,17 @@ def minibatch_std(x: Tensor, group_size: int, eps: float = 1e-8) -> Tensor:
         # Equal groups (the usual case): a reshape instead of scatters, as in StyleGAN2 (and inductor's
         # CPU code generator fails on the scatter into a single group).
         var = x.float().view(n // groups, groups, *x.shape[1:]).var(dim=0, unbiased=False)
-        stat = (var + eps).sqrt().flatten(1).mean(1).repeat(n // groups)  # sample i: group i mod groups
-        channel = stat.to(x.dtype).view(n, 1, *[1] * (x.dim() - 2)).expand(n, 1, *x.shape[2:])
-        return torch.cat([x, channel], dim=1)
-    gid = torch.arange(n, device=x.device) % groups
-    # Built with arange rather than torch.tensor(list, device=...): no host-to-device copy, no sync.
-    counts = ((n // groups) + (torch.arange(groups, device=x.device) < n % groups)).float()
-    counts = counts.view(groups, *[1] * (x.dim() - 1))
-    xf = x.float()
-    mean = xf.new_zeros((groups, *x.shape[1:])).index_add_(0, gid, xf) / counts
-    var = xf.new_zeros((groups, *x.shape[1:])).index_add_(0, gid, (xf - mean[gid]).square()) / counts
-    stat = (var + eps).sqrt().flatten(1).mean(1)  # one value per group
-    channel = stat[gid].to(x.dtype).view(n, 1, *[1] * (x.dim() - 2)).expand(n, 1, *x.shape[2:])
+        per_sample = (var + eps).sqrt().flatten(1).mean(1).repeat(n // groups)  # sample i: group i mod groups
+    else:
+        gid = torch.arange(n, device=x.device) % groups
+        # Built with arange rather than torch.tensor(list, device=...): no host-to-device copy, no sync.
+        counts = ((n // groups) + (torch.arange(groups, device=x.device) < n % groups)).float()
+        counts = counts.view(groups, *[1] * (x.dim() - 1))
+        xf = x.float()
+        mean = xf.new_zeros((groups, *x.shape[1:])).index_add_(0, gid, xf) / counts
+        var = xf.new_zeros((groups, *x.shape[1:])).index_add_(0, gid, (xf - mean[gid]).square()) / counts
+        per_sample = (var + eps).sqrt().flatten(1).mean(1)[gid]  # one value per group, to its samples
+    channel = per_sample.to(x.dtype).view(n, 1, *[1] * (x.dim() - 2)).expand(n, 1, *x.shape[2:])
     return torch.cat([x, channel], dim=1)
 
 
