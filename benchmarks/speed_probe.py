@@ -301,20 +301,21 @@ def compiled_r1(disc):
     return run
 
 
-def top_kernels(fn, count: int = 12) -> list[dict]:
-    """Device time per kernel name over one call of fn (after it has run once), largest first."""
+def top_kernels(fn, count: int = 12) -> dict:
+    """profile_step.summarise of one call of fn (after it has run once): device time by category and
+    the largest kernels."""
     import torch
+    from profile_step import summarise
     from torch.profiler import ProfilerActivity, profile
 
     fn()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
         fn()
         torch.cuda.synchronize()
-    rows = [{"name": e.key[:140], "ms": e.device_time_total / 1e3, "calls": e.count}
-            for e in prof.key_averages() if e.device_time_total > 0]
-    rows.sort(key=lambda r: -r["ms"])
-    return [{"total_ms": sum(r["ms"] for r in rows)}] + rows[:count]
+        wall = time.perf_counter() - start
+    return summarise(prof, 1, wall, torch.device("cuda"), count)
 
 
 def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
