@@ -508,9 +508,11 @@ def test_gpu_decode_trains_like_cpu_decode_and_is_refused_without_cuda(tmp_path,
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled backward donates buffers on CUDA only")
 def test_stage_two_runs_with_compiled_lpips_and_the_adaptive_weight(tmp_path, photo_folder):
-    """The shipped recipe on a GPU: LPIPS compiled, adaptive lambda. The old weight differentiated
-    through the compiled LPIPS with retain_graph=True, which PyTorch 2.11's compiled backward refuses
-    ("non-empty donated buffers"); stage 2 crashed whenever LPIPS weights were present."""
+    """The shipped recipe on a GPU: LPIPS and the discriminator's passes compiled (compile_losses, as
+    model.compile=true does), adaptive lambda. The old weight differentiated through the compiled LPIPS
+    with retain_graph=True, which PyTorch 2.11's compiled backward refuses ("non-empty donated
+    buffers"); stage 2 crashed whenever LPIPS weights were present. The compiled pass over the
+    reconstructions is differentiated twice (generator, discriminator) and must not trip it either."""
     from vitok.losses import PerceptualLoss
     from vitok.metrics.lpips import build_lpips
     from vitok.train import distributed
@@ -519,7 +521,8 @@ def test_stage_two_runs_with_compiled_lpips_and_the_adaptive_weight(tmp_path, ph
     config = load_config(None, TINY + [f"data.source={photo_folder}", "train.stage1_steps=1", "train.stage2_steps=2",
                                        "train.device=cuda"])
     trainer = Trainer(config, tmp_path / "run", distributed.setup("cuda"))
-    trainer.perceptual = PerceptualLoss(build_lpips(None, None)).to(trainer.device).compile_network()
+    trainer.perceptual = PerceptualLoss(build_lpips(None, None)).to(trainer.device)
+    trainer.compile_losses()
     trainer.enter_stage(2)
     x = torch.rand(4, 3, 32, 32, device=trainer.device) * 2 - 1
     for step in (2, 3):  # r1_every=2 in TINY: one step with R1, one without
