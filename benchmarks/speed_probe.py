@@ -330,7 +330,7 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
     batches = [2] if smoke else [128]
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     width = 8 if smoke else TrainConfig().loss.disc_channels  # the shipped width (loss.disc_channels)
-    names = ("eager", "eager-pool") if smoke else args.disc_variants.split(",")  # compiling: tests/losses
+    names = ("eager", "eager-pool") if smoke else [n for n in args.disc_variants.split(",") if n]  # compiling: tests/losses
     if set(names) - set(DISC_VARIANTS):
         raise SystemExit(f"--disc-variants {sorted(set(names) - set(DISC_VARIANTS))}: choose from {list(DISC_VARIANTS)}")
     bench_before = torch.backends.cudnn.benchmark
@@ -391,7 +391,12 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
                 row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
             rec.add(row)
     torch.backends.cudnn.benchmark = bench_before
-    for compiled, nhwc in ((False, False),) if smoke else ((False, False), (True, False), (True, True)):
+    lpips_names = ["eager"] if smoke else [n for n in args.lpips_variants.split(",") if n]
+    if set(lpips_names) - set(LPIPS_VARIANTS):
+        raise SystemExit(f"--lpips-variants {sorted(set(lpips_names) - set(LPIPS_VARIANTS))}: choose from "
+                         f"{list(LPIPS_VARIANTS)}")
+    for name in lpips_names:
+        compiled, nhwc = LPIPS_VARIANTS[name]
         torch._dynamo.reset()
         lpips = LPIPS().to(device).requires_grad_(False).eval()
         lpips.channels_last = nhwc
@@ -405,13 +410,19 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
                 with amp:
                     d = fn(xx, y).mean()
                 d.backward()
-            row = {"section": "stage2", "net": "lpips", "compiled": compiled, "channels_last": nhwc, "batch": batch}
+            row = {"section": "stage2", "net": "lpips", "variant": name, "compiled": compiled, "channels_last": nhwc,
+                   "batch": batch}
             try:
                 row["fwd_bwd_ms"] = timer(fwd_bwd) * 1e3
+                if device.type == "cuda" and name == "compiled":
+                    row["kernels"] = top_kernels(fwd_bwd)
             except Exception as err:  # noqa: BLE001
                 row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
             rec.add(row)
 
+
+# LPIPS variants of the stage2 section: name -> (compiled, channels-last inputs).
+LPIPS_VARIANTS = {"eager": (False, False), "compiled": (True, False), "compiled-nhwc": (True, True)}
 
 START = time.perf_counter()
 
@@ -421,6 +432,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--src", default=str(ROOT.parent / "src"), help="the vitok package to measure")
     parser.add_argument("--sections", default="attention,model,stage2")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--lpips-variants", default=",".join(LPIPS_VARIANTS),
+                        help=f"stage2 section: of {list(LPIPS_VARIANTS)} (empty: none)")
     parser.add_argument("--disc-variants", default=",".join(DISC_VARIANTS), help="stage2 section: of "
                         + ", ".join(DISC_VARIANTS))
     parser.add_argument("--variant", default="S-B/16")

@@ -197,10 +197,11 @@ class LPIPS(nn.Module):
         for fx, fy, head in zip(taps_x, taps_y, self.heads):
             acc = torch.promote_types(fx.dtype, torch.float32)
             diff = (_unit_normalise(fx.to(acc)) - _unit_normalise(fy.to(acc))) ** 2
-            # Spatial mean, then the 1×1 head as a channel-weighted sum (linear, so the
-            # order is immaterial); elementwise ops keep it out of autocast's low precision.
-            w = head.weight.to(acc).reshape(1, -1)
-            term = (diff.mean(dim=(2, 3)) * w).sum(dim=1)
+            # The 1×1 head as a channel-weighted sum at each pixel, then the spatial mean (the
+            # reference's order). Every reduction over channels then runs per pixel, so compiled it
+            # is one pass over both feature maps; elementwise ops keep it out of autocast's low precision.
+            w = head.weight.to(acc).reshape(1, -1, 1, 1)
+            term = (diff * w).sum(dim=1).mean(dim=(1, 2))
             total = term if total is None else total + term
         return total
 

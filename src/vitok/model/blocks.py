@@ -119,6 +119,8 @@ class RopeCache:
 def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Rotate x (B×H×L×d) by rope = (cos, sin), L×P each with P = d // 2: pair j is (x[j], x[j + P]).
 
+    The tables broadcast against x's leading axes, so B×L×H×d takes them as L×1×P.
+
     Computed in x's dtype (bf16 under autocast): the rotation is norm-preserving and its rounding
     is that of the QKV matmul that produced x.
     """
@@ -148,12 +150,16 @@ class Attention(nn.Module):
         if fused_now(self.fused) and rope is not None and isinstance(self.q_norm, nn.Identity):
             out = F.scaled_dot_product_attention(*rope_qkv(self.qkv(x), *rope, self.heads))
             return self.proj(out.transpose(1, 2).reshape(B, L, D))
-        # B×L×3D -> 3×B×H×L×d: the layout SDPA's flash kernel wants.
-        q, k, v = self.qkv(x).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        # q, k and v stay in the token-major B×L×H×d layout of the QKV matmul's output and reach SDPA
+        # as transposed views: v is never copied, RoPE writes q and k token-major, and the attention
+        # kernels (flash, cuDNN) return their output in the queries' layout, so the projection reads
+        # it without a transpose copy.
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, self.head_dim).unbind(2)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
-        out = F.scaled_dot_product_attention(q, k, v)
+            tables = (rope[0][:, None], rope[1][:, None])  # L×1×P: broadcast over the heads
+            q, k = apply_rope(q, tables), apply_rope(k, tables)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.proj(out.transpose(1, 2).reshape(B, L, D))
 
 
