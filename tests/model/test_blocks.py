@@ -1,5 +1,7 @@
 """Blocks against straightforward float64 numpy formulations."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -155,6 +157,39 @@ def test_attention_matches_float64_reference(qk_norm):
     else:
         ref = np_attention(xd, wqkv, wproj, 4, angles.double().numpy())
     assert rel_err(attn(x, rope_tables(angles)).detach(), ref) < 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused attention kernels need CUDA")
+@pytest.mark.parametrize("backend", ["flash", "efficient", "cudnn", "math", "compiled"])
+def test_attention_on_cuda_matches_float64_for_every_sdpa_backend(backend):
+    """Attention hands SDPA token-major (B×L×H×d) views, not contiguous B×H×L×d tensors: each CUDA
+    backend, and the compiled module, in bf16 against the float64 module on the CPU, output and
+    gradients (input and weights)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    ref_attn = Attention(128, heads=2).double()
+    attn = Attention(128, heads=2).cuda()
+    attn.load_state_dict(ref_attn.state_dict())
+    x = torch.randn(3, 48, 128, dtype=torch.float64)
+    angles = rope_angles((6, 8), 64)
+    ref_x = x.clone().requires_grad_(True)
+    ref_out = ref_attn(ref_x, rope_tables(angles.double()))
+    probe = torch.randn(ref_out.shape, dtype=torch.float64)
+    (ref_out * probe).sum().backward()
+
+    gx = x.float().cuda().requires_grad_(True)
+    fn = torch.compile(attn) if backend == "compiled" else attn
+    chosen = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+              "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}.get(backend)
+    with sdpa_kernel([chosen]) if chosen is not None else contextlib.nullcontext(), \
+            torch.autocast("cuda", dtype=torch.bfloat16):
+        out = fn(gx, tuple(t.cuda() for t in rope_tables(angles)))
+    (out.float() * probe.float().cuda()).sum().backward()
+    assert rel_err(out.detach().float().cpu(), ref_out.detach()) < 2e-2
+    assert rel_err(gx.grad.cpu(), ref_x.grad) < 3e-2
+    for (name, p), ref_p in zip(attn.named_parameters(), ref_attn.parameters()):
+        assert rel_err(p.grad.cpu(), ref_p.grad) < 3e-2, name
 
 
 def test_transformer_checkpointing_gives_identical_gradients():
