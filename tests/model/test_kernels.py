@@ -63,12 +63,14 @@ def test_rope_qkv_reference_matches_apply_rope_and_the_layout(heads, d, grid):
     qkv = torch.randn(2, L, 3 * heads * d, dtype=torch.float64)
     cos, sin = (t.double() for t in rope_for(grid, d))
     q, k, v = rope_qkv_reference(qkv, cos, sin, heads)
+    # apply_rope on the head-major layout the attention used before, transposed back to token-major.
     q0, k0, v0 = qkv.view(2, L, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
-    torch.testing.assert_close(q, apply_rope(q0, (cos, sin)))
-    torch.testing.assert_close(k, apply_rope(k0, (cos, sin)))
-    torch.testing.assert_close(v, v0)
+    torch.testing.assert_close(q, apply_rope(q0, (cos, sin)).transpose(1, 2))
+    torch.testing.assert_close(k, apply_rope(k0, (cos, sin)).transpose(1, 2))
+    torch.testing.assert_close(v, v0.transpose(1, 2))
+    assert q.is_contiguous() and k.is_contiguous() and v.is_contiguous() and q.shape == (2, L, heads, d)
     # A rotation: norms of every pair are kept.
-    torch.testing.assert_close(q.norm(dim=-1), q0.norm(dim=-1))
+    torch.testing.assert_close(q.norm(dim=-1), q0.norm(dim=-1).transpose(1, 2))
 
 
 # ---- the Triton kernels -----------------------------------------------------------------------------

@@ -148,7 +148,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, L, D = x.shape
         if fused_now(self.fused) and rope is not None and isinstance(self.q_norm, nn.Identity):
-            out = F.scaled_dot_product_attention(*rope_qkv(self.qkv(x), *rope, self.heads))
+            q, k, v = rope_qkv(self.qkv(x), *rope, self.heads)
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
             return self.proj(out.transpose(1, 2).reshape(B, L, D))
         # q, k and v stay in the token-major B×L×H×d layout of the QKV matmul's output and reach SDPA
         # as transposed views: v is never copied, RoPE writes q and k token-major, and the attention

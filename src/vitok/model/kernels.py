@@ -90,14 +90,15 @@ def silu_mul_reference(gu: torch.Tensor) -> torch.Tensor:
 
 def rope_qkv_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                        heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """B×L×3D -> q, k, v (B×H×L×d), q and k rotated pairwise (j, j + P) by (cos, sin) (L×P), as blocks.apply_rope."""
+    """B×L×3D -> q, k, v (token-major B×L×H×d, contiguous), q and k rotated pairwise (j, j + P) by (cos, sin)
+    (L×P), as blocks.apply_rope."""
     B, L, three_d = qkv.shape
     d = three_d // 3 // heads
-    q, k, v = qkv.view(B, L, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k, v = qkv.view(B, L, 3, heads, d).unbind(2)
     P = cos.shape[-1]
 
     def rotate(x: torch.Tensor) -> torch.Tensor:
-        c, s = cos.to(x.dtype), sin.to(x.dtype)
+        c, s = cos.to(x.dtype)[:, None], sin.to(x.dtype)[:, None]  # L×1×P: broadcast over the heads
         x1, x2, rest = x.split([P, P, d - 2 * P], dim=-1)
         return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c, rest], dim=-1)
 
@@ -175,7 +176,7 @@ if triton is not None:
     @triton.jit
     def _rope_layout(SRC, DST, COS, SIN, L, NH, HD, P, part, sign, ROTATE: tl.constexpr, TO_HEADS: tl.constexpr,
                      BH: tl.constexpr, BD: tl.constexpr):
-        # One token's heads of one of q/k/v. TO_HEADS: B×L×3D -> B×H×L×d (forward); else the reverse.
+        # One token's heads of one of q/k/v. TO_HEADS: B×L×3D -> B×L×H×d (forward); else the reverse.
         # Pair j < P rotates with j + P: y_j = x_j c - sign·x_{j+P} s, y_{j+P} = x_{j+P} c + sign·x_j s;
         # channels from 2P on (odd head widths) and v pass through unrotated.
         tok = tl.program_id(0).to(tl.int64)
@@ -195,7 +196,7 @@ if triton is not None:
         s = tl.where(rot, tl.where(first, -s, s), 0.0) * sign
         D = NH * HD
         flat = b * L * 3 * D + l * 3 * D + part * D + h * HD   # B×L×3D layout, channel 0 of head h
-        heads = ((b * NH + h) * L + l) * HD                    # B×H×L×d layout
+        heads = ((b * L + l) * NH + h) * HD                    # B×L×H×d layout (token-major)
         src_row, dst_row = (flat, heads) if TO_HEADS else (heads, flat)
         x = tl.load(SRC + src_row + j, mask=mask, other=0.0).to(tl.float32)
         xp = tl.load(SRC + src_row + partner, mask=mask, other=0.0).to(tl.float32)
@@ -283,7 +284,7 @@ class _RopeQKV(torch.autograd.Function):
         cos, sin = cos.float().contiguous(), sin.float().contiguous()
         outs = []
         for part in range(3):
-            out = torch.empty(B, heads, L, d, dtype=qkv.dtype, device=qkv.device)
+            out = torch.empty(B, L, heads, d, dtype=qkv.dtype, device=qkv.device)
             _rope_launch(qkv, out, cos, sin, B, L, heads, d, part, 1.0, True)
             outs.append(out)
         ctx.save_for_backward(cos, sin)
@@ -327,7 +328,8 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
 
 
 def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int):
-    """The QKV matmul's B×L×3D output -> (q, k, v), B×H×L×d each, q and k rotated (blocks.apply_rope's pairs)."""
+    """The QKV matmul's B×L×3D output -> (q, k, v), token-major B×L×H×d each (SDPA takes them transposed),
+    q and k rotated (blocks.apply_rope's pairs)."""
     if not _use_triton(qkv):
         return rope_qkv_reference(qkv, cos, sin, heads)
     return _RopeQKV.apply(qkv, cos, sin, heads)
