@@ -33,6 +33,7 @@ from . import parallel
 from .config import (TrainConfig, check_data_paths, check_resume_compatible, model_differences,
                      resolve_model_config, validate)
 from .distributed import Dist, all_reduce_mean, average_gradients, barrier, broadcast_object, out_of_time
+from .clock import StepClock
 from .guard import Guard
 from .optim import EMA, build_adamw, warmup_constant, warmup_cosine
 
@@ -450,6 +451,7 @@ class Trainer:
         batches = iter(loader)
         if self.gpu_decoder is not None:
             batches = self.gpu_decoder.ahead(batches)
+        clock = StepClock(self.device)  # gpu_idle: the device's view of the same question (train/clock.py)
         started = time.perf_counter()
         while self.progress.step < c.total_steps:
             step = self.progress.step
@@ -478,11 +480,13 @@ class Trainer:
                     pixels = torch.zeros(shape, dtype=torch.uint8)
             else:
                 pixels = last_good = batch["pixels"]
+            clock.begin()
             x = to_model_range(pixels.to(self.device, non_blocking=True))
             rates = self.set_learning_rates(step)
             self.model.train()
             terms = self.train_step(x, step, weight)
             bad = self.apply_step(terms, weight)
+            clock.end()
             self.progress.step += 1
             # Device-side bookkeeping: nothing here waits for the GPU.
             self.bad_in_row = (self.bad_in_row + 1) * bad
@@ -502,7 +506,7 @@ class Trainer:
                 new_skips = []
                 elapsed = time.perf_counter() - window_start
                 record = self.log_record(sums, done, rates, window_images / max(elapsed, 1e-9),
-                                         window_wait / max(elapsed, 1e-9))
+                                         window_wait / max(elapsed, 1e-9), clock.idle_share())
                 logger.log(record)
                 self.history.append(record)
                 bar.set_postfix(report.postfix(record))
@@ -518,8 +522,11 @@ class Trainer:
                 self.write_reconstructions()
             # A stage-2 evaluation (and the reference) always comes with a checkpoint, so that
             # whatever the selection rule picks can be exported.
-            if done % t.checkpoint_every == 0 or done == c.total_steps or (evaluated and (boundary or self.stage == 2)):
+            saved = done % t.checkpoint_every == 0 or done == c.total_steps or (evaluated and (boundary or self.stage == 2))
+            if saved:
                 self.save()
+            if saved or evaluated or (t.image_every and done % t.image_every == 0):
+                clock.reset()  # the gap before the next step is this work, not waiting for data
             if decision == "stop":
                 self.stopped_early = f"the stage-2 guard stopped the run at step {done} (see guard events)"
                 break
@@ -566,9 +573,10 @@ class Trainer:
                 logger.warn(f"skipped {item['file']}: {item['reason']}")
 
     def log_record(self, sums: dict, step: int, rates: dict, images_per_second: float,
-                   data_wait: float = 0.0) -> dict:
+                   data_wait: float = 0.0, gpu_idle: float | None = None) -> dict:
         """Each loss term averaged over the steps that computed it and over ranks (one small all-reduce);
-        data_wait: this rank's share of the window's wall time spent waiting for batches."""
+        data_wait: this rank's share of the window's wall time spent waiting for batches; gpu_idle (CUDA
+        only): the share of the window's device time between steps (StepClock)."""
         values = {}
         if sums:
             stacked = torch.stack([torch.stack([torch.as_tensor(total, device=self.device).float(),
@@ -576,8 +584,9 @@ class Trainer:
                                    for total, n in sums.values()])
             all_reduce_mean(stacked)
             values = {k: total / n for k, (total, n) in zip(sums, stacked.tolist()) if n > 0}
+        idle = {} if gpu_idle is None else {"gpu_idle": round(gpu_idle, 4)}
         return {"step": step, "stage": self.stage, **values, **rates, "images_per_second": images_per_second,
-                "data_wait": round(data_wait, 4), "bad_steps": self.progress.bad_total}
+                "data_wait": round(data_wait, 4), **idle, "bad_steps": self.progress.bad_total}
 
     # ---- evaluation, checkpoints, report -----------------------------------------------------
 

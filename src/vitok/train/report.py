@@ -118,6 +118,8 @@ def postfix(record: dict) -> dict:
     out["img/s"] = f"{record['images_per_second']:.1f}"
     if "data_wait" in record:
         out["data wait"] = f"{record['data_wait']:.0%}"
+    if "gpu_idle" in record:
+        out["gpu idle"] = f"{record['gpu_idle']:.0%}"
     out["stage"] = record["stage"]
     return out
 
@@ -284,6 +286,7 @@ def write_run_report(trainer, exported_eval: dict, data_info: dict, selection: d
     config, run_dir = trainer.config, trainer.run_dir
     throughput = [r["images_per_second"] for r in trainer.history if r.get("images_per_second")]
     waits = [r["data_wait"] for r in trainer.history if "data_wait" in r]
+    idles = [r["gpu_idle"] for r in trainer.history if r.get("gpu_idle") is not None]
     params = trainer.model.num_params()
     init = config.model.init
     document = {
@@ -315,6 +318,8 @@ def write_run_report(trainer, exported_eval: dict, data_info: dict, selection: d
         "images_per_second": sum(throughput) / len(throughput) if throughput else None,
         # Share of wall time the training process waited for batches (mean over log windows).
         "data_wait": sum(waits) / len(waits) if waits else None,
+        # Share of the GPU's time spent between steps (CUDA only; train/clock.py), mean over windows.
+        "gpu_idle": sum(idles) / len(idles) if idles else None,
         "bad_steps": trainer.progress.bad_total,
         "skipped_files": [{"file": f, "reason": r} for f, r in trainer.progress.skipped_files.items()]
         + [s for s in final_eval.get("skipped", []) if s["file"] not in trainer.progress.skipped_files],
@@ -342,6 +347,7 @@ def _markdown(doc: dict) -> str:
              *([f"- stopped early: {doc['stopped_early']}"] if doc.get("stopped_early") else []),
              f"- throughput: {doc['images_per_second'] or 0:.1f} samples/s"
              + (f" (waiting for data {doc['data_wait']:.0%} of the time)" if doc.get("data_wait") is not None else "")
+             + (f"; GPU idle between steps {doc['gpu_idle']:.0%}" if doc.get("gpu_idle") is not None else "")
              + f"; non-finite steps skipped: {doc['bad_steps']}",
              "", f"## Held-out metrics of the exported tokenizer (step {doc['exported_step']}, "
                  f"{doc['num_eval_samples']} samples)", ""]
