@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU checks of the training pipeline's speed (issue 18), from the repo root:
 #   bash benchmarks/issue18_check.sh PHOTOS_DIR OUT_DIR [PARTS]     PARTS: comma list, default all
-# tests    the CUDA-only tests: Triton kernels against float64 autograd, nvJPEG against Pillow
+# tests    the CUDA-only tests: Triton kernels against float64 autograd, nvJPEG against Pillow, attention
+#          through each SDPA backend, the trainer's gpu_idle from CUDA events
 # loader   loader_bench.py, 14 workers, 256p, batch 128: the photo folder and `vitok prepare` shards
 #          (320 px), each with JPEGs decoded on the CPU (workers) and on the GPU (data.decode=gpu)
 # kernels  speed_probe.py: S-B/16 256p encode+decode and training step, model.kernels torch vs triton,
@@ -31,7 +32,8 @@ shards() { [ -f "$work/prep320/done" ] || { python3 -m vitok prepare "$photos/tr
 
 if has tests; then
     timeout 300 python3 -m pytest -q -p no:cacheprovider tests/model/test_kernels.py tests/data/test_gpu_decode.py \
-        tests/train/test_loop.py -k "kernels or gpu or nvjpeg or compiled_lpips" \
+        tests/train/test_loop.py tests/model/test_blocks.py tests/train/test_clock.py \
+        -k "kernels or gpu or nvjpeg or compiled_lpips or cuda" \
         2>&1 | tail -n 15 | tee "$out/tests.log"
 fi
 if has loader; then

@@ -78,3 +78,13 @@ def test_training_logs_the_idle_share_when_the_device_has_events(tmp_path, photo
     assert len(idles) == 2 and all(0 <= v < 1 for v in idles)
     assert report["gpu_idle"] == pytest.approx(sum(idles) / 2, abs=1e-4)
     assert "GPU idle between steps" in (tmp_path / "run" / "report.md").read_text()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA timing events")
+def test_training_on_cuda_logs_the_idle_share_from_real_events(tmp_path, photo_folder):
+    config = load_config(None, TINY + [f"data.source={photo_folder}", "train.stage1_steps=4", "train.stage2_steps=0",
+                                       "train.log_every=2", "train.device=cuda"])
+    report = train(config, out=tmp_path / "run")
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    idles = [l["gpu_idle"] for l in lines if "loss" in l]
+    assert len(idles) == 2 and all(0 <= v <= 1 for v in idles) and 0 <= report["gpu_idle"] <= 1
