@@ -30,10 +30,10 @@ from ..model import ViTok
 from ..model.pretrained import write_checkpoint
 from . import checkpoint as ckpt
 from . import parallel
+from .clock import StepClock
 from .config import (TrainConfig, check_data_paths, check_resume_compatible, model_differences,
                      resolve_model_config, validate)
 from .distributed import Dist, all_reduce_mean, average_gradients, barrier, broadcast_object, out_of_time
-from .clock import StepClock
 from .guard import Guard
 from .optim import EMA, build_adamw, warmup_constant, warmup_cosine
 
