@@ -275,16 +275,20 @@ DISC_VARIANTS = {
     "eager-pool-nhwc": (False, True, "pool", True),
     "compiled": (True, False, "function", True),
     "compiled-r1graph": (True, False, "function", True),
+    "compiled-r1prune": (True, False, "function", True),
+    "compiled-vjp": (True, False, "function", True),
     "compiled-nhwc": (True, True, "function", True),
     "compiled-convblur": (True, False, "conv", True),
 }
 
 
-def compiled_r1(disc):
+def compiled_r1(disc, prune: bool = False):
     """R1's pass as one compiled graph: x -> (logits, d sum(logits) / dx), the gradient taken by
     torch.func.grad inside the graph and itself differentiable to the weights (autograd.grad with
     create_graph through a compiled graph is refused). Measured slower than the eager double
-    backward in a real run (NOTES, 2026-12-03, fourth session), so the trainer does not use it."""
+    backward in a real run (NOTES, 2026-12-03, fourth session), so the trainer does not use it.
+    prune: with prune_conv_backward (func.grad's convolution backwards also compute the weight
+    gradients, which that graph never uses)."""
     import torch
 
     def with_gradient(x):
@@ -294,10 +298,63 @@ def compiled_r1(disc):
         grad, logits = torch.func.grad(total, has_aux=True)(x)
         return logits, grad
     fn = torch.compile(with_gradient, dynamic=False)
+    options = {"post_grad_custom_post_pass": prune_conv_backward()} if prune else {}
 
     def run(x):
-        with torch._functorch.config.patch(donated_buffer=False):
+        with torch._functorch.config.patch(donated_buffer=False), torch._inductor.config.patch(**options):
             return fn(x)
+    return run
+
+
+def prune_conv_backward():
+    """An inductor post-grad pass that asks each convolution_backward only for the gradients the graph
+    uses. A graph traced through torch.func (vjp, grad) keeps autograd's full output mask, so a pass
+    whose weight gradients are dead still computes them; inductor's dead-code elimination drops the
+    unused outputs but not the work."""
+    import operator
+
+    import torch
+    from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+    class PruneConvBackward(CustomGraphPass):
+        def __call__(self, graph) -> None:
+            for node in graph.find_nodes(op="call_function", target=torch.ops.aten.convolution_backward.default):
+                if not all(user.target is operator.getitem for user in node.users):
+                    continue
+                used = {user.args[1] for user in node.users}
+                mask = [bool(m) and i in used for i, m in enumerate(node.args[-1])]
+                node.args = (*node.args[:-1], mask)
+
+        def uuid(self):
+            return get_hash_for_files((__file__,))
+    return PruneConvBackward()
+
+
+def compiled_fake_vjp(disc):
+    """The pass over the reconstructions as one compiled functional graph: one forward, then the
+    generator's input gradient and the discriminator's weight gradient (non-saturating losses) as
+    two vector-Jacobian products, with prune_conv_backward so that each computes only its own
+    gradients. x -> (logits, d gen_loss / dx, {name: d fake-term / d weight}). The trainer's compiled
+    graph computes the weight gradients in both of its backwards instead (NOTES)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call, vjp
+
+    buffers = dict(disc.named_buffers())
+
+    def fake_pass(params, x):
+        logits, back = vjp(lambda p, inp: functional_call(disc, (p, buffers), (inp,)).float(), params, x)
+        u_g = torch.func.grad(lambda z: F.softplus(-z).mean())(logits.detach())
+        u_d = torch.func.grad(lambda z: F.softplus(z).mean())(logits.detach())
+        _, g_x = back(u_g)
+        g_w, _ = back(u_d)
+        return logits, g_x, g_w
+    fn = torch.compile(fake_pass, dynamic=False)
+    prune = prune_conv_backward()
+
+    def run(x):
+        with torch._inductor.config.patch(post_grad_custom_post_pass=prune):
+            return fn({k: v.detach() for k, v in disc.named_parameters()}, x)
     return run
 
 
@@ -352,7 +409,8 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
         net = disc.compiled() if compiled else disc
         # R1's pass: the module's own double backward (as the trainer runs it), or ("-r1graph") compiled
         # with the input gradient taken by torch.func.grad inside the graph.
-        net_r1 = compiled_r1(disc) if name.endswith("-r1graph") else None
+        net_r1 = compiled_r1(disc, prune=name.endswith("-r1prune")) if name.endswith(("-r1graph", "-r1prune")) else None
+        fake_vjp = compiled_fake_vjp(disc) if name == "compiled-vjp" else None
         params = list(disc.parameters())
         for batch in batches:
             real = torch.rand(batch, 3, size, size, device=device) * 2 - 1
@@ -362,11 +420,15 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
                 # As Trainer.train_step + disc_step run them: one pass over the reconstructions
                 # differentiated to them (generator) and to the weights (discriminator), one over the
                 # reals to the weights; with R1 the reals' pass is the module's own, double backward.
-                x_hat = fake.detach().requires_grad_(True)
+                x_hat = fake.detach().requires_grad_(fake_vjp is None)
                 r = real.detach().requires_grad_(r1 and net_r1 is None)
-                with amp:
-                    fake_logits = net(x_hat).float()
-                torch.autograd.grad(generator_loss(fake_logits), x_hat, retain_graph=True)
+                if fake_vjp is not None:  # one forward, the generator's and the weights' gradients inside
+                    with amp:
+                        fake_logits, _, fake_grads = fake_vjp(x_hat)
+                else:
+                    with amp:
+                        fake_logits = net(x_hat).float()
+                    torch.autograd.grad(generator_loss(fake_logits), x_hat, retain_graph=True)
                 with amp:
                     if r1 and net_r1 is not None:
                         real_logits, grad = net_r1(r)
@@ -377,15 +439,18 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
                 if r1:
                     loss = loss + (r1_penalty(real_logits, r) if net_r1 is None else gradient_penalty(grad))
                 torch.autograd.backward(loss, inputs=params)
+                if fake_vjp is not None:  # the fake term's weight gradients, taken in the fake pass
+                    for name_p, p in disc.named_parameters():
+                        p.grad += fake_grads[name_p]
             row = {"section": "stage2", "net": "discriminator", "variant": name, "batch": batch, "channels": width,
                    "compiled": compiled, "channels_last": nhwc, "blur": blur, "cudnn_benchmark": cudnn_bench}
             try:
                 row["trainer_ms"] = timer(trainer_passes) * 1e3
                 if not compiled or blur == "function":
                     row["r1_ms"] = timer(lambda: trainer_passes(True)) * 1e3
-                if device.type == "cuda" and name in ("eager", "compiled", "compiled-nhwc"):
+                if device.type == "cuda" and name in ("eager", "compiled", "compiled-nhwc", "compiled-vjp"):
                     row["kernels"] = top_kernels(trainer_passes)
-                if device.type == "cuda" and name in ("eager", "compiled-r1graph"):
+                if device.type == "cuda" and name in ("eager", "compiled-r1graph", "compiled-r1prune"):
                     row["r1_kernels"] = top_kernels(lambda: trainer_passes(True))
             except Exception as err:  # noqa: BLE001
                 row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
