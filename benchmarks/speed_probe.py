@@ -275,20 +275,17 @@ DISC_VARIANTS = {
     "eager-pool-nhwc": (False, True, "pool", True),
     "compiled": (True, False, "function", True),
     "compiled-r1graph": (True, False, "function", True),
-    "compiled-r1prune": (True, False, "function", True),
     "compiled-vjp": (True, False, "function", True),
     "compiled-nhwc": (True, True, "function", True),
     "compiled-convblur": (True, False, "conv", True),
 }
 
 
-def compiled_r1(disc, prune: bool = False):
+def compiled_r1(disc):
     """R1's pass as one compiled graph: x -> (logits, d sum(logits) / dx), the gradient taken by
     torch.func.grad inside the graph and itself differentiable to the weights (autograd.grad with
     create_graph through a compiled graph is refused). Measured slower than the eager double
-    backward in a real run (NOTES, 2026-12-03, fourth session), so the trainer does not use it.
-    prune: with prune_conv_backward (func.grad's convolution backwards also compute the weight
-    gradients, which that graph never uses)."""
+    backward in a real run (NOTES, 2026-12-03, fourth session), so the trainer does not use it."""
     import torch
 
     def with_gradient(x):
@@ -298,10 +295,9 @@ def compiled_r1(disc, prune: bool = False):
         grad, logits = torch.func.grad(total, has_aux=True)(x)
         return logits, grad
     fn = torch.compile(with_gradient, dynamic=False)
-    options = {"post_grad_custom_post_pass": prune_conv_backward()} if prune else {}
 
     def run(x):
-        with torch._functorch.config.patch(donated_buffer=False), torch._inductor.config.patch(**options):
+        with torch._functorch.config.patch(donated_buffer=False):
             return fn(x)
     return run
 
@@ -409,7 +405,7 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
         net = disc.compiled() if compiled else disc
         # R1's pass: the module's own double backward (as the trainer runs it), or ("-r1graph") compiled
         # with the input gradient taken by torch.func.grad inside the graph.
-        net_r1 = compiled_r1(disc, prune=name.endswith("-r1prune")) if name.endswith(("-r1graph", "-r1prune")) else None
+        net_r1 = compiled_r1(disc) if name.endswith("-r1graph") else None
         fake_vjp = compiled_fake_vjp(disc) if name == "compiled-vjp" else None
         params = list(disc.parameters())
         for batch in batches:
@@ -450,7 +446,7 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
                     row["r1_ms"] = timer(lambda: trainer_passes(True)) * 1e3
                 if device.type == "cuda" and name in ("eager", "compiled", "compiled-nhwc", "compiled-vjp"):
                     row["kernels"] = top_kernels(trainer_passes)
-                if device.type == "cuda" and name in ("eager", "compiled-r1graph", "compiled-r1prune"):
+                if device.type == "cuda" and name in ("eager", "compiled-r1graph"):
                     row["r1_kernels"] = top_kernels(lambda: trainer_passes(True))
             except Exception as err:  # noqa: BLE001
                 row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
