@@ -279,6 +279,16 @@ DISC_VARIANTS = {
     "compiled-nhwc": (True, True, "function", True),
     "compiled-convblur": (True, False, "conv", True),
 }
+# LPIPS variants of the stage2 section: name -> (compiled, channels-last inputs).
+LPIPS_VARIANTS = {"eager": (False, False), "compiled": (True, False), "compiled-nhwc": (True, True)}
+
+
+def variant_names(arg: str, table: dict, flag: str) -> list[str]:
+    """The names in a comma list (empty entries dropped), each checked against its table."""
+    names = [n for n in arg.split(",") if n]
+    if set(names) - set(table):
+        raise SystemExit(f"{flag} {sorted(set(names) - set(table))}: choose from {list(table)}")
+    return names
 
 
 def compiled_r1(disc):
@@ -383,9 +393,8 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
     batches = [2] if smoke else [128]
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     width = 8 if smoke else TrainConfig().loss.disc_channels  # the shipped width (loss.disc_channels)
-    names = ("eager", "eager-pool") if smoke else [n for n in args.disc_variants.split(",") if n]  # compiling: tests/losses
-    if set(names) - set(DISC_VARIANTS):
-        raise SystemExit(f"--disc-variants {sorted(set(names) - set(DISC_VARIANTS))}: choose from {list(DISC_VARIANTS)}")
+    # Smoke: no compiled variants (tests/losses compiles the discriminator).
+    names = ("eager", "eager-pool") if smoke else variant_names(args.disc_variants, DISC_VARIANTS, "--disc-variants")
     bench_before = torch.backends.cudnn.benchmark
     for name in names:
         compiled, nhwc, blur, cudnn_bench = DISC_VARIANTS[name]
@@ -452,10 +461,7 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
                 row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
             rec.add(row)
     torch.backends.cudnn.benchmark = bench_before
-    lpips_names = ["eager"] if smoke else [n for n in args.lpips_variants.split(",") if n]
-    if set(lpips_names) - set(LPIPS_VARIANTS):
-        raise SystemExit(f"--lpips-variants {sorted(set(lpips_names) - set(LPIPS_VARIANTS))}: choose from "
-                         f"{list(LPIPS_VARIANTS)}")
+    lpips_names = ["eager"] if smoke else variant_names(args.lpips_variants, LPIPS_VARIANTS, "--lpips-variants")
     for name in lpips_names:
         compiled, nhwc = LPIPS_VARIANTS[name]
         torch._dynamo.reset()
@@ -481,9 +487,6 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
                 row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
             rec.add(row)
 
-
-# LPIPS variants of the stage2 section: name -> (compiled, channels-last inputs).
-LPIPS_VARIANTS = {"eager": (False, False), "compiled": (True, False), "compiled-nhwc": (True, True)}
 
 START = time.perf_counter()
 

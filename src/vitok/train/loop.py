@@ -518,14 +518,16 @@ class Trainer:
             evaluated = ((t.eval_every and done % t.eval_every == 0) or boundary) and done != c.total_steps
             if evaluated:
                 decision = self.guard_evaluation(done, boundary, logger)
-            if t.image_every and done % t.image_every == 0:
+            imaged = bool(t.image_every) and done % t.image_every == 0
+            if imaged:
                 self.write_reconstructions()
             # A stage-2 evaluation (and the reference) always comes with a checkpoint, so that
             # whatever the selection rule picks can be exported.
-            saved = done % t.checkpoint_every == 0 or done == c.total_steps or (evaluated and (boundary or self.stage == 2))
+            saved = (done % t.checkpoint_every == 0 or done == c.total_steps
+                     or (evaluated and (boundary or self.stage == 2)))
             if saved:
                 self.save()
-            if saved or evaluated or (t.image_every and done % t.image_every == 0):
+            if saved or evaluated or imaged:
                 clock.reset()  # the gap before the next step is this work, not waiting for data
             if decision == "stop":
                 self.stopped_early = f"the stage-2 guard stopped the run at step {done} (see guard events)"

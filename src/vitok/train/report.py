@@ -286,7 +286,7 @@ def write_run_report(trainer, exported_eval: dict, data_info: dict, selection: d
     config, run_dir = trainer.config, trainer.run_dir
     throughput = [r["images_per_second"] for r in trainer.history if r.get("images_per_second")]
     waits = [r["data_wait"] for r in trainer.history if "data_wait" in r]
-    idles = [r["gpu_idle"] for r in trainer.history if r.get("gpu_idle") is not None]
+    idles = [r["gpu_idle"] for r in trainer.history if "gpu_idle" in r]  # CUDA only: absent elsewhere
     params = trainer.model.num_params()
     init = config.model.init
     document = {
