@@ -70,6 +70,8 @@ def build(args: argparse.Namespace, device: torch.device) -> tuple[ViTok, torch.
         model = ViTok.from_name(args.variant, channels=args.channels, image_size=args.size)
         x = torch.rand(args.batch, 3, args.size, args.size) * 2 - 1
     model = model.to(device)
+    if args.kernels != "torch":
+        model.set_kernels(args.kernels)
     if device.type == "cuda":
         model.amp_dtype = torch.bfloat16
     return model, x.to(device)
@@ -152,6 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="train: MSE + KL model step; infer: encode + decode; lpips / stage2: the trainer's step")
     parser.add_argument("--r1", action="store_true", help="stage2: profile a step that runs lazy R1")
     parser.add_argument("--disc-channels", type=int, default=0, help="stage2: loss.disc_channels (0 = shipped)")
+    parser.add_argument("--kernels", choices=("torch", "triton"), default="torch",
+                        help="train/infer: model.kernels (triton: model/kernels.py's fused kernels)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block (= --scope blocks)")
     parser.add_argument("--scope", choices=("none", "blocks", "stacks", "full"), default="none",
                         help="what is compiled: each block, each Transformer stack, or the whole step function")

@@ -36,9 +36,12 @@ sys.path.insert(0, str(ROOT))  # timing.py, also when loaded by path (the tests)
 # name -> (compile scope, residual dtype, attention backend, batch multiplier, compile mode)
 VARIANTS = {
     "eager": ("none", "float32", "default", 1, None),
+    "eager-bf16": ("none", "bfloat16", "default", 1, None),
+    "eager-bf16-x2": ("none", "bfloat16", "default", 2, None),
     "blocks": ("blocks", "float32", "default", 1, None),
     "stacks": ("stacks", "float32", "default", 1, None),
     "stacks-bf16": ("stacks", "bfloat16", "default", 1, None),
+    "stacks-bf16-x2": ("stacks", "bfloat16", "default", 2, None),
     "full": ("full", "float32", "default", 1, None),
     "full-bf16": ("full", "bfloat16", "default", 1, None),
     "full-bf16-cudnn": ("full", "bfloat16", "cudnn", 1, None),

@@ -150,6 +150,9 @@ def test_rope_qkv_kernel_forward_and_backward(heads, d, grid, dtype):
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     close(out, ref_out, tol)
     close(grad, ref_grad, tol)
+    # v is the QKV output's own storage (a strided view), not a copy.
+    v = kernels._RopeQKV.apply(qkv, cos, sin, heads)[2]
+    assert v.untyped_storage().data_ptr() == qkv.untyped_storage().data_ptr()
 
 
 @needs_triton
@@ -167,6 +170,26 @@ def test_transformer_with_kernels_matches_without():
     stack.set_kernels(True)
     got, got_grad = grads(lambda x: stack(x, rope), x)
     close(got, out, 1e-5)
+    close(got_grad, grad, 1e-4)
+    close([p.grad for p in stack.parameters()], want_params, 1e-4)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="torch.compile of the Triton kernels needs CUDA")
+def test_compiled_transformer_with_kernels_matches_eager():
+    # Under torch.compile the kernels run inside the graph (dynamo traces the autograd functions and
+    # their launches), and v leaves the RoPE function as a view of its input.
+    torch.manual_seed(0)
+    stack = Transformer(128, 3, 2).to(DEVICE)
+    stack.set_kernels(True)
+    rope = tuple(t.to(DEVICE) for t in rope_for((4, 5), 64))
+    x = torch.randn(3, 20, 128, device=DEVICE)
+    out, grad = grads(lambda x: stack(x, rope), x)
+    want_params = [p.grad.clone() for p in stack.parameters()]
+    stack.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(stack, fullgraph=True)
+    got, got_grad = grads(lambda x: compiled(x, rope), x)
+    close(got, out, 1e-4)
     close(got_grad, grad, 1e-4)
     close([p.grad for p in stack.parameters()], want_params, 1e-4)
 
