@@ -150,9 +150,6 @@ def test_rope_qkv_kernel_forward_and_backward(heads, d, grid, dtype):
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     close(out, ref_out, tol)
     close(grad, ref_grad, tol)
-    # v is the QKV output's own storage (a strided view), not a copy.
-    v = kernels._RopeQKV.apply(qkv, cos, sin, heads)[2]
-    assert v.untyped_storage().data_ptr() == qkv.untyped_storage().data_ptr()
 
 
 @needs_triton
@@ -177,7 +174,7 @@ def test_transformer_with_kernels_matches_without():
 @pytest.mark.skipif(not ON_GPU, reason="torch.compile of the Triton kernels needs CUDA")
 def test_compiled_transformer_with_kernels_matches_eager():
     # Under torch.compile the kernels run inside the graph (dynamo traces the autograd functions and
-    # their launches), and v leaves the RoPE function as a view of its input.
+    # their launches).
     torch.manual_seed(0)
     stack = Transformer(128, 3, 2).to(DEVICE)
     stack.set_kernels(True)

@@ -174,16 +174,15 @@ if triton is not None:
         tl.store(DGU + row * 2 * Hd + Hd + cols, (do * g * s).to(DGU.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _rope_rows(SRC, DST, COS, SIN, NTOK, L, HD, P, src_tok, src_part, dst_tok, dst_part, sign,
+    def _rope_rows(SRC, src_off, src_tok, DST, dst_off, dst_tok, COS, SIN, NTOK, L, HD, P,
                    NH: tl.constexpr, ROTATE: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
-        # BT tokens × every head of one part (program axis 1) per program: row t's head h starts at
-        # t·src_tok + part·src_part + h·HD in SRC and t·dst_tok + part·dst_part + h·HD in DST. Pair
-        # j < P rotates with j + P: y_j = x_j c - sign·x_{j+P} s, y_{j+P} = x_{j+P} c + sign·x_j s;
-        # channels from 2P on (odd head widths) pass through, and everything when not ROTATE (v's
-        # gradient). The cos/sin tile is loaded once and serves every head; a program's loads and
-        # stores are whole head rows, and the partner's lie in the same cache lines.
+        # BT tokens × every head per program: token t's head h starts at src_off + t·src_tok + h·HD in
+        # SRC and at dst_off + t·dst_tok + h·HD in DST. Pair j < P rotates with j + P:
+        # y_j = x_j c - x_{j+P} s, y_{j+P} = x_{j+P} c + x_j s (the inverse rotation gets -sin);
+        # channels from 2P on (odd head widths) pass through, and everything when not ROTATE (v). The
+        # cos/sin tile is loaded once for every head; loads and stores are whole head rows, and a
+        # partner lies in the same cache lines as its pair.
         t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)[:, None]
-        part = tl.program_id(1).to(tl.int64)
         j = tl.arange(0, BD)[None, :]
         mask = (t < NTOK) & (j < HD)
         if ROTATE:
@@ -196,9 +195,9 @@ if triton is not None:
         l = t % L
         c = tl.load(COS + l * P + k, mask=mask & rot, other=1.0).to(tl.float32)
         s = tl.load(SIN + l * P + k, mask=mask & rot, other=0.0).to(tl.float32)
-        s = tl.where(rot, tl.where(first, -s, s), 0.0) * sign
-        src = SRC + t * src_tok + part * src_part
-        dst = DST + t * dst_tok + part * dst_part
+        s = tl.where(rot, tl.where(first, -s, s), 0.0)
+        src = SRC + src_off + t * src_tok
+        dst = DST + dst_off + t * dst_tok
         for h in tl.static_range(NH):  # a model has two head counts at most: unrolled
             x = tl.load(src + h * HD + j, mask=mask, other=0.0).to(tl.float32)
             xp = tl.load(src + h * HD + partner, mask=mask, other=0.0).to(tl.float32)
@@ -275,16 +274,15 @@ class _SiluMul(torch.autograd.Function):
 _ROPE_TOKENS = 32  # tokens per program: 32 × 64 channels per tile at d = 64
 
 
-def _rope_launch(src, dst, cos, sin, ntok, L, heads, d, parts, src_strides, dst_strides, sign, rotate):
-    _rope_rows[(triton.cdiv(ntok, _ROPE_TOKENS), parts)](
-        src, dst, cos, sin, ntok, L, d, cos.shape[-1], *src_strides, *dst_strides, sign, NH=heads, ROTATE=rotate,
-        BT=_ROPE_TOKENS, BD=triton.next_power_of_2(d))
+def _rope_launch(src, src_off, src_tok, dst, dst_off, dst_tok, cos, sin, ntok, L, heads, d, rotate):
+    # Whole tensors and element offsets, never sliced views: a view handed to a user kernel that
+    # writes through it is what torch.compile's functionalisation would have to copy.
+    _rope_rows[(triton.cdiv(ntok, _ROPE_TOKENS),)](
+        src, src_off, src_tok, dst, dst_off, dst_tok, cos, sin, ntok, L, d, cos.shape[-1], NH=heads,
+        ROTATE=rotate, BT=_ROPE_TOKENS, BD=triton.next_power_of_2(d))
 
 
 class _RopeQKV(torch.autograd.Function):
-    # Forward: q and k rotated into one 2×B×L×H×d buffer by one launch; v is a view of the QKV output
-    # (token-major already), so it is never copied. Backward: dq and dk rotated back, dv copied, into
-    # the B×L×3D gradient of the QKV output.
     @staticmethod
     def forward(ctx, qkv, cos, sin, heads):
         qkv = qkv.contiguous()
@@ -292,26 +290,25 @@ class _RopeQKV(torch.autograd.Function):
         D = three_d // 3
         d = D // heads
         cos, sin = cos.float().contiguous(), sin.float().contiguous()
-        qk = torch.empty(2, B, L, heads, d, dtype=qkv.dtype, device=qkv.device)
-        _rope_launch(qkv, qk, cos, sin, B * L, L, heads, d, 2, (3 * D, D), (D, B * L * D), 1.0, True)
-        ctx.save_for_backward(cos, sin)
+        outs = []
+        for part in range(3):
+            out = torch.empty(B, L, heads, d, dtype=qkv.dtype, device=qkv.device)
+            _rope_launch(qkv, part * D, 3 * D, out, 0, D, cos, sin, B * L, L, heads, d, part < 2)
+            outs.append(out)
+        ctx.save_for_backward(cos, -sin)  # the inverse rotation
         ctx.dims = (B, L, heads, d)
-        return qk[0], qk[1], qkv.view(B, L, 3, heads, d)[:, :, 2]
+        return tuple(outs)
 
     @staticmethod
     def backward(ctx, dq, dk, dv):
-        cos, sin = ctx.saved_tensors
+        cos, neg_sin = ctx.saved_tensors
         B, L, heads, d = ctx.dims
         D = heads * d
         ref = next(g for g in (dq, dk, dv) if g is not None)
         dqkv = torch.empty(B, L, 3 * D, dtype=ref.dtype, device=ref.device)
         for part, g in enumerate((dq, dk, dv)):
-            if g is None:
-                dqkv.view(B, L, 3, D)[:, :, part].zero_()
-                continue
-            g = g.contiguous()  # the inverse rotation for q and k; v's gradient is copied
-            _rope_launch(g, dqkv[..., part * D:], cos, sin, B * L, L, heads, d, 1, (D, 0), (3 * D, 0), -1.0,
-                         part < 2)
+            g = torch.zeros_like(ref) if g is None else g.contiguous()
+            _rope_launch(g, 0, D, dqkv, part * D, 3 * D, cos, neg_sin, B * L, L, heads, d, part < 2)
         return dqkv, None, None, None
 
 
