@@ -174,34 +174,33 @@ if triton is not None:
         tl.store(DGU + row * 2 * Hd + Hd + cols, (do * g * s).to(DGU.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _rope_rows(SRC, src_off, src_tok, DST, dst_off, dst_tok, COS, SIN, NTOK, L, HD, P,
-                   NH: tl.constexpr, ROTATE: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
-        # BT tokens × every head per program: token t's head h starts at src_off + t·src_tok + h·HD in
-        # SRC and at dst_off + t·dst_tok + h·HD in DST. Pair j < P rotates with j + P:
-        # y_j = x_j c - x_{j+P} s, y_{j+P} = x_{j+P} c + x_j s (the inverse rotation gets -sin);
-        # channels from 2P on (odd head widths) pass through, and everything when not ROTATE (v). The
-        # cos/sin tile is loaded once for every head; loads and stores are whole head rows, and a
-        # partner lies in the same cache lines as its pair.
-        t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)[:, None]
+    def _rope_layout(SRC, DST, COS, SIN, L, NH, HD, P, part, sign, ROTATE: tl.constexpr, TO_HEADS: tl.constexpr,
+                     BH: tl.constexpr, BD: tl.constexpr):
+        # One token's heads of one of q/k/v. TO_HEADS: B×L×3D -> B×L×H×d (forward); else the reverse.
+        # Pair j < P rotates with j + P: y_j = x_j c - sign·x_{j+P} s, y_{j+P} = x_{j+P} c + sign·x_j s;
+        # channels from 2P on (odd head widths) and v pass through unrotated.
+        tok = tl.program_id(0).to(tl.int64)
+        b, l = tok // L, tok % L
+        h = tl.arange(0, BH)[:, None]
         j = tl.arange(0, BD)[None, :]
-        mask = (t < NTOK) & (j < HD)
-        if ROTATE:
+        mask = (h < NH) & (j < HD)
+        if ROTATE:  # q and k; v (part 2) passes through
             rot = j < 2 * P
         else:
             rot = j < 0
         first = j < P
         partner = tl.where(rot, tl.where(first, j + P, j - P), j)
         k = tl.where(first, j, j - P)
-        l = t % L
         c = tl.load(COS + l * P + k, mask=mask & rot, other=1.0).to(tl.float32)
         s = tl.load(SIN + l * P + k, mask=mask & rot, other=0.0).to(tl.float32)
-        s = tl.where(rot, tl.where(first, -s, s), 0.0)
-        src = SRC + src_off + t * src_tok
-        dst = DST + dst_off + t * dst_tok
-        for h in tl.static_range(NH):  # a model has two head counts at most: unrolled
-            x = tl.load(src + h * HD + j, mask=mask, other=0.0).to(tl.float32)
-            xp = tl.load(src + h * HD + partner, mask=mask, other=0.0).to(tl.float32)
-            tl.store(dst + h * HD + j, (x * c + xp * s).to(DST.dtype.element_ty), mask=mask)
+        s = tl.where(rot, tl.where(first, -s, s), 0.0) * sign
+        D = NH * HD
+        flat = b * L * 3 * D + l * 3 * D + part * D + h * HD   # B×L×3D layout, channel 0 of head h
+        heads = ((b * L + l) * NH + h) * HD                    # B×L×H×d layout (token-major)
+        src_row, dst_row = (flat, heads) if TO_HEADS else (heads, flat)
+        x = tl.load(SRC + src_row + j, mask=mask, other=0.0).to(tl.float32)
+        xp = tl.load(SRC + src_row + partner, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DST + dst_row + j, (x * c + xp * s).to(DST.dtype.element_ty), mask=mask)
 
 
 # ---- autograd functions ------------------------------------------------------------------------
@@ -271,15 +270,9 @@ class _SiluMul(torch.autograd.Function):
         return dgu
 
 
-_ROPE_TOKENS = 32  # tokens per program: 32 × 64 channels per tile at d = 64
-
-
-def _rope_launch(src, src_off, src_tok, dst, dst_off, dst_tok, cos, sin, ntok, L, heads, d, rotate):
-    # Whole tensors and element offsets, never sliced views: a view handed to a user kernel that
-    # writes through it is what torch.compile's functionalisation would have to copy.
-    _rope_rows[(triton.cdiv(ntok, _ROPE_TOKENS),)](
-        src, src_off, src_tok, dst, dst_off, dst_tok, cos, sin, ntok, L, d, cos.shape[-1], NH=heads,
-        ROTATE=rotate, BT=_ROPE_TOKENS, BD=triton.next_power_of_2(d))
+def _rope_launch(src, dst, cos, sin, B, L, heads, d, part, sign, to_heads):
+    _rope_layout[(B * L,)](src, dst, cos, sin, L, heads, d, cos.shape[-1], part, sign, ROTATE=part < 2,
+                           TO_HEADS=to_heads, BH=triton.next_power_of_2(heads), BD=triton.next_power_of_2(d))
 
 
 class _RopeQKV(torch.autograd.Function):
@@ -287,28 +280,26 @@ class _RopeQKV(torch.autograd.Function):
     def forward(ctx, qkv, cos, sin, heads):
         qkv = qkv.contiguous()
         B, L, three_d = qkv.shape
-        D = three_d // 3
-        d = D // heads
+        d = three_d // 3 // heads
         cos, sin = cos.float().contiguous(), sin.float().contiguous()
         outs = []
         for part in range(3):
             out = torch.empty(B, L, heads, d, dtype=qkv.dtype, device=qkv.device)
-            _rope_launch(qkv, part * D, 3 * D, out, 0, D, cos, sin, B * L, L, heads, d, part < 2)
+            _rope_launch(qkv, out, cos, sin, B, L, heads, d, part, 1.0, True)
             outs.append(out)
-        ctx.save_for_backward(cos, -sin)  # the inverse rotation
+        ctx.save_for_backward(cos, sin)
         ctx.dims = (B, L, heads, d)
         return tuple(outs)
 
     @staticmethod
     def backward(ctx, dq, dk, dv):
-        cos, neg_sin = ctx.saved_tensors
+        cos, sin = ctx.saved_tensors
         B, L, heads, d = ctx.dims
-        D = heads * d
         ref = next(g for g in (dq, dk, dv) if g is not None)
-        dqkv = torch.empty(B, L, 3 * D, dtype=ref.dtype, device=ref.device)
+        dqkv = torch.empty(B, L, 3 * heads * d, dtype=ref.dtype, device=ref.device)
         for part, g in enumerate((dq, dk, dv)):
             g = torch.zeros_like(ref) if g is None else g.contiguous()
-            _rope_launch(g, 0, D, dqkv, part * D, 3 * D, cos, neg_sin, B * L, L, heads, d, part < 2)
+            _rope_launch(g, dqkv, cos, sin, B, L, heads, d, part, -1.0, False)  # the inverse rotation
         return dqkv, None, None, None
 
 
