@@ -18,8 +18,7 @@
 # stages   bench.py S-B/16@256 compiled: model-only, +LPIPS and stage-2 steps (the trainer's), then
 #          profile_step.py's kernel categories of the stage-2 step (plain and with R1)
 # disc     speed_probe.py's stage-2 section: the discriminator's passes compiled as the trainer runs them,
-#          the fake pass as one functional graph with pruned convolution backwards (compiled-vjp), R1 as
-#          one compiled graph (R1 kernel lists); top kernels; LPIPS compiled
+#          R1 as one compiled graph (R1 kernel lists); top kernels; LPIPS compiled
 # Every part writes under OUT_DIR; the parts are independent and bounded by `timeout`. SRC: another
 # copy of the package to run (a baseline from `git archive`), TAG: a suffix for the output names.
 set -uo pipefail
@@ -89,6 +88,6 @@ if has stages; then
 fi
 if has disc; then
     timeout 300 python3 benchmarks/speed_probe.py --sections stage2 --lpips-variants compiled \
-        --disc-variants compiled,compiled-vjp,compiled-r1graph \
+        --disc-variants compiled,compiled-r1graph \
         --out "$out/probe_disc$tag.json" 2>&1 | grep --line-buffered -v -i warn | cut -c1-300
 fi

@@ -278,7 +278,6 @@ DISC_VARIANTS = {
     "eager-pool-nhwc": (False, True, "pool", True),
     "compiled": (True, False, "function", True),
     "compiled-r1graph": (True, False, "function", True),
-    "compiled-vjp": (True, False, "function", True),
     "compiled-nhwc": (True, True, "function", True),
     "compiled-convblur": (True, False, "conv", True),
 }
@@ -297,8 +296,9 @@ def variant_names(arg: str, table: dict, flag: str) -> list[str]:
 def compiled_r1(disc):
     """R1's pass as one compiled graph: x -> (logits, d sum(logits) / dx), the gradient taken by
     torch.func.grad inside the graph and itself differentiable to the weights (autograd.grad with
-    create_graph through a compiled graph is refused). Measured slower than the eager double
-    backward in a real run (NOTES, 2026-12-03, fourth session), so the trainer does not use it."""
+    create_graph through a compiled graph is refused). The trainer does not use it: a real run's
+    windows put it slower than the eager double backward, this probe faster (NOTES, 2026-12-03,
+    fourth and sixth sessions); a same-call real-run A/B has not been made."""
     import torch
 
     def with_gradient(x):
@@ -312,58 +312,6 @@ def compiled_r1(disc):
     def run(x):
         with torch._functorch.config.patch(donated_buffer=False):
             return fn(x)
-    return run
-
-
-def prune_conv_backward():
-    """An inductor post-grad pass that asks each convolution_backward only for the gradients the graph
-    uses. A graph traced through torch.func (vjp, grad) keeps autograd's full output mask, so a pass
-    whose weight gradients are dead still computes them; inductor's dead-code elimination drops the
-    unused outputs but not the work."""
-    import operator
-
-    import torch
-    from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
-
-    class PruneConvBackward(CustomGraphPass):
-        def __call__(self, graph) -> None:
-            for node in graph.find_nodes(op="call_function", target=torch.ops.aten.convolution_backward.default):
-                if not all(user.target is operator.getitem for user in node.users):
-                    continue
-                used = {user.args[1] for user in node.users}
-                mask = [bool(m) and i in used for i, m in enumerate(node.args[-1])]
-                node.args = (*node.args[:-1], mask)
-
-        def uuid(self):
-            return get_hash_for_files((__file__,))
-    return PruneConvBackward()
-
-
-def compiled_fake_vjp(disc):
-    """The pass over the reconstructions as one compiled functional graph: one forward, then the
-    generator's input gradient and the discriminator's weight gradient (non-saturating losses) as
-    two vector-Jacobian products, with prune_conv_backward so that each computes only its own
-    gradients. x -> (logits, d gen_loss / dx, {name: d fake-term / d weight}). The trainer's compiled
-    graph computes the weight gradients in both of its backwards instead (NOTES)."""
-    import torch
-    import torch.nn.functional as F
-    from torch.func import functional_call, vjp
-
-    buffers = dict(disc.named_buffers())
-
-    def fake_pass(params, x):
-        logits, back = vjp(lambda p, inp: functional_call(disc, (p, buffers), (inp,)).float(), params, x)
-        u_g = torch.func.grad(lambda z: F.softplus(-z).mean())(logits.detach())
-        u_d = torch.func.grad(lambda z: F.softplus(z).mean())(logits.detach())
-        _, g_x = back(u_g)
-        g_w, _ = back(u_d)
-        return logits, g_x, g_w
-    fn = torch.compile(fake_pass, dynamic=False)
-    prune = prune_conv_backward()
-
-    def run(x):
-        with torch._inductor.config.patch(post_grad_custom_post_pass=prune):
-            return fn({k: v.detach() for k, v in disc.named_parameters()}, x)
     return run
 
 
@@ -418,7 +366,6 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
         # R1's pass: the module's own double backward (as the trainer runs it), or ("-r1graph") compiled
         # with the input gradient taken by torch.func.grad inside the graph.
         net_r1 = compiled_r1(disc) if name.endswith("-r1graph") else None
-        fake_vjp = compiled_fake_vjp(disc) if name == "compiled-vjp" else None
         params = list(disc.parameters())
         for batch in batches:
             real = torch.rand(batch, 3, size, size, device=device) * 2 - 1
@@ -428,15 +375,11 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
                 # As Trainer.train_step + disc_step run them: one pass over the reconstructions
                 # differentiated to them (generator) and to the weights (discriminator), one over the
                 # reals to the weights; with R1 the reals' pass is the module's own, double backward.
-                x_hat = fake.detach().requires_grad_(fake_vjp is None)
+                x_hat = fake.detach().requires_grad_()
                 r = real.detach().requires_grad_(r1 and net_r1 is None)
-                if fake_vjp is not None:  # one forward, the generator's and the weights' gradients inside
-                    with amp:
-                        fake_logits, _, fake_grads = fake_vjp(x_hat)
-                else:
-                    with amp:
-                        fake_logits = net(x_hat).float()
-                    torch.autograd.grad(generator_loss(fake_logits), x_hat, retain_graph=True)
+                with amp:
+                    fake_logits = net(x_hat).float()
+                torch.autograd.grad(generator_loss(fake_logits), x_hat, retain_graph=True)
                 with amp:
                     if r1 and net_r1 is not None:
                         real_logits, grad = net_r1(r)
@@ -447,16 +390,13 @@ def stage2_section(rec: Recorder, args, device, timer, smoke: bool) -> None:
                 if r1:
                     loss = loss + (r1_penalty(real_logits, r) if net_r1 is None else gradient_penalty(grad))
                 torch.autograd.backward(loss, inputs=params)
-                if fake_vjp is not None:  # the fake term's weight gradients, taken in the fake pass
-                    for name_p, p in disc.named_parameters():
-                        p.grad += fake_grads[name_p]
             row = {"section": "stage2", "net": "discriminator", "variant": name, "batch": batch, "channels": width,
                    "compiled": compiled, "channels_last": nhwc, "blur": blur, "cudnn_benchmark": cudnn_bench}
             try:
                 row["trainer_ms"] = timer(trainer_passes) * 1e3
                 if not compiled or blur == "function":
                     row["r1_ms"] = timer(lambda: trainer_passes(True)) * 1e3
-                if device.type == "cuda" and name in ("eager", "compiled", "compiled-nhwc", "compiled-vjp"):
+                if device.type == "cuda" and name in ("eager", "compiled", "compiled-nhwc"):
                     row["kernels"] = top_kernels(trainer_passes)
                 if device.type == "cuda" and name in ("eager", "compiled-r1graph"):
                     row["r1_kernels"] = top_kernels(lambda: trainer_passes(True))
