@@ -39,7 +39,9 @@ from vitok.train.optim import build_adamw  # noqa: E402
 # bucket (they mix norms, casts and elementwise work); its matmul templates ("triton_tem") count as matmul.
 # (Results before 2026-12-03 have one "matmul/conv" bucket for both.)
 CATEGORIES = (
-    ("attention", ("flash", "attention", "fmha", "sdpa", "cudnn_mha")),
+    # cuDNN attention's backward helpers (dO·O row sums, dQ's conversion) too; before 2026-12-03 they
+    # fell under "convolution" through their "cudnn::" prefix.
+    ("attention", ("flash", "attention", "fmha", "sdpa", "cudnn_mha", "compute_dot_do_o", "convert_dq")),
     ("optimizer", ("adam", "multi_tensor", "foreach")),
     # cuDNN's convolution kernels (fprop/dgrad/wgrad, implicit GEMMs, depthwise and layout helpers):
     # LPIPS and the discriminator in stage 2, apart from the Transformer's GEMMs.
@@ -125,6 +127,10 @@ def summarise(prof, steps: int, wall: float, device: torch.device, top: int) -> 
         # On the GPU only the kernels themselves count: the CPU-side op that launched a kernel reports
         # the same device time again. On the CPU the ops' self time is the work.
         if on_gpu and event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        # A record_function range (the optimizer's "Optimizer.step#AdamW.step") is drawn on the GPU
+        # timeline too and spans kernels already counted: until 2026-12-03 it counted twice.
+        if on_gpu and getattr(event, "is_user_annotation", False):
             continue
         us = event.self_device_time_total if on_gpu else event.self_cpu_time_total
         if us <= 0:
