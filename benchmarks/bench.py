@@ -191,7 +191,7 @@ class VitokTokenizer(Tokenizer):
     """vitok.model.ViTok: inference with bf16 weights (as the baselines), training under bf16 autocast."""
 
     def __init__(self, spec: Spec, device: torch.device, amp_dtype: torch.dtype | None,
-                 residual_dtype: torch.dtype = torch.float32) -> None:
+                 residual_dtype: torch.dtype = torch.float32, kernels: str = "torch") -> None:
         overrides = dict(channels=16, image_size=spec.size)
         if spec.frames > 1:
             overrides["frames"] = spec.frames
@@ -204,6 +204,8 @@ class VitokTokenizer(Tokenizer):
                 self.module = ViTok.from_name(spec.name, **overrides)
         self.amp_dtype = amp_dtype
         self.module.residual_dtype = residual_dtype
+        self.kernels = kernels  # model.kernels; the trainer's steps get it through their config
+        self.module.set_kernels(kernels)
         self.compiled = False
 
     def inference(self) -> None:
@@ -291,10 +293,10 @@ class DiffusersTokenizer(Tokenizer):
 
 
 def build_tokenizer(spec: Spec, device: torch.device, amp_dtype: torch.dtype | None, diffusers,
-                    residual_dtype: torch.dtype = torch.float32) -> Tokenizer:
+                    residual_dtype: torch.dtype = torch.float32, kernels: str = "torch") -> Tokenizer:
     """The row's tokenizer with random weights, built directly on `device`."""
     if spec.kind == "vitok":
-        return VitokTokenizer(spec, device, amp_dtype, residual_dtype)
+        return VitokTokenizer(spec, device, amp_dtype, residual_dtype, kernels)
     return DiffusersTokenizer(spec, device, amp_dtype, diffusers)
 
 
@@ -430,6 +432,7 @@ class TrainerStep:
         config.train.precision = "bf16" if amp_dtype == torch.bfloat16 else "fp32"
         config.train.stage2_steps = max(1, config.train.stage2_steps) if kind == "stage2" else 0
         config.model.residual_dtype = str(tok.module.residual_dtype).removeprefix("torch.")
+        config.model.kernels = tok.kernels
         config.model.compile = False  # the benchmark compiles the model itself (tok.compile)
         lo = config.loss
         lo.lpips_fraction, lo.disc_fraction, lo.require_lpips = lpips_fraction, disc_fraction, False
@@ -721,6 +724,7 @@ class Context:
     lpips_fraction: float = 1.0
     disc_fraction: float = 1.0
     residual_dtype: torch.dtype = torch.float32
+    kernels: str = "torch"  # ViTok rows' model.kernels
     compile_scope: str = "blocks"
     disc_channels: int = 0  # 0: the shipped loss.disc_channels
 
@@ -739,7 +743,7 @@ class Context:
 
 def measure_mode(spec: Spec, mode: str, counts: dict, ctx: Context, diffusers, compile_mode: str | None) -> dict:
     """Every measurement of one row in one mode, on a freshly built model."""
-    tok = build_tokenizer(spec, ctx.device, ctx.amp_dtype, diffusers, ctx.residual_dtype)
+    tok = build_tokenizer(spec, ctx.device, ctx.amp_dtype, diffusers, ctx.residual_dtype, ctx.kernels)
     steps = ("model",) if "train" in ctx.parts else ()
     if spec.kind == "vitok" and "stages" in ctx.parts:
         steps = (*steps, "lpips", "stage2")
@@ -945,6 +949,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="loss.disc_fraction for the stage-2 step (share of the batch the discriminator sees)")
     p.add_argument("--residual-dtype", choices=("float32", "bfloat16"), default="float32",
                    help="ViTok's residual stream under autocast in the training steps (model.residual_dtype)")
+    p.add_argument("--kernels", choices=("torch", "triton"), default="torch",
+                   help="ViTok rows' model.kernels (triton: model/kernels.py's fused kernels, where Triton runs)")
     p.add_argument("--disc-channels", type=int, default=0,
                    help="stage 2: the discriminator's base channels (loss.disc_channels; 0 = shipped default)")
     p.add_argument("--compile-scope", choices=("blocks", "stacks"), default="blocks",
@@ -1020,7 +1026,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(device, amp_dtype, timer, c["matmul_tflops"], args.parts, strict=args.smoke, errors=result["errors"],
                   channels_last=args.conv_layout == "channels_last", lpips_fraction=args.lpips_fraction,
                   disc_fraction=args.disc_fraction, residual_dtype=getattr(torch, args.residual_dtype),
-                  compile_scope=args.compile_scope, disc_channels=args.disc_channels)
+                  kernels=args.kernels, compile_scope=args.compile_scope, disc_channels=args.disc_channels)
 
     for spec in specs:
         print(f"{spec.key}: counting", flush=True)

@@ -17,12 +17,14 @@
 #          decode thread against a fixed batch (no loader processes)
 # stages   bench.py S-B/16@256 compiled: model-only, +LPIPS and stage-2 steps (the trainer's), then
 #          profile_step.py's kernel categories of the stage-2 step (plain and with R1)
+# fast     bench.py S-B/16@256 model-only training step (the trainer's), eager and compiled, with the settings
+#          that trained fastest in speed_probe (model.kernels=triton, bf16 residual stream), and without
 # disc     speed_probe.py's stage-2 section: the discriminator's passes compiled as the trainer runs them,
 #          R1 as one compiled graph (R1 kernel lists); top kernels; LPIPS compiled
 # Every part writes under OUT_DIR; the parts are independent and bounded by `timeout`. SRC: another
 # copy of the package to run (a baseline from `git archive`), TAG: a suffix for the output names.
 set -uo pipefail
-photos="$1"; out="$2"; parts="${3:-tests,loader,kernels,train,bench,probe,stages,disc}"
+photos="$1"; out="$2"; parts="${3:-tests,loader,kernels,train,bench,probe,stages,fast,disc}"
 work="${WORK:-/tmp/vitok-issue18}"; TRAIN_MINUTES="${TRAIN_MINUTES:-1.5}"
 mkdir -p "$work" "$out"
 export PYTHONPATH="${SRC:-$PWD/src}${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1; tag="${TAG:-}"
@@ -84,6 +86,14 @@ if has stages; then
     for r1 in "" "--r1"; do
         timeout 150 python3 benchmarks/profile_step.py --mode stage2 $r1 --scope stacks --batch 128 \
             --out "$out/profile_stage2${r1:+_r1}$tag.json" 2>&1 | grep --line-buffered -v -i warn | tail -n 10
+    done
+fi
+if has fast; then
+    for k in "triton bfloat16" "torch float32"; do
+        set -- $k
+        timeout 240 python3 benchmarks/bench.py --only S-B/16@256 --modes eager,compiled --parts train \
+            --compile-scope stacks --kernels "$1" --residual-dtype "$2" --out "$out/bench_train_$1_$2$tag.json" 2>&1 \
+            | grep --line-buffered -v -i warn | grep --line-buffered -A3 "^row .*mode"
     done
 fi
 if has disc; then

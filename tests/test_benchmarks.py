@@ -197,6 +197,18 @@ def test_vitok_steps_are_the_trainers_own(monkeypatch):
     assert stage2.trainer.stage == 2 and stage2.trainer.perceptual is not None
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="model.kernels=triton needs triton installed")
+def test_kernels_choice_reaches_the_model_and_the_trainers_config():
+    """--kernels triton: the model's blocks take the fused path, and the trainer that bench builds around
+    the model keeps it (Trainer sets the model's kernels from its config)."""
+    bench = load_bench()
+    spec = next(s for s in bench.SMOKE if s.kind == "vitok" and s.frames == 1)
+    tok = bench.build_tokenizer(spec, torch.device("cpu"), None, None, torch.float32, "triton")
+    step = bench.TrainerStep("model", tok, bench.random_pixels(spec, 2, torch.device("cpu")), spec, None)
+    assert step.trainer.config.model.kernels == "triton"
+    assert all(block.mlp.fused for block in tok.module.decoder.blocks)
+
+
 @pytest.mark.skipif(not HAS_DIFFUSERS, reason="diffusers not installed")
 def test_baselines_compile_their_encoder_and_decoder(monkeypatch):
     """Compiled mode compiles the baselines too (their encoder and decoder networks), for a fair ratio."""
