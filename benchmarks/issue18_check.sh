@@ -90,9 +90,10 @@ if has stages; then
 fi
 if has fast; then
     for k in "triton bfloat16" "torch float32"; do
-        set -- $k
+        read -r kern stream <<< "$k"
         timeout 240 python3 benchmarks/bench.py --only S-B/16@256 --modes eager,compiled --parts train \
-            --compile-scope stacks --kernels "$1" --residual-dtype "$2" --out "$out/bench_train_$1_$2$tag.json" 2>&1 \
+            --compile-scope stacks --kernels "$kern" --residual-dtype "$stream" \
+            --out "$out/bench_train_${kern}_$stream$tag.json" 2>&1 \
             | grep --line-buffered -v -i warn | grep --line-buffered -A3 "^row .*mode"
     done
 fi
