@@ -124,6 +124,24 @@ def test_add_rmsnorm_kernel_forward_and_backward(D, dtype, with_delta):
 
 
 @needs_triton
+def test_add_rmsnorm_kernel_gives_delta_its_own_gradient_copy_only_in_another_dtype():
+    # h = x + delta: one gradient for both. Same dtype: the very same tensor; a float32 stream with a
+    # bf16 branch output (autocast): the gradient cast to bf16 in the kernel, dx to within bf16's spacing
+    # (the interpreter's cast need not round as torch's does).
+    torch.manual_seed(0)
+    w = torch.rand(64, device=DEVICE) + 0.5
+    x = torch.randn(2, 9, 64, device=DEVICE, requires_grad=True)
+    for delta_dtype in (torch.float32, torch.bfloat16):
+        delta = torch.randn(2, 9, 64, device=DEVICE).to(delta_dtype).requires_grad_()
+        h, y = kernels._AddRMSNorm.apply(x, delta, w, 1e-6, torch.float32)
+        dx, ddelta = torch.autograd.grad((h * 0.5).sum() + (y * torch.randn_like(y)).sum(), (x, delta))
+        assert ddelta.dtype == delta_dtype
+        if delta_dtype == x.dtype:
+            assert ddelta.data_ptr() == dx.data_ptr()
+        torch.testing.assert_close(ddelta.float(), dx, rtol=2 ** -7, atol=0)
+
+
+@needs_triton
 @pytest.mark.parametrize("hidden, dtype", [(96, torch.float32), (1024, torch.float32), (40, torch.bfloat16)])
 def test_silu_mul_kernel_forward_and_backward(hidden, dtype):
     torch.manual_seed(0)

@@ -127,7 +127,7 @@ if triton is not None:
 
     @triton.jit
     def _add_rmsnorm_bwd(DY, DH, H, W, RSTD, DX, DDELTA, DW, N, D, ROWS: tl.constexpr, HAS_DH: tl.constexpr,
-                         HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+                         OWN_DDELTA: tl.constexpr, BLOCK: tl.constexpr):
         pid = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         mask = cols < D
@@ -147,7 +147,7 @@ if triton is not None:
             if HAS_DH:
                 dx += tl.load(DH + row * D + cols, mask=live, other=0.0).to(tl.float32)
             tl.store(DX + row * D + cols, dx.to(DX.dtype.element_ty), mask=live)
-            if HAS_DELTA:
+            if OWN_DDELTA:  # delta's gradient in its own dtype (else the caller reuses dx)
                 tl.store(DDELTA + row * D + cols, dx.to(DDELTA.dtype.element_ty), mask=live)
             dw += dy * n
         tl.store(DW + pid * D + cols, dw, mask=mask)
@@ -233,18 +233,22 @@ class _AddRMSNorm(torch.autograd.Function):
         dy = dy.reshape(N, D).contiguous()
         dh = None if dh is None else dh.reshape(N, D).contiguous()
         dx = torch.empty_like(h)
-        ddelta = torch.empty(h.shape, dtype=ctx.delta_dtype, device=h.device) if ctx.has_delta else dx
+        # h = x + delta, so both get the same gradient: one tensor serves both unless delta's dtype
+        # differs (a float32 stream with bf16 branch outputs), which needs its own cast copy.
+        own_ddelta = ctx.has_delta and ctx.delta_dtype != h.dtype
+        ddelta = torch.empty(h.shape, dtype=ctx.delta_dtype, device=h.device) if own_ddelta else dx
         programs = max(1, min(N, 1024))  # a few per SM; each sums its rows' weight gradient
         rows = triton.cdiv(N, programs)
         programs = triton.cdiv(N, rows)
         dw = torch.empty(programs, D, dtype=torch.float32, device=h.device)
         _add_rmsnorm_bwd[(programs,)](dy, dh if dh is not None else dy, h, weight, rstd, dx, ddelta, dw, N, D,
-                                      ROWS=rows, HAS_DH=dh is not None, HAS_DELTA=ctx.has_delta,
+                                      ROWS=rows, HAS_DH=dh is not None, OWN_DDELTA=own_ddelta,
                                       BLOCK=triton.next_power_of_2(D))
         dweight = dw.sum(0).to(weight.dtype)
+        dx = dx.view(ctx.shape)
         if ctx.has_delta:
-            return dx.view(ctx.shape), ddelta.view(ctx.shape), dweight, None, None
-        return dx.view(ctx.shape), None, dweight, None, None
+            return dx, (ddelta.view(ctx.shape) if own_ddelta else dx), dweight, None, None
+        return dx, None, dweight, None, None
 
 
 class _SiluMul(torch.autograd.Function):
