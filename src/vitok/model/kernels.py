@@ -234,8 +234,10 @@ class _AddRMSNorm(torch.autograd.Function):
         dh = None if dh is None else dh.reshape(N, D).contiguous()
         dx = torch.empty_like(h)
         # h = x + delta, so both get the same gradient: one tensor serves both unless delta's dtype
-        # differs (a float32 stream with bf16 branch outputs), which needs its own cast copy.
-        own_ddelta = ctx.has_delta and ctx.delta_dtype != h.dtype
+        # differs (a float32 stream with bf16 branch outputs), which needs its own cast copy. Shared in
+        # eager only: a compiled backward keeps the form tested on the GPU, since a RoPE kernel that
+        # returned aliased tensors crashed a compiled step there, cause not found (benchmarks/NOTES.md).
+        own_ddelta = ctx.has_delta and (ctx.delta_dtype != h.dtype or torch.compiler.is_compiling())
         ddelta = torch.empty(h.shape, dtype=ctx.delta_dtype, device=h.device) if own_ddelta else dx
         programs = max(1, min(N, 1024))  # a few per SM; each sums its rows' weight gradient
         rows = triton.cdiv(N, programs)
