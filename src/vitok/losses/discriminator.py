@@ -274,7 +274,8 @@ class Discriminator(nn.Module):
         minibatch std around cuDNN's convolutions: 2.3x faster than the module's own passes in the
         trainer's pattern on an H200 (benchmarks/NOTES.md). A compiled graph has no double backward,
         so R1's pass calls the module itself (R1 through torch.func.grad inside a compiled graph
-        ran, but an R1 step cost about twice the eager one in a real run: NOTES). The graph's saved
+        runs, but the measurements disagree: a real run's windows put its R1 step at about twice the
+        eager one's cost, a probe of the passes alone at 0.82x; NOTES). The graph's saved
         tensors are not donated to its backward (functorch's donated_buffer): the trainer
         differentiates the pass over the reconstructions twice, to the decoder's output and to
         these weights (retain_graph).
