@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .kernels import add_rmsnorm, fused_now, rope_qkv, silu_mul
+from .kernels import add_rmsnorm, fused_now, linear, rope_qkv, silu_mul
 
 
 class RMSNorm(nn.Module):
@@ -47,6 +47,14 @@ def v2_swiglu_hidden(width: int, mlp_factor: float = 2.67) -> int:
     return 16 * ((int(width * mlp_factor) + 8) // 16)
 
 
+def fused_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) on the fused path: kernels.linear (float32 weight gradients from the GEMM) for a plain
+    bias-free nn.Linear; a subclass, a replaced module or one with hooks runs as itself."""
+    if type(layer) is nn.Linear and layer.bias is None and not (layer._forward_hooks or layer._forward_pre_hooks):
+        return linear(x, layer.weight)
+    return layer(x)
+
+
 class SwiGLU(nn.Module):
     """MLP with a SiLU-gated linear unit: W2(silu(W1 x) * W3 x)."""
 
@@ -59,7 +67,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused_now(self.fused):
-            return self.w2(silu_mul(self.w13(x)))
+            return fused_linear(self.w2, silu_mul(fused_linear(self.w13, x)))
         gate, up = self.w13(x).chunk(2, dim=-1)
         return self.w2(F.silu(gate) * up)
 
@@ -148,9 +156,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, L, D = x.shape
         if fused_now(self.fused) and rope is not None and isinstance(self.q_norm, nn.Identity):
-            q, k, v = rope_qkv(self.qkv(x), *rope, self.heads)
+            q, k, v = rope_qkv(fused_linear(self.qkv, x), *rope, self.heads)
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-            return self.proj(out.transpose(1, 2).reshape(B, L, D))
+            return fused_linear(self.proj, out.transpose(1, 2).reshape(B, L, D))
         # q, k and v stay in the token-major B×L×H×d layout of the QKV matmul's output and reach SDPA
         # as transposed views: v is never copied, RoPE writes q and k token-major, and flash and cuDNN
         # attention give their output in that layout too, so the reshape for the projection is a view

@@ -9,8 +9,11 @@ kernels cut the passes over them:
   matmul reads anyway). Backward: one pass per row for dx (= ddelta), with the weight's gradient
   summed per program and then over programs.
 - `silu_mul(gu)`: silu(g)·u from the fused W1/W3 output [g | u], and its backward into one [dg | du].
-- `rope_qkv(qkv, cos, sin, heads)`: the QKV matmul's B×L×3D output -> q, k (rotated) and v in the
-  B×H×L×d layout attention reads, in one pass; backward rotates back and writes B×L×3D.
+- `rope_qkv(qkv, cos, sin, heads)`: the QKV matmul's B×L×3D output -> q, k (rotated) and v, token-major
+  B×L×H×d (attention reads them transposed). Eager: q and k rotated inside that output, all three
+  handed on as views of it; compiled: written to three new buffers. Backward rotates back into B×L×3D.
+- `linear(x, weight)`: the blocks' matmuls under autocast, with the weight's gradient written by the
+  GEMM in float32 (autocast's would come out in bf16 and take a cast kernel per weight).
 
 Every op has a PyTorch reference (`*_reference`), the same arithmetic as the modules in blocks.py.
 The fused ops run the Triton kernels on CUDA tensors (and on CPU tensors under TRITON_INTERPRET=1,
@@ -32,7 +35,7 @@ except Exception:  # ImportError, or a triton that does not match this torch
     triton = None
 
 __all__ = ["triton_problem", "fused_now", "add_rmsnorm", "add_rmsnorm_reference", "silu_mul", "silu_mul_reference",
-           "rope_qkv", "rope_qkv_reference"]
+           "rope_qkv", "rope_qkv_reference", "linear"]
 
 
 def triton_problem() -> str | None:
@@ -203,6 +206,27 @@ if triton is not None:
         tl.store(DST + dst_row + j, (x * c + xp * s).to(DST.dtype.element_ty), mask=mask)
 
 
+    @triton.jit
+    def _rope_qk_inplace(QKV, COS, SIN, L, NH, HD, P, BH: tl.constexpr, BP: tl.constexpr):
+        # One token's q and k (parts 0 and 1 of its B×L×3D row) rotated where they lie; v is not touched.
+        # The halves x1 = channels [0, P) and x2 = [P, 2P) of a head are loaded as two tiles of one shape,
+        # so the thread that stores channel j and j + P is the one that loaded both: no other thread
+        # reads what it overwrites.
+        tok = tl.program_id(0).to(tl.int64)
+        l = tok % L
+        h = tl.arange(0, BH)[:, None]
+        j = tl.arange(0, BP)[None, :]
+        mask = (h < NH) & (j < P)
+        c = tl.load(COS + l * P + j, mask=j < P, other=1.0).to(tl.float32)
+        s = tl.load(SIN + l * P + j, mask=j < P, other=0.0).to(tl.float32)
+        for part in tl.static_range(2):
+            ptr = QKV + tok * 3 * NH * HD + part * NH * HD + h * HD + j
+            x1 = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+            x2 = tl.load(ptr + P, mask=mask, other=0.0).to(tl.float32)
+            tl.store(ptr, (x1 * c - x2 * s).to(QKV.dtype.element_ty), mask=mask)
+            tl.store(ptr + P, (x1 * s + x2 * c).to(QKV.dtype.element_ty), mask=mask)
+
+
 # ---- autograd functions ------------------------------------------------------------------------
 
 
@@ -309,6 +333,61 @@ class _RopeQKV(torch.autograd.Function):
         return dqkv, None, None, None
 
 
+class _RopeQKVInPlace(_RopeQKV):
+    """The eager form: q and k rotated inside the QKV matmul's output, q, k and v handed on as views of it.
+
+    Against _RopeQKV the forward moves 4D instead of 6D elements per token (v is never copied, q and k
+    are not written to new buffers) in one launch, and holds no more memory: attention keeps the three
+    views (one 3D buffer) where it kept three D buffers. The output of the QKV matmul is consumed: its
+    backward needs only its input and weight, and nothing else reads it. The backward is _RopeQKV's.
+    Under torch.compile _RopeQKV runs instead: returning views of an input is what crashed a compiled
+    step on the GPU with an earlier kernel (benchmarks/NOTES.md).
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, cos, sin, heads):
+        qkv = qkv.contiguous()
+        B, L, three_d = qkv.shape
+        d = three_d // 3 // heads
+        cos, sin = cos.float().contiguous(), sin.float().contiguous()
+        P = cos.shape[-1]
+        _rope_qk_inplace[(B * L,)](qkv, cos, sin, L, heads, d, P, BH=triton.next_power_of_2(heads),
+                                   BP=triton.next_power_of_2(P))
+        ctx.save_for_backward(cos, sin)
+        ctx.dims = (B, L, heads, d)
+        return qkv.view(B, L, 3, heads, d).unbind(2)
+
+
+def _weight_grad(dy: torch.Tensor, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """dyᵀ·x (N×M, N×K -> M×K) in dtype, straight from the GEMM where the build has mm's out_dtype."""
+    if dy.is_cuda and dy.dtype in (torch.float16, torch.bfloat16) and dtype == torch.float32:
+        try:
+            return torch.mm(dy.t(), x, out_dtype=dtype)
+        except (RuntimeError, TypeError, NotImplementedError):  # an older build: the cast below
+            pass
+    return (dy.t() @ x).to(dtype)
+
+
+class _Linear(torch.autograd.Function):
+    # x·wᵀ in x's (autocast) dtype with weight kept in its own. Autocast saves the same low-precision
+    # copy of the weight; what differs is the weight's gradient: written by the GEMM in float32 instead
+    # of in bf16 and then cast (one more read and write of every weight per step).
+    @staticmethod
+    def forward(ctx, x, weight):
+        w = weight.to(x.dtype)
+        ctx.save_for_backward(x, w)
+        ctx.weight_dtype = weight.dtype
+        return torch.nn.functional.linear(x, w)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        dy = dy.to(x.dtype)
+        dx = dy @ w if ctx.needs_input_grad[0] else None
+        dw = _weight_grad(dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1]), ctx.weight_dtype)
+        return dx, dw
+
+
 # ---- the ops -----------------------------------------------------------------------------------------
 
 
@@ -338,4 +417,17 @@ def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int
     q and k rotated (blocks.apply_rope's pairs)."""
     if not _use_triton(qkv):
         return rope_qkv_reference(qkv, cos, sin, heads)
-    return _RopeQKV.apply(qkv, cos, sin, heads)
+    if torch.compiler.is_compiling():
+        return _RopeQKV.apply(qkv, cos, sin, heads)
+    return _RopeQKVInPlace.apply(qkv, cos, sin, heads)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """F.linear(x, weight) without bias. Under autocast, with a float32 weight that takes a gradient and
+    outside torch.compile (inductor plans its own casts), it runs as _Linear: the same product, with the
+    weight's gradient computed into float32 by the GEMM rather than cast from bf16 afterwards."""
+    device = x.device.type
+    if (torch.is_autocast_enabled(device) and weight.dtype == torch.float32 and weight.requires_grad
+            and torch.is_grad_enabled() and not torch.compiler.is_compiling()):
+        return _Linear.apply(x.to(torch.get_autocast_dtype(device)), weight)
+    return torch.nn.functional.linear(x, weight)
