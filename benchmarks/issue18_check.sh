@@ -19,12 +19,15 @@
 #          profile_step.py's kernel categories of the stage-2 step (plain and with R1)
 # fast     bench.py S-B/16@256 model-only training step (the trainer's), eager and compiled, with the settings
 #          that trained fastest in speed_probe (model.kernels=triton, bf16 residual stream), and without
+# tune     kernel_tune.py: every candidate launch shape of the memory-bound Triton kernels, then
+#          speed_probe.py's fastest training configuration with the shipped shapes and with the fastest
+#          ones (--tuning), interleaved twice, and the larger-batch and eager bf16-weight variants
 # disc     speed_probe.py's stage-2 section: the discriminator's passes compiled as the trainer runs them,
 #          R1 as one compiled graph (R1 kernel lists); top kernels; LPIPS compiled
 # Every part writes under OUT_DIR; the parts are independent and bounded by `timeout`. SRC: another
 # copy of the package to run (a baseline from `git archive`), TAG: a suffix for the output names.
 set -uo pipefail
-photos="$1"; out="$2"; parts="${3:-tests,loader,kernels,train,bench,probe,stages,fast,disc}"
+photos="$1"; out="$2"; parts="${3:-tests,loader,kernels,train,bench,probe,stages,fast,tune,disc}"
 work="${WORK:-/tmp/vitok-issue18}"; TRAIN_MINUTES="${TRAIN_MINUTES:-1.5}"
 mkdir -p "$work" "$out"
 export PYTHONPATH="${SRC:-$PWD/src}${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1; tag="${TAG:-}"
@@ -96,6 +99,21 @@ if has fast; then
             --out "$out/bench_train_${kern}_$stream$tag.json" 2>&1 \
             | grep --line-buffered -v -i warn | grep --line-buffered -A3 "^row .*mode"
     done
+fi
+if has tune; then
+    timeout 240 python3 benchmarks/kernel_tune.py --out "$out/kernel_tune$tag.json" --best "$out/kernel_best$tag.json" \
+        2>&1 | grep -v -i warn > "$out/kernel_tune$tag.log"
+    grep '"shipped": true' "$out/kernel_tune$tag.log"; cat "$out/kernel_best$tag.json"
+    probe() {  # name, then speed_probe arguments
+        local name="$1"; shift
+        timeout 150 python3 benchmarks/speed_probe.py --sections model --variant S-B/16 --size 256 --batch 128 \
+            --out "$out/probe_$name$tag.json" "$@" 2>&1 | grep --line-buffered -v -i warn | tail -n 4 | cut -c1-400
+    }
+    for i in 1 2; do
+        probe "shipped$i" --variants eager-bf16-x2+triton
+        probe "tuned$i" --variants eager-bf16-x2+triton --tuning "$out/kernel_best$tag.json"
+    done
+    probe batches --variants eager-bf16-x4+triton,eager-w16-x4+triton,stacks-w16-x4 --tuning "$out/kernel_best$tag.json"
 fi
 if has disc; then
     timeout 300 python3 benchmarks/speed_probe.py --sections stage2 --lpips-variants compiled \

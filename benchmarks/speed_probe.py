@@ -38,6 +38,7 @@ VARIANTS = {
     "eager": ("none", "float32", "default", 1, None),
     "eager-bf16": ("none", "bfloat16", "default", 1, None),
     "eager-bf16-x2": ("none", "bfloat16", "default", 2, None),
+    "eager-bf16-x4": ("none", "bfloat16", "default", 4, None),
     "blocks": ("blocks", "float32", "default", 1, None),
     "stacks": ("stacks", "float32", "default", 1, None),
     "stacks-bf16": ("stacks", "bfloat16", "default", 1, None),
@@ -54,6 +55,7 @@ VARIANTS = {
 }
 # Inference with bf16 weights (model.to(torch.bfloat16), no autocast), as bench.py runs it.
 VARIANTS.update({
+    "eager-w16-x4": ("none", "weights", "default", 4, None),
     "blocks-w16-x4": ("blocks", "weights", "default", 4, None),
     "stacks-w16-x4": ("stacks", "weights", "default", 4, None),
     "full-w16-x4": ("full", "weights", "default", 4, None),
@@ -450,6 +452,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget-s", type=float, default=math.inf, help="skip model variants after this")
     parser.add_argument("--infer-only", action="store_true", help="model section: no training step")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
+    parser.add_argument("--tuning", default="", help="JSON file of launch shapes for the Triton kernels "
+                        "(kernel name -> settings, as vitok.model.kernels.TUNING and kernel_tune.py's --best)")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     unknown = {v for v in args.variants.split(",") if split_variant(v)[0] not in VARIANTS}
@@ -457,6 +461,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     sys.path.insert(0, args.src)
     import torch
+
+    if args.tuning:
+        from vitok.model import kernels
+        kernels.TUNING.update(json.loads(Path(args.tuning).read_text()))
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     timer = make_timer(device)

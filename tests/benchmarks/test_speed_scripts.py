@@ -32,6 +32,17 @@ def test_speed_probe_smoke_measures_every_section(tmp_path):
     assert all(r["trainer_ms"] > 0 and r["r1_ms"] > 0 for r in disc)
 
 
+def test_kernel_tune_smoke_times_a_shape_of_each_kernel(tmp_path):
+    pytest.importorskip("triton")
+    rows = load("kernel_tune").main(["--smoke", "--out", str(tmp_path / "tune.json"), "--best",
+                                     str(tmp_path / "best.json")])
+    assert {r["kernel"] for r in rows} == {"add_rmsnorm_bwd", "silu_mul_fwd", "silu_mul_bwd"}
+    assert all("error" not in r and r["ms"] > 0 for r in rows), rows
+    assert json.loads((tmp_path / "tune.json").read_text())["results"] == rows
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert set(best) == {r["kernel"] for r in rows} and set(best["silu_mul_fwd"]) == {"r", "block", "num_warps"}
+
+
 def test_speed_probe_rejects_unknown_variants():
     with pytest.raises(SystemExit, match="unknown variants"):
         load("speed_probe").main(["--smoke", "--variants", "eager,turbo"])

@@ -220,6 +220,30 @@ def test_weight_gradient_comes_from_the_gemm_in_float32_on_cuda():
 
 
 @needs_triton
+@pytest.mark.parametrize("norm, gate", [({"programs": 3, "rb": 2, "num_warps": 4}, {"r": 4, "block": 16, "num_warps": 4}),
+                                        ({"programs": 2, "rb": 4, "num_warps": 8}, {"r": 2, "block": 64, "num_warps": 8})])
+def test_kernels_agree_with_the_references_at_other_launch_shapes(monkeypatch, norm, gate):
+    # The launch shapes benchmarks/kernel_tune.py chooses between: row tiles that do not divide the
+    # rows, channel tiles narrower than the width; each against float64 autograd of the references.
+    monkeypatch.setitem(kernels.TUNING, "add_rmsnorm_bwd", norm)
+    monkeypatch.setitem(kernels.TUNING, "silu_mul_fwd", gate)
+    monkeypatch.setitem(kernels.TUNING, "silu_mul_bwd", gate)
+    torch.manual_seed(0)
+    x, delta = torch.randn(2, 7, 48, device=DEVICE), torch.randn(2, 7, 48, device=DEVICE)
+    w = torch.randn(48, device=DEVICE)
+    out, grad = grads(lambda x, d, w: kernels._AddRMSNorm.apply(x, d, w, 1e-6, torch.float32), x, delta, w)
+    ref_out, ref_grad = grads(lambda x, d, w: add_rmsnorm_reference(x, d, w, 1e-6, torch.float64),
+                              x.double(), delta.double(), w.double())
+    close(out, ref_out, 1e-5)
+    close(grad, ref_grad, 1e-4)
+    gu = torch.randn(3, 5, 2 * 40, device=DEVICE)
+    out, grad = grads(kernels._SiluMul.apply, gu)
+    ref_out, ref_grad = grads(silu_mul_reference, gu.double())
+    close(out, ref_out, 1e-5)
+    close(grad, ref_grad, 1e-5)
+
+
+@needs_triton
 def test_transformer_with_kernels_matches_without():
     torch.manual_seed(0)
     stack = Transformer(48, 3, 4).to(DEVICE)

@@ -129,52 +129,53 @@ if triton is not None:
         tl.store(RSTD + row, rstd)
 
     @triton.jit
-    def _add_rmsnorm_bwd(DY, DH, H, W, RSTD, DX, DDELTA, DW, N, D, ROWS: tl.constexpr, HAS_DH: tl.constexpr,
-                         OWN_DDELTA: tl.constexpr, BLOCK: tl.constexpr):
+    def _add_rmsnorm_bwd(DY, DH, H, W, RSTD, DX, DDELTA, DW, N, D, ROWS: tl.constexpr, RB: tl.constexpr,
+                         HAS_DH: tl.constexpr, OWN_DDELTA: tl.constexpr, BLOCK: tl.constexpr):
+        # ROWS rows per program, RB of them per iteration as one RB×BLOCK tile (more loads in flight per
+        # program); the weight's gradient is summed over the program's rows.
         pid = tl.program_id(0)
-        cols = tl.arange(0, BLOCK)
-        mask = cols < D
-        w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+        cols = tl.arange(0, BLOCK)[None, :]
+        w = tl.load(W + cols, mask=cols < D, other=0.0).to(tl.float32)
         dw = tl.zeros([BLOCK], dtype=tl.float32)
-        for i in range(ROWS):
-            row = (pid * ROWS + i).to(tl.int64)
-            # Rows past N (the last program's tail) load zeros and store nothing. The mask is one
-            # comparison of a vector: masks built from scalars are refused by newer interpreters.
-            live = cols < tl.where(row < N, D, 0)
-            h = tl.load(H + row * D + cols, mask=live, other=0.0).to(tl.float32)
-            dy = tl.load(DY + row * D + cols, mask=live, other=0.0).to(tl.float32)
-            rstd = tl.load(RSTD + tl.minimum(row, N - 1))
+        for i in range(0, ROWS, RB):
+            rows = (pid * ROWS + i + tl.arange(0, RB)[:, None]).to(tl.int64)
+            # Rows past N (the last program's tail) load zeros and store nothing.
+            live = (rows < N) & (cols < D)
+            h = tl.load(H + rows * D + cols, mask=live, other=0.0).to(tl.float32)
+            dy = tl.load(DY + rows * D + cols, mask=live, other=0.0).to(tl.float32)
+            rstd = tl.load(RSTD + rows, mask=rows < N, other=0.0)
             n = h * rstd
             dn = dy * w
-            dx = rstd * (dn - n * (tl.sum(dn * n, axis=0) / D))
+            dx = rstd * (dn - n * (tl.sum(dn * n, axis=1)[:, None] / D))
             if HAS_DH:
-                dx += tl.load(DH + row * D + cols, mask=live, other=0.0).to(tl.float32)
-            tl.store(DX + row * D + cols, dx.to(DX.dtype.element_ty), mask=live)
+                dx += tl.load(DH + rows * D + cols, mask=live, other=0.0).to(tl.float32)
+            tl.store(DX + rows * D + cols, dx.to(DX.dtype.element_ty), mask=live)
             if OWN_DDELTA:  # delta's gradient in its own dtype (else the caller reuses dx)
-                tl.store(DDELTA + row * D + cols, dx.to(DDELTA.dtype.element_ty), mask=live)
-            dw += dy * n
-        tl.store(DW + pid * D + cols, dw, mask=mask)
+                tl.store(DDELTA + rows * D + cols, dx.to(DDELTA.dtype.element_ty), mask=live)
+            dw += tl.sum(dy * n, axis=0)
+        tl.store(DW + pid * D + tl.arange(0, BLOCK), dw, mask=tl.arange(0, BLOCK) < D)
 
     @triton.jit
-    def _silu_mul_fwd(GU, OUT, Hd, BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        mask = cols < Hd
-        g = tl.load(GU + row * 2 * Hd + cols, mask=mask, other=0.0).to(tl.float32)
-        u = tl.load(GU + row * 2 * Hd + Hd + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(OUT + row * Hd + cols, (g * tl.sigmoid(g) * u).to(OUT.dtype.element_ty), mask=mask)
+    def _silu_mul_fwd(GU, OUT, N, Hd, R: tl.constexpr, BLOCK: tl.constexpr):
+        # An R×BLOCK tile: R rows, BLOCK hidden channels of each.
+        rows = (tl.program_id(0) * R + tl.arange(0, R)[:, None]).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)[None, :]
+        mask = (rows < N) & (cols < Hd)
+        g = tl.load(GU + rows * 2 * Hd + cols, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(GU + rows * 2 * Hd + Hd + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(OUT + rows * Hd + cols, (g * tl.sigmoid(g) * u).to(OUT.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _silu_mul_bwd(DOUT, GU, DGU, Hd, BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        mask = cols < Hd
-        g = tl.load(GU + row * 2 * Hd + cols, mask=mask, other=0.0).to(tl.float32)
-        u = tl.load(GU + row * 2 * Hd + Hd + cols, mask=mask, other=0.0).to(tl.float32)
-        do = tl.load(DOUT + row * Hd + cols, mask=mask, other=0.0).to(tl.float32)
+    def _silu_mul_bwd(DOUT, GU, DGU, N, Hd, R: tl.constexpr, BLOCK: tl.constexpr):
+        rows = (tl.program_id(0) * R + tl.arange(0, R)[:, None]).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)[None, :]
+        mask = (rows < N) & (cols < Hd)
+        g = tl.load(GU + rows * 2 * Hd + cols, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(GU + rows * 2 * Hd + Hd + cols, mask=mask, other=0.0).to(tl.float32)
+        do = tl.load(DOUT + rows * Hd + cols, mask=mask, other=0.0).to(tl.float32)
         s = tl.sigmoid(g)
-        tl.store(DGU + row * 2 * Hd + cols, (do * u * s * (1 + g * (1 - s))).to(DGU.dtype.element_ty), mask=mask)
-        tl.store(DGU + row * 2 * Hd + Hd + cols, (do * g * s).to(DGU.dtype.element_ty), mask=mask)
+        tl.store(DGU + rows * 2 * Hd + cols, (do * u * s * (1 + g * (1 - s))).to(DGU.dtype.element_ty), mask=mask)
+        tl.store(DGU + rows * 2 * Hd + Hd + cols, (do * g * s).to(DGU.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _rope_layout(SRC, DST, COS, SIN, L, NH, HD, P, part, sign, ROTATE: tl.constexpr, TO_HEADS: tl.constexpr,
@@ -263,18 +264,40 @@ class _AddRMSNorm(torch.autograd.Function):
         # returned aliased tensors crashed a compiled step there, cause not found (benchmarks/NOTES.md).
         own_ddelta = ctx.has_delta and (ctx.delta_dtype != h.dtype or torch.compiler.is_compiling())
         ddelta = torch.empty(h.shape, dtype=ctx.delta_dtype, device=h.device) if own_ddelta else dx
-        programs = max(1, min(N, 1024))  # a few per SM; each sums its rows' weight gradient
-        rows = triton.cdiv(N, programs)
+        cfg = TUNING["add_rmsnorm_bwd"]
+        programs = max(1, min(N, cfg["programs"]))  # a few per SM; each sums its rows' weight gradient
+        rb = cfg["rb"]
+        rows = triton.cdiv(triton.cdiv(N, programs), rb) * rb
         programs = triton.cdiv(N, rows)
         dw = torch.empty(programs, D, dtype=torch.float32, device=h.device)
         _add_rmsnorm_bwd[(programs,)](dy, dh if dh is not None else dy, h, weight, rstd, dx, ddelta, dw, N, D,
-                                      ROWS=rows, HAS_DH=dh is not None, OWN_DDELTA=own_ddelta,
-                                      BLOCK=triton.next_power_of_2(D))
+                                      ROWS=rows, RB=rb, HAS_DH=dh is not None, OWN_DDELTA=own_ddelta,
+                                      BLOCK=triton.next_power_of_2(D), num_warps=cfg["num_warps"])
         dweight = dw.sum(0).to(weight.dtype)
         dx = dx.view(ctx.shape)
         if ctx.has_delta:
             return dx, (ddelta.view(ctx.shape) if own_ddelta else dx), dweight, None, None
         return dx, None, dweight, None, None
+
+
+# Launch shapes of the memory-bound kernels (benchmarks/kernel_tune.py times the choices on the GPU).
+# add_rmsnorm_bwd: programs, rows per iteration (rb), warps; silu_mul_*: rows per tile (r), channels
+# per tile (block, at most the hidden width's power of two), warps.
+TUNING = {
+    "add_rmsnorm_bwd": {"programs": 1024, "rb": 1, "num_warps": 4},
+    "silu_mul_fwd": {"r": 1, "block": 1024, "num_warps": 4},
+    "silu_mul_bwd": {"r": 1, "block": 1024, "num_warps": 4},
+}
+
+
+def _silu_meta(Hd: int, name: str) -> dict:
+    cfg = TUNING[name]
+    return {"R": cfg["r"], "BLOCK": min(cfg["block"], triton.next_power_of_2(Hd)), "num_warps": cfg["num_warps"]}
+
+
+def _silu_grid(rows: int, Hd: int, name: str) -> tuple[int, int]:
+    meta = _silu_meta(Hd, name)
+    return triton.cdiv(rows, meta["R"]), triton.cdiv(Hd, meta["BLOCK"])
 
 
 class _SiluMul(torch.autograd.Function):
@@ -284,8 +307,7 @@ class _SiluMul(torch.autograd.Function):
         Hd = gu.shape[-1] // 2
         out = torch.empty(*gu.shape[:-1], Hd, dtype=gu.dtype, device=gu.device)
         rows = gu.numel() // (2 * Hd)
-        block = min(1024, triton.next_power_of_2(Hd))
-        _silu_mul_fwd[(rows, triton.cdiv(Hd, block))](gu, out, Hd, BLOCK=block)
+        _silu_mul_fwd[_silu_grid(rows, Hd, "silu_mul_fwd")](gu, out, rows, Hd, **_silu_meta(Hd, "silu_mul_fwd"))
         ctx.save_for_backward(gu)
         return out
 
@@ -295,8 +317,8 @@ class _SiluMul(torch.autograd.Function):
         Hd = gu.shape[-1] // 2
         dgu = torch.empty_like(gu)
         rows = gu.numel() // (2 * Hd)
-        block = min(1024, triton.next_power_of_2(Hd))
-        _silu_mul_bwd[(rows, triton.cdiv(Hd, block))](dout.contiguous(), gu, dgu, Hd, BLOCK=block)
+        _silu_mul_bwd[_silu_grid(rows, Hd, "silu_mul_bwd")](dout.contiguous(), gu, dgu, rows, Hd,
+                                                          **_silu_meta(Hd, "silu_mul_bwd"))
         return dgu
 
 
