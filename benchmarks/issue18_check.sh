@@ -21,7 +21,7 @@
 #          that trained fastest in speed_probe (model.kernels=triton, bf16 residual stream), and without
 # tune     kernel_tune.py: every candidate launch shape of the memory-bound Triton kernels, then
 #          speed_probe.py's fastest training configuration with the shipped shapes and with the fastest
-#          ones (--tuning), interleaved twice, and the larger-batch and eager bf16-weight variants
+#          ones (--tuning), interleaved three times
 # disc     speed_probe.py's stage-2 section: the discriminator's passes compiled as the trainer runs them,
 #          R1 as one compiled graph (R1 kernel lists); top kernels; LPIPS compiled
 # Every part writes under OUT_DIR; the parts are independent and bounded by `timeout`. SRC: another
@@ -109,11 +109,10 @@ if has tune; then
         timeout 150 python3 benchmarks/speed_probe.py --sections model --variant S-B/16 --size 256 --batch 128 \
             --out "$out/probe_$name$tag.json" "$@" 2>&1 | grep --line-buffered -v -i warn | tail -n 4 | cut -c1-400
     }
-    for i in 1 2; do
+    for i in 1 2 3; do
         probe "shipped$i" --variants eager-bf16-x2+triton
         probe "tuned$i" --variants eager-bf16-x2+triton --tuning "$out/kernel_best$tag.json"
     done
-    probe batches --variants eager-bf16-x4+triton,eager-w16-x4+triton,stacks-w16-x4 --tuning "$out/kernel_best$tag.json"
 fi
 if has disc; then
     timeout 300 python3 benchmarks/speed_probe.py --sections stage2 --lpips-variants compiled \

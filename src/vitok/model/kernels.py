@@ -264,15 +264,7 @@ class _AddRMSNorm(torch.autograd.Function):
         # returned aliased tensors crashed a compiled step there, cause not found (benchmarks/NOTES.md).
         own_ddelta = ctx.has_delta and (ctx.delta_dtype != h.dtype or torch.compiler.is_compiling())
         ddelta = torch.empty(h.shape, dtype=ctx.delta_dtype, device=h.device) if own_ddelta else dx
-        cfg = TUNING["add_rmsnorm_bwd"]
-        programs = max(1, min(N, cfg["programs"]))  # a few per SM; each sums its rows' weight gradient
-        rb = cfg["rb"]
-        rows = triton.cdiv(triton.cdiv(N, programs), rb) * rb
-        programs = triton.cdiv(N, rows)
-        dw = torch.empty(programs, D, dtype=torch.float32, device=h.device)
-        _add_rmsnorm_bwd[(programs,)](dy, dh if dh is not None else dy, h, weight, rstd, dx, ddelta, dw, N, D,
-                                      ROWS=rows, RB=rb, HAS_DH=dh is not None, OWN_DDELTA=own_ddelta,
-                                      BLOCK=triton.next_power_of_2(D), num_warps=cfg["num_warps"])
+        dw = _add_rmsnorm_bwd_launch(dy, dh, h, weight, rstd, dx, ddelta, own_ddelta)
         dweight = dw.sum(0).to(weight.dtype)
         dx = dx.view(ctx.shape)
         if ctx.has_delta:
@@ -288,6 +280,30 @@ TUNING = {
     "silu_mul_fwd": {"r": 1, "block": 1024, "num_warps": 4},
     "silu_mul_bwd": {"r": 1, "block": 1024, "num_warps": 4},
 }
+
+
+def _add_rmsnorm_bwd_launch(dy, dh, h, weight, rstd, dx, ddelta, own_ddelta: bool) -> torch.Tensor:
+    """The norm's backward kernel into dx (and ddelta); returns the per-program weight gradients."""
+    N, D = h.shape
+    cfg = TUNING["add_rmsnorm_bwd"]
+    programs = max(1, min(N, cfg["programs"]))  # a few per SM; each sums its rows' weight gradient
+    rb = cfg["rb"]
+    rows = triton.cdiv(triton.cdiv(N, programs), rb) * rb
+    programs = triton.cdiv(N, rows)
+    dw = torch.empty(programs, D, dtype=torch.float32, device=h.device)
+    _add_rmsnorm_bwd[(programs,)](dy, dh if dh is not None else dy, h, weight, rstd, dx, ddelta, dw, N, D,
+                                  ROWS=rows, RB=rb, HAS_DH=dh is not None, OWN_DDELTA=own_ddelta,
+                                  BLOCK=triton.next_power_of_2(D), num_warps=cfg["num_warps"])
+    return dw
+
+
+def _silu_mul_launch(name: str, *tensors) -> None:
+    """_silu_mul_fwd (gu, out) or _silu_mul_bwd (dout, gu, dgu) over gu's rows."""
+    gu = tensors[0] if name == "silu_mul_fwd" else tensors[1]
+    Hd = gu.shape[-1] // 2
+    rows = gu.numel() // (2 * Hd)
+    kernel = _silu_mul_fwd if name == "silu_mul_fwd" else _silu_mul_bwd
+    kernel[_silu_grid(rows, Hd, name)](*tensors, rows, Hd, **_silu_meta(Hd, name))
 
 
 def _silu_meta(Hd: int, name: str) -> dict:
@@ -306,19 +322,15 @@ class _SiluMul(torch.autograd.Function):
         gu = gu.contiguous()
         Hd = gu.shape[-1] // 2
         out = torch.empty(*gu.shape[:-1], Hd, dtype=gu.dtype, device=gu.device)
-        rows = gu.numel() // (2 * Hd)
-        _silu_mul_fwd[_silu_grid(rows, Hd, "silu_mul_fwd")](gu, out, rows, Hd, **_silu_meta(Hd, "silu_mul_fwd"))
+        _silu_mul_launch("silu_mul_fwd", gu, out)
         ctx.save_for_backward(gu)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         (gu,) = ctx.saved_tensors
-        Hd = gu.shape[-1] // 2
         dgu = torch.empty_like(gu)
-        rows = gu.numel() // (2 * Hd)
-        _silu_mul_bwd[_silu_grid(rows, Hd, "silu_mul_bwd")](dout.contiguous(), gu, dgu, rows, Hd,
-                                                          **_silu_meta(Hd, "silu_mul_bwd"))
+        _silu_mul_launch("silu_mul_bwd", dout.contiguous(), gu, dgu)
         return dgu
 
 
