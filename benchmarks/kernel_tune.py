@@ -7,7 +7,7 @@ forward or backward on bf16 tensors of one training step's size (S-B/16 at 256p,
 tokens of width 768, SwiGLU hidden 2048), launched directly (no autograd around it) and replayed from
 a CUDA graph, so that Python's launch time is not counted; the table gives the time and
 the bandwidth the kernel's own reads and writes reach (counted, not measured), fastest first. The
-shipped TUNING is what this picked, recorded in benchmarks/NOTES.md. `--smoke`: one candidate each,
+shipped TUNING is what this picked on an H200 (benchmarks/NOTES.md). `--smoke`: one candidate each,
 tiny shapes, on the CPU under TRITON_INTERPRET=1 (the test of this script).
 """
 

@@ -243,6 +243,25 @@ def test_kernels_agree_with_the_references_at_other_launch_shapes(monkeypatch, n
     close(grad, ref_grad, 1e-5)
 
 
+@pytest.mark.skipif(not ON_GPU, reason="the shipped launch shapes at a real model's widths, on the GPU")
+def test_kernels_at_the_shipped_launch_shapes_and_real_widths():
+    # S-B/16's widths (768, SwiGLU hidden 2048), where the 2048-channel tiles and 4-row norm tiles of
+    # kernels.TUNING take full effect; rows not a multiple of the tiles.
+    torch.manual_seed(0)
+    x, delta = torch.randn(3, 67, 768, device=DEVICE), torch.randn(3, 67, 768, device=DEVICE)
+    w = torch.randn(768, device=DEVICE)
+    out, grad = grads(lambda x, d, w: kernels._AddRMSNorm.apply(x, d, w, 1e-6, torch.float32), x, delta, w)
+    ref_out, ref_grad = grads(lambda x, d, w: add_rmsnorm_reference(x, d, w, 1e-6, torch.float64),
+                              x.double(), delta.double(), w.double())
+    close(out, ref_out, 1e-5)
+    close(grad, ref_grad, 1e-4)
+    gu = torch.randn(3, 67, 2 * 2048, device=DEVICE)
+    out, grad = grads(kernels._SiluMul.apply, gu)
+    ref_out, ref_grad = grads(silu_mul_reference, gu.double())
+    close(out, ref_out, 1e-5)
+    close(grad, ref_grad, 1e-5)
+
+
 @needs_triton
 def test_transformer_with_kernels_matches_without():
     torch.manual_seed(0)

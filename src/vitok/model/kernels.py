@@ -272,13 +272,14 @@ class _AddRMSNorm(torch.autograd.Function):
         return dx, None, dweight, None, None
 
 
-# Launch shapes of the memory-bound kernels (benchmarks/kernel_tune.py times the choices on the GPU).
-# add_rmsnorm_bwd: programs, rows per iteration (rb), warps; silu_mul_*: rows per tile (r), channels
-# per tile (block, at most the hidden width's power of two), warps.
+# Launch shapes of the memory-bound kernels: add_rmsnorm_bwd: programs, rows per iteration (rb), warps;
+# silu_mul_*: rows per tile (r), channels per tile (block, at most the hidden width's power of two),
+# warps. The fastest of benchmarks/kernel_tune.py's candidates on an H200 at S-B/16's training sizes
+# (kernel times 66 -> 56, 96 -> 94 and 163 -> 159 µs against the first shapes; benchmarks/NOTES.md).
 TUNING = {
-    "add_rmsnorm_bwd": {"programs": 1024, "rb": 1, "num_warps": 4},
-    "silu_mul_fwd": {"r": 1, "block": 1024, "num_warps": 4},
-    "silu_mul_bwd": {"r": 1, "block": 1024, "num_warps": 4},
+    "add_rmsnorm_bwd": {"programs": 1024, "rb": 4, "num_warps": 4},
+    "silu_mul_fwd": {"r": 1, "block": 2048, "num_warps": 8},
+    "silu_mul_bwd": {"r": 2, "block": 2048, "num_warps": 8},
 }
 
 
