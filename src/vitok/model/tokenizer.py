@@ -211,7 +211,8 @@ class ViTok(nn.Module):
 
     def set_kernels(self, kernels: str = "torch") -> "ViTok":
         """"torch": plain PyTorch ops (inductor fuses them when compiled); "triton": the fused kernels of
-        model/kernels.py for the residual-add + RMSNorm, SiLU gate and RoPE + q/k/v layout. Returns self."""
+        model/kernels.py for the residual-add + RMSNorm, SiLU gate and RoPE + q/k/v layout, and (training
+        under autocast, uncompiled) the blocks' matmuls with float32 weight gradients. Returns self."""
         if kernels not in ("torch", "triton"):
             raise ValueError(f"kernels is {kernels!r}; choose torch or triton")
         problem = triton_problem() if kernels == "triton" else None
