@@ -374,7 +374,8 @@ class _RopeQKVInPlace(_RopeQKV):
     Against _RopeQKV the forward moves 4D instead of 6D elements per token (v is never copied, q and k
     are not written to new buffers) in one launch, and holds no more memory: attention keeps the three
     views (one 3D buffer) where it kept three D buffers. The output of the QKV matmul is consumed: its
-    backward needs only its input and weight, and nothing else reads it. The backward is _RopeQKV's.
+    backward needs only its input and weight, and nothing else reads it (a forward hook on that layer
+    that keeps its output would see it rotated). The backward is _RopeQKV's.
     Under torch.compile _RopeQKV runs instead: returning views of an input is what crashed a compiled
     step on the GPU with an earlier kernel (benchmarks/NOTES.md).
     """
@@ -393,13 +394,18 @@ class _RopeQKVInPlace(_RopeQKV):
         return qkv.view(B, L, 3, heads, d).unbind(2)
 
 
+_MM_OUT_DTYPE = [True]  # cleared when this build's mm refuses out_dtype, so it is tried once
+
+
 def _weight_grad(dy: torch.Tensor, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """dyᵀ·x (N×M, N×K -> M×K) in dtype, straight from the GEMM where the build has mm's out_dtype."""
-    if dy.is_cuda and dy.dtype in (torch.float16, torch.bfloat16) and dtype == torch.float32:
+    if _MM_OUT_DTYPE[0] and dy.is_cuda and dy.dtype in (torch.float16, torch.bfloat16) and dtype == torch.float32:
         try:
             return torch.mm(dy.t(), x, out_dtype=dtype)
+        except torch.cuda.OutOfMemoryError:
+            raise
         except (RuntimeError, TypeError, NotImplementedError):  # an older build: the cast below
-            pass
+            _MM_OUT_DTYPE[0] = False
     return (dy.t() @ x).to(dtype)
 
 
