@@ -167,7 +167,7 @@ def test_rope_qkv_kernel_forward_and_backward(heads, d, grid, dtype):
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     # The compiled form (new buffers) and the eager one (q and k rotated inside the QKV output, which
     # is consumed: here a copy of the leaf, as the model's is a matmul's output).
-    for fn in (kernels._RopeQKV.apply, lambda x, *a: kernels._RopeQKVInPlace.apply(x.clone(), *a)):
+    for fn in (kernels._RopeQKV.apply, lambda x, *a: kernels._RopeQKV.apply(x.clone(), *a, True)):
         out, grad = grads(lambda x: fn(x, cos, sin, heads), qkv)
         close(out, ref_out, tol)
         close(grad, ref_grad, tol)
@@ -181,7 +181,7 @@ def test_rope_qkv_in_place_hands_on_views_of_the_qkv_output():
     cos, sin = (t.to(DEVICE) for t in rope_for((2, 3), d))
     want = rope_qkv_reference(qkv, cos, sin, heads)
     buf = qkv.clone()
-    q, k, v = kernels._RopeQKVInPlace.apply(buf, cos, sin, heads)
+    q, k, v = kernels._RopeQKV.apply(buf, cos, sin, heads, True)
     for got, ref in zip((q, k, v), want):
         assert got.data_ptr() - buf.data_ptr() in range(0, buf.numel() * buf.element_size())
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
@@ -224,38 +224,31 @@ def test_weight_gradient_comes_from_the_gemm_in_float32_on_cuda():
                                         ({"programs": 2, "rb": 4, "num_warps": 8}, {"r": 2, "block": 64, "num_warps": 8})])
 def test_kernels_agree_with_the_references_at_other_launch_shapes(monkeypatch, norm, gate):
     # The launch shapes benchmarks/kernel_tune.py chooses between: row tiles that do not divide the
-    # rows, channel tiles narrower than the width; each against float64 autograd of the references.
+    # rows, channel tiles narrower than the width.
     monkeypatch.setitem(kernels.TUNING, "add_rmsnorm_bwd", norm)
     monkeypatch.setitem(kernels.TUNING, "silu_mul_fwd", gate)
     monkeypatch.setitem(kernels.TUNING, "silu_mul_bwd", gate)
-    torch.manual_seed(0)
-    x, delta = torch.randn(2, 7, 48, device=DEVICE), torch.randn(2, 7, 48, device=DEVICE)
-    w = torch.randn(48, device=DEVICE)
-    out, grad = grads(lambda x, d, w: kernels._AddRMSNorm.apply(x, d, w, 1e-6, torch.float32), x, delta, w)
-    ref_out, ref_grad = grads(lambda x, d, w: add_rmsnorm_reference(x, d, w, 1e-6, torch.float64),
-                              x.double(), delta.double(), w.double())
-    close(out, ref_out, 1e-5)
-    close(grad, ref_grad, 1e-4)
-    gu = torch.randn(3, 5, 2 * 40, device=DEVICE)
-    out, grad = grads(kernels._SiluMul.apply, gu)
-    ref_out, ref_grad = grads(silu_mul_reference, gu.double())
-    close(out, ref_out, 1e-5)
-    close(grad, ref_grad, 1e-5)
+    check_norm_and_gate(rows=(2, 7), width=48, hidden=40)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="the shipped launch shapes at a real model's widths, on the GPU")
 def test_kernels_at_the_shipped_launch_shapes_and_real_widths():
     # S-B/16's widths (768, SwiGLU hidden 2048), where the 2048-channel tiles and 4-row norm tiles of
     # kernels.TUNING take full effect; rows not a multiple of the tiles.
+    check_norm_and_gate(rows=(3, 67), width=768, hidden=2048)
+
+
+def check_norm_and_gate(rows, width, hidden):
+    """The fused add + norm and the SiLU gate against float64 autograd of their references."""
     torch.manual_seed(0)
-    x, delta = torch.randn(3, 67, 768, device=DEVICE), torch.randn(3, 67, 768, device=DEVICE)
-    w = torch.randn(768, device=DEVICE)
+    x, delta = torch.randn(*rows, width, device=DEVICE), torch.randn(*rows, width, device=DEVICE)
+    w = torch.randn(width, device=DEVICE)
     out, grad = grads(lambda x, d, w: kernels._AddRMSNorm.apply(x, d, w, 1e-6, torch.float32), x, delta, w)
     ref_out, ref_grad = grads(lambda x, d, w: add_rmsnorm_reference(x, d, w, 1e-6, torch.float64),
                               x.double(), delta.double(), w.double())
     close(out, ref_out, 1e-5)
     close(grad, ref_grad, 1e-4)
-    gu = torch.randn(3, 67, 2 * 2048, device=DEVICE)
+    gu = torch.randn(*rows, 2 * hidden, device=DEVICE)
     out, grad = grads(kernels._SiluMul.apply, gu)
     ref_out, ref_grad = grads(silu_mul_reference, gu.double())
     close(out, ref_out, 1e-5)

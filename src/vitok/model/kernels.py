@@ -341,19 +341,36 @@ def _rope_launch(src, dst, cos, sin, B, L, heads, d, part, sign, to_heads):
 
 
 class _RopeQKV(torch.autograd.Function):
+    """in_place False (under torch.compile): q, k, v written to three new buffers, three launches.
+
+    in_place True (eager): q and k rotated inside the QKV matmul's output in one launch, q, k and v
+    handed on as views of it: 4D instead of 6D elements per token moved (v is never copied, q and k
+    are not written to new buffers), and no more memory held: attention keeps the three views (one 3D
+    buffer) where it kept three D buffers. The output of the QKV matmul is consumed: its backward needs
+    only its input and weight, and nothing else reads it (a forward hook on that layer that keeps its
+    output would see it rotated). Not under torch.compile: returning views of an input is what crashed
+    a compiled step on the GPU with an earlier kernel (benchmarks/NOTES.md).
+    The backward (both forms) rotates dq and dk back and copies dv into the B×L×3D gradient.
+    """
+
     @staticmethod
-    def forward(ctx, qkv, cos, sin, heads):
+    def forward(ctx, qkv, cos, sin, heads, in_place=False):
         qkv = qkv.contiguous()
         B, L, three_d = qkv.shape
         d = three_d // 3 // heads
         cos, sin = cos.float().contiguous(), sin.float().contiguous()
+        ctx.save_for_backward(cos, sin)
+        ctx.dims = (B, L, heads, d)
+        if in_place:
+            P = cos.shape[-1]
+            _rope_qk_inplace[(B * L,)](qkv, cos, sin, L, heads, d, P, BH=triton.next_power_of_2(heads),
+                                       BP=triton.next_power_of_2(P))
+            return qkv.view(B, L, 3, heads, d).unbind(2)
         outs = []
         for part in range(3):
             out = torch.empty(B, L, heads, d, dtype=qkv.dtype, device=qkv.device)
             _rope_launch(qkv, out, cos, sin, B, L, heads, d, part, 1.0, True)
             outs.append(out)
-        ctx.save_for_backward(cos, sin)
-        ctx.dims = (B, L, heads, d)
         return tuple(outs)
 
     @staticmethod
@@ -365,33 +382,7 @@ class _RopeQKV(torch.autograd.Function):
         for part, g in enumerate((dq, dk, dv)):
             g = torch.zeros_like(ref) if g is None else g.contiguous()
             _rope_launch(g, dqkv, cos, sin, B, L, heads, d, part, -1.0, False)  # the inverse rotation
-        return dqkv, None, None, None
-
-
-class _RopeQKVInPlace(_RopeQKV):
-    """The eager form: q and k rotated inside the QKV matmul's output, q, k and v handed on as views of it.
-
-    Against _RopeQKV the forward moves 4D instead of 6D elements per token (v is never copied, q and k
-    are not written to new buffers) in one launch, and holds no more memory: attention keeps the three
-    views (one 3D buffer) where it kept three D buffers. The output of the QKV matmul is consumed: its
-    backward needs only its input and weight, and nothing else reads it (a forward hook on that layer
-    that keeps its output would see it rotated). The backward is _RopeQKV's.
-    Under torch.compile _RopeQKV runs instead: returning views of an input is what crashed a compiled
-    step on the GPU with an earlier kernel (benchmarks/NOTES.md).
-    """
-
-    @staticmethod
-    def forward(ctx, qkv, cos, sin, heads):
-        qkv = qkv.contiguous()
-        B, L, three_d = qkv.shape
-        d = three_d // 3 // heads
-        cos, sin = cos.float().contiguous(), sin.float().contiguous()
-        P = cos.shape[-1]
-        _rope_qk_inplace[(B * L,)](qkv, cos, sin, L, heads, d, P, BH=triton.next_power_of_2(heads),
-                                   BP=triton.next_power_of_2(P))
-        ctx.save_for_backward(cos, sin)
-        ctx.dims = (B, L, heads, d)
-        return qkv.view(B, L, 3, heads, d).unbind(2)
+        return dqkv, None, None, None, None
 
 
 _MM_OUT_DTYPE = [True]  # cleared when this build's mm refuses out_dtype, so it is tried once
@@ -458,9 +449,7 @@ def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int
     q and k rotated (blocks.apply_rope's pairs)."""
     if not _use_triton(qkv):
         return rope_qkv_reference(qkv, cos, sin, heads)
-    if torch.compiler.is_compiling():
-        return _RopeQKV.apply(qkv, cos, sin, heads)
-    return _RopeQKVInPlace.apply(qkv, cos, sin, heads)
+    return _RopeQKV.apply(qkv, cos, sin, heads, not torch.compiler.is_compiling())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
