@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+import timing  # noqa: E402 - this folder's CUDA-event timer
 
 CANDIDATES = {
     "add_rmsnorm_bwd": [{"programs": p, "rb": rb, "num_warps": w}
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     def bench(fn):
         # The kernels take 0.05-0.3 ms, about what Python spends launching one: replayed from a CUDA
-        # graph of 20 launches, the time is the GPU's alone (events around the replay, median of 10).
+        # graph of 20 launches, the time is the GPU's alone (timing.bench around the replay).
         if device == "cpu":
             fn()
             return 1.0
@@ -65,16 +66,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with torch.cuda.graph(graph):
             for _ in range(20):
                 fn()
-        graph.replay()
-        times = []
-        for _ in range(10):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3 / 20)
-        return sorted(times)[len(times) // 2]
+        return timing.bench(graph.replay, 1, 10) / 20
     N, D, Hd, bf = args.tokens, args.width, args.hidden, torch.bfloat16
     g = torch.Generator(device=device).manual_seed(0)
     h, dy, dh, dx = (torch.randn(N, D, device=device, generator=g).to(bf) for _ in range(4))

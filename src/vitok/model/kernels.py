@@ -303,18 +303,11 @@ def _silu_mul_launch(name: str, *tensors) -> None:
     gu = tensors[0] if name == "silu_mul_fwd" else tensors[1]
     Hd = gu.shape[-1] // 2
     rows = gu.numel() // (2 * Hd)
-    kernel = _silu_mul_fwd if name == "silu_mul_fwd" else _silu_mul_bwd
-    kernel[_silu_grid(rows, Hd, name)](*tensors, rows, Hd, **_silu_meta(Hd, name))
-
-
-def _silu_meta(Hd: int, name: str) -> dict:
     cfg = TUNING[name]
-    return {"R": cfg["r"], "BLOCK": min(cfg["block"], triton.next_power_of_2(Hd)), "num_warps": cfg["num_warps"]}
-
-
-def _silu_grid(rows: int, Hd: int, name: str) -> tuple[int, int]:
-    meta = _silu_meta(Hd, name)
-    return triton.cdiv(rows, meta["R"]), triton.cdiv(Hd, meta["BLOCK"])
+    block = min(cfg["block"], triton.next_power_of_2(Hd))
+    kernel = _silu_mul_fwd if name == "silu_mul_fwd" else _silu_mul_bwd
+    kernel[(triton.cdiv(rows, cfg["r"]), triton.cdiv(Hd, block))](*tensors, rows, Hd, R=cfg["r"], BLOCK=block,
+                                                                  num_warps=cfg["num_warps"])
 
 
 class _SiluMul(torch.autograd.Function):
