@@ -10,8 +10,9 @@ At one attention layer of a training step (S-B/16 at 256p, batch 128: 256 tokens
    and the QKV output's gradient (max abs error);
 2. launch shapes: every candidate of each fused kernel (forward, dk/dv, dq), launched directly and
    replayed from a CUDA graph of 10 launches (Python's launch time not counted), fastest first;
-3. the whole layer's attention, forward and forward + backward through autograd, both paths, with the
-   shipped shapes and with the fastest (`--tuning` loads shapes instead; `--best` writes the fastest).
+3. the whole layer's attention, forward and forward + backward through autograd (CUDA graphs too),
+   both paths, with the shipped shapes and with the fastest (`--tuning` loads shapes instead; `--best`
+   writes the fastest).
 
 `--smoke`: tiny shapes, one candidate each, on the CPU under TRITON_INTERPRET=1 (the test of this script).
 """
@@ -32,7 +33,7 @@ import timing  # noqa: E402 - this folder's CUDA-event timer
 
 CANDIDATES = {
     "fwd": [{"block_m": m, "block_n": n, "num_warps": w, "num_stages": s}
-            for m, n, w, s in itertools.product((64, 128), (32, 64, 128), (4, 8), (1, 2, 3))],
+            for m, n, w, s in itertools.product((64, 128, 256), (32, 64, 128), (4, 8, 16), (1, 2))],
     "bwd_dkdv": [{"block_m": m, "block_n": n, "num_warps": w, "num_stages": s}
                  for m, n, w, s in itertools.product((16, 32, 64), (64, 128), (4, 8), (1, 2))],
     "bwd_dq": [{"block_m": m, "block_n": n, "num_warps": w, "num_stages": s}
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None)
     parser.add_argument("--best", default=None, help="write the fastest shape of each kernel here (JSON)")
     parser.add_argument("--tuning", default=None, help="JSON of shapes to use instead of tuning")
+    parser.add_argument("--kernels", default="fwd,bwd_dkdv,bwd_dq", help="which kernels' shapes to tune")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -102,7 +104,12 @@ def main(argv: list[str] | None = None) -> dict:
         if device == "cpu":
             fn()
             return 1.0
-        fn()  # compile
+        side = torch.cuda.Stream()  # warm-up (compilation, cuDNN plans) off the capturing stream
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -129,6 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
         rope_attention.TUNING.update(json.loads(Path(args.tuning).read_text()))
     else:
         for name, cands in CANDIDATES.items():
+            if name not in args.kernels.split(","):
+                continue
             rows = []
             for cfg in (cands[:1] if args.smoke else cands):
                 rope_attention.TUNING[name] = cfg
@@ -148,8 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.best:
         Path(args.best).write_text(json.dumps(best, indent=1))
 
-    # 3. the layer's attention, both paths, through autograd
-    timer = (lambda fn: (fn(), 1.0)[1]) if device == "cpu" else (lambda fn: timing.bench(fn, 3, 20))
+    # 3. the layer's attention, both paths, through autograd, replayed from CUDA graphs (Python's time
+    # per launch would otherwise count: the GPU idles at the start of each timed call)
+    timer = bench_graph
     for shapes_name, shapes in (("shipped", shipped), ("fastest", best)):
         rope_attention.TUNING.update({k: dict(v) for k, v in shapes.items()})
         for name, fn in (("cudnn_rope", cudnn_path), ("fused", fused_path)):
