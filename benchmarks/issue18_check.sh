@@ -22,15 +22,12 @@
 # tune     kernel_tune.py: every candidate launch shape of the memory-bound Triton kernels, then
 #          speed_probe.py's fastest training configuration with the shipped shapes and with the fastest
 #          ones (--tuning), interleaved three times
-# attention  attention_tune.py: RoPE inside the attention kernel against cuDNN + the RoPE kernels at one
-#          layer (errors, every launch shape, both paths), then speed_probe.py's fastest training
-#          configuration with the fastest shapes, this tree and BASE (a tree without the kernel) interleaved
 # disc     speed_probe.py's stage-2 section: the discriminator's passes compiled as the trainer runs them,
 #          R1 as one compiled graph (R1 kernel lists); top kernels; LPIPS compiled
 # Every part writes under OUT_DIR; the parts are independent and bounded by `timeout`. SRC: another
 # copy of the package to run (a baseline from `git archive`), TAG: a suffix for the output names.
 set -uo pipefail
-photos="$1"; out="$2"; parts="${3:-tests,loader,kernels,train,bench,probe,stages,fast,tune,attention,disc}"
+photos="$1"; out="$2"; parts="${3:-tests,loader,kernels,train,bench,probe,stages,fast,tune,disc}"
 work="${WORK:-/tmp/vitok-issue18}"; TRAIN_MINUTES="${TRAIN_MINUTES:-1.5}"
 mkdir -p "$work" "$out"
 export PYTHONPATH="${SRC:-$PWD/src}${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1; tag="${TAG:-}"
@@ -39,10 +36,9 @@ shards() { [ -f "$work/prep320/done" ] || { python3 -m vitok prepare "$photos/tr
     --shard-size 2 >/dev/null && touch "$work/prep320/done"; }; }
 
 if has tests; then
-    timeout 300 python3 -m pytest -q -p no:cacheprovider tests/model/test_kernels.py tests/model/test_rope_attention.py \
-        tests/data/test_gpu_decode.py \
+    timeout 300 python3 -m pytest -q -p no:cacheprovider tests/model/test_kernels.py tests/data/test_gpu_decode.py \
         tests/train/test_loop.py tests/model/test_blocks.py tests/train/test_clock.py \
-        -k "kernels or rope_attention or gpu or nvjpeg or compiled_lpips or cuda" \
+        -k "kernels or gpu or nvjpeg or compiled_lpips or cuda" \
         2>&1 | tail -n 15 | tee "$out/tests.log"
 fi
 if has loader; then
@@ -116,19 +112,6 @@ if has tune; then
     for i in 1 2 3; do
         probe "shipped$i" --variants eager-bf16-x2+triton
         probe "tuned$i" --variants eager-bf16-x2+triton --tuning "$out/kernel_best$tag.json"
-    done
-fi
-if has attention; then
-    timeout 300 python3 benchmarks/attention_tune.py --out "$out/attention_tune$tag.json" \
-        --best "$out/attention_best$tag.json" 2>&1 | grep --line-buffered -v -i warn | cut -c1-300
-    for i in 1 2; do
-        for tree in cur base; do
-            [ "$tree" = base ] && [ -z "${BASE:-}" ] && continue
-            timeout 150 python3 benchmarks/speed_probe.py --sections model --variant S-B/16 --size 256 --batch 128 \
-                --variants eager-bf16-x2+triton --src "$([ "$tree" = base ] && echo "$BASE" || echo "$PWD/src")" \
-                $([ "$tree" = cur ] && echo --attention-tuning "$out/attention_best$tag.json") \
-                --out "$out/probe_attn_${tree}$i$tag.json" 2>&1 | grep --line-buffered -v -i warn | tail -n 3 | cut -c1-300
-        done
     done
 fi
 if has disc; then

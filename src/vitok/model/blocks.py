@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import rope_attention
 from .kernels import add_rmsnorm, fused_now, linear, rope_qkv, silu_mul
 
 
@@ -157,10 +156,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, L, D = x.shape
         if fused_now(self.fused) and rope is not None and isinstance(self.q_norm, nn.Identity):
-            qkv = fused_linear(self.qkv, x)
-            if rope_attention.usable(qkv, rope[0], self.heads):  # RoPE inside the attention kernel (eager)
-                return fused_linear(self.proj, rope_attention.rope_attention(qkv, *rope, self.heads))
-            q, k, v = rope_qkv(qkv, *rope, self.heads)
+            q, k, v = rope_qkv(fused_linear(self.qkv, x), *rope, self.heads)
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
             return fused_linear(self.proj, out.transpose(1, 2).reshape(B, L, D))
         # q, k and v stay in the token-major B×L×H×d layout of the QKV matmul's output and reach SDPA
