@@ -43,6 +43,16 @@ def test_kernel_tune_smoke_times_a_shape_of_each_kernel(tmp_path):
     assert set(best) == {r["kernel"] for r in rows} and set(best["silu_mul_fwd"]) == {"r", "block", "num_warps"}
 
 
+def test_gemm_probe_smoke_checks_each_triton_form_against_the_reference(tmp_path):
+    pytest.importorskip("triton")
+    data = load("gemm_probe").main(["--smoke", "--out", str(tmp_path / "gemm.json")])
+    (shape,) = data["shapes"]
+    assert {c["kind"] for c in shape["candidates"]} == {"pointer", "tma", "tma_persistent"}
+    # Each form computed the product (float16 tiles, float32 accumulation) to rounding.
+    assert all("error" not in c and c["max_abs_err"] < 1e-2 for c in shape["candidates"]), shape["candidates"]
+    assert json.loads((tmp_path / "gemm.json").read_text())["shapes"][0]["best"] == shape["best"]
+
+
 def test_speed_probe_rejects_unknown_variants():
     with pytest.raises(SystemExit, match="unknown variants"):
         load("speed_probe").main(["--smoke", "--variants", "eager,turbo"])

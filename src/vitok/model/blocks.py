@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from . import gemm
 from .kernels import add_rmsnorm, fused_now, linear, rope_qkv, silu_mul
 
 
@@ -189,6 +190,9 @@ class Block(nn.Module):
         self.norm2 = None if parallel else RMSNorm(dim, eps)
         self.mlp = SwiGLU(dim, hidden or swiglu_hidden(dim))
         self.layer_scale = nn.Parameter(torch.ones(dim)) if parallel else None
+        # inference_forward's weights with the norms' gains folded in, refolded when either changes
+        # (gemm.folded); a plain dict, so never saved with the weights.
+        self._folded: dict[str, dict] = {}
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if self.parallel:
@@ -196,6 +200,38 @@ class Block(nn.Module):
             return x + (self.attn(h, rope) + self.mlp(h)) * self.layer_scale
         x = x + self.attn(self.norm1(x), rope)
         return x + self.mlp(self.norm2(x))
+
+    def inference_forward(self, x: torch.Tensor, sumsq: torch.Tensor,
+                          rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sequential block without grad, each norm, the gate and each residual add inside a matmul
+        (model/gemm.py): x and its rows' Σx² in, the new stream and its Σ out. No normalised copy of
+        the stream and no [g | u] are ever written."""
+        attn, mlp = self.attn, self.mlp
+        B, L, D = x.shape
+
+        def weight(name: str, layer: nn.Linear, gain: torch.Tensor | None) -> torch.Tensor:
+            # In x's dtype (under autocast: cast once per weight state, not once per call as autocast does)
+            return gemm.folded(layer.weight, gain, x.dtype, self._folded.setdefault(name, {}))
+
+        qkv = gemm.linear_rowscale(x, weight("qkv", attn.qkv, self.norm1.weight), sumsq, self.norm1.eps)
+        q, k, v = rope_qkv(qkv, *rope, attn.heads)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        x, sumsq = gemm.linear_residual(out.transpose(1, 2).reshape(B, L, D), weight("proj", attn.proj, None), x)
+        gated = gemm.linear_gate(x, weight("w13", mlp.w13, self.norm2.weight), sumsq, self.norm2.eps)
+        return gemm.linear_residual(gated, weight("w2", mlp.w2, None), x)
+
+    def inference_ready(self, x: torch.Tensor) -> bool:
+        """Whether inference_forward takes x: a sequential block of plain bias-free layers (no hooks,
+        no q/k norm) whose matmuls run in x's dtype (their weights' own, or autocast's), at widths the
+        GEMMs take (gemm.usable)."""
+        layers = (self.attn.qkv, self.attn.proj, self.mlp.w13, self.mlp.w2)
+        device = x.device.type
+        matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        return (not self.parallel and isinstance(self.attn.q_norm, nn.Identity)
+                and all(type(m) is nn.Linear and m.bias is None and not (m._forward_hooks or m._forward_pre_hooks)
+                        and (matmul_dtype or m.weight.dtype) == x.dtype for m in layers)
+                and not (self._forward_hooks or self._forward_pre_hooks)
+                and all(gemm.usable(x, m.weight.shape[1]) and m.weight.shape[0] % 8 == 0 for m in layers))
 
     def fused_forward(self, x: torch.Tensor, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                       next_norm: RMSNorm | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -223,6 +259,18 @@ class Transformer(nn.Module):
         self.grad_checkpointing = False
         self.fused = False
 
+    def inference_forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """model.kernels=triton without grad: the blocks' norms, gates and residual adds inside their matmuls
+        (Block.inference_forward); the final norm from the last block's row statistics."""
+        sumsq = gemm.row_sumsq(x)
+        for block in self.blocks:
+            x, sumsq = block.inference_forward(x, sumsq, rope)
+        if not isinstance(self.norm, RMSNorm):
+            return x
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        rstd = torch.rsqrt(sumsq.view(x.shape[:-1]) / x.shape[-1] + self.norm.eps)
+        return (x.to(acc) * rstd[..., None] * self.norm.weight.to(acc)).to(x.dtype)
+
     def set_kernels(self, fused: bool) -> None:
         """Run the blocks through the fused kernels (model.kernels=triton) or plain PyTorch ops."""
         self.fused = fused
@@ -230,6 +278,8 @@ class Transformer(nn.Module):
             block.attn.fused = block.mlp.fused = fused
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        if self.fused and self.blocks and all(block.inference_ready(x) for block in self.blocks):
+            return self.inference_forward(x, rope)
         if fused_now(self.fused) and self.blocks and not self.blocks[0].parallel and not (
                 self.grad_checkpointing and torch.is_grad_enabled()):
             first = self.blocks[0].norm1

@@ -1,0 +1,199 @@
+"""Inference GEMMs with the block's norm, gate and residual add in their epilogues (`model.kernels=triton`).
+
+Why: in encode + decode with the other kernels of model/kernels.py, a third of the time is outside
+the matmuls, most of it the RMSNorm (+ residual add) and SiLU-gate passes over the activations
+(benchmarks/NOTES.md, eighth session). They fold into the matmuls around them:
+
+- RMSNorm before a matmul: rmsnorm(h)·γ @ Wᵀ = rstd ⊙ (h @ (W·diag γ)ᵀ), rstd = 1/√(mean(h²) + eps) per
+  row. The gain folds into the weight once (`folded`) and the row scale is the GEMM's epilogue, so
+  the GEMM reads the residual stream h itself and no normalised copy is ever written.
+- The residual add after a matmul: h' = h + a @ Wᵀ in the epilogue, which also adds each row's
+  sum of squares of h' (over its column tile) into a float32 vector: the next norm's statistic.
+- The SiLU gate: the W13 matmul keeps two accumulators, the g and u columns of one output tile
+  (rows n and F + n of W13), and writes silu(g)·u: F values per token instead of 2F, no gate pass.
+
+The kernel is persistent (one program per SM walking the output tiles) and loads its tiles through
+TMA descriptors: that form matched or beat cuBLAS on the MLP's two matmuls and reached 0.90x on the
+attention's on an H200 (`benchmarks/gemm_probe.py`). Inference only (no backward); bf16/fp16 on CUDA,
+and any dtype under TRITON_INTERPRET=1 (the tests, float32/float64 there). The references
+(`*_reference`) compute the same maps with plain PyTorch ops.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .kernels import triton
+
+if triton is not None:
+    import triton.language as tl
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+__all__ = ["usable", "row_sumsq", "linear_rowscale", "linear_gate", "linear_residual", "folded", "TUNING"]
+
+# Tile shapes: benchmarks/gemm_probe.py's fastest persistent TMA shapes on an H200 at S-B/16's widths.
+TUNING = {
+    "plain": {"bm": 128, "bn": 256, "bk": 64, "num_stages": 3, "num_warps": 8},
+    "gate": {"bm": 128, "bn": 128, "bk": 64, "num_stages": 3, "num_warps": 8},
+}
+
+
+def usable(x: torch.Tensor, width: int) -> bool:
+    """Whether the inference path can run these GEMMs on x: Triton on its device (CUDA; the CPU under the
+    interpreter in a non-bf16 dtype, whose dot the interpreter gets wrong), rows whose byte length TMA
+    can address (width a multiple of 8), not inside torch.compile."""
+    if triton is None or torch.is_grad_enabled() or torch.compiler.is_compiling() or width % 8:
+        return False
+    if x.is_cuda:
+        return x.dtype in (torch.float16, torch.bfloat16)
+    return os.environ.get("TRITON_INTERPRET") == "1" and x.dtype in (torch.float16, torch.float32, torch.float64)
+
+
+# ---- references ------------------------------------------------------------------------------------
+
+
+def row_sumsq(x: torch.Tensor) -> torch.Tensor:
+    """Σ x² over the last axis, in float32 (float64 for float64 x), one value per row (flattened)."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return x.reshape(-1, x.shape[-1]).to(acc).square().sum(-1)
+
+
+def _rstd(sumsq: torch.Tensor, width: int, eps: float) -> torch.Tensor:
+    return torch.rsqrt(sumsq / width + eps)
+
+
+def linear_rowscale_reference(h, w, sumsq, eps):
+    """rstd ⊙ (h @ wᵀ) with rstd from each row's Σh² (h's width), in float32 math, h's dtype out."""
+    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+    out = (h.to(acc) @ w.to(acc).t()) * _rstd(sumsq, h.shape[-1], eps).to(acc)[:, None]
+    return out.to(h.dtype)
+
+
+def linear_gate_reference(h, w13, sumsq, eps):
+    """silu(g)·u of [g | u] = rstd ⊙ (h @ w13ᵀ), in float32 math, h's dtype out."""
+    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+    gu = (h.to(acc) @ w13.to(acc).t()) * _rstd(sumsq, h.shape[-1], eps).to(acc)[:, None]
+    g, u = gu.chunk(2, dim=-1)
+    return (torch.nn.functional.silu(g) * u).to(h.dtype)
+
+
+def linear_residual_reference(a, w, x):
+    """(x + a @ wᵀ rounded to x's dtype, its rows' Σ²)."""
+    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+    out = (x.to(acc) + a.to(acc) @ w.to(acc).t()).to(x.dtype)
+    return out, row_sumsq(out)
+
+
+# ---- the kernel -----------------------------------------------------------------------------------------
+
+if triton is not None:
+
+    @triton.jit
+    def _gemm(a_desc, b_desc, c_desc, r_desc, SS_IN, SS_OUT, M, N, F, inv_width, eps, PROGRAMS,
+              K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ROWSCALE: tl.constexpr,
+              GATE: tl.constexpr, RESIDUAL: tl.constexpr, ACC: tl.constexpr):
+        # out[M×N] = epilogue(a[M×K] @ b[·×K]ᵀ). GATE: b holds [W1; W3] (2F rows), out = silu(g)·u with
+        # g, u from rows n and F + n. ROWSCALE: rows times rsqrt(SS_IN/width + eps). RESIDUAL: out =
+        # r + product, and each row's Σ out² over this tile added into SS_OUT.
+        grid_m, grid_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
+        for tile in range(tl.program_id(0), grid_m * grid_n, PROGRAMS):
+            # Grouped order: 8 row blocks share their column blocks of b while those are in L2.
+            first = (tile // (8 * grid_n)) * 8
+            group = min(grid_m - first, 8)
+            pm, pn = first + (tile % (8 * grid_n)) % group, (tile % (8 * grid_n)) // group
+            acc = tl.zeros([BM, BN], ACC)
+            if GATE:
+                acc_u = tl.zeros([BM, BN], ACC)
+            for k in range(0, K, BK):
+                a = a_desc.load([pm * BM, k])
+                acc = tl.dot(a, b_desc.load([pn * BN, k]).T, acc)
+                if GATE:
+                    acc_u = tl.dot(a, b_desc.load([F + pn * BN, k]).T, acc_u)
+            rows = pm * BM + tl.arange(0, BM)
+            if ROWSCALE:
+                ss = tl.load(SS_IN + rows, mask=rows < M, other=0.0)
+                rstd = (1.0 / tl.sqrt(ss * inv_width + eps)).to(ACC)
+                acc = acc * rstd[:, None]
+                if GATE:
+                    acc_u = acc_u * rstd[:, None]
+            if GATE:
+                acc = acc * tl.sigmoid(acc) * acc_u
+            out = acc.to(c_desc.dtype)
+            if RESIDUAL:
+                out = (r_desc.load([pm * BM, pn * BN]).to(ACC) + acc).to(c_desc.dtype)
+                cols = pn * BN + tl.arange(0, BN)
+                sq = tl.where((cols < N)[None, :], out.to(ACC) * out.to(ACC), 0.0)
+                tl.atomic_add(SS_OUT + rows, tl.sum(sq, 1), mask=rows < M)
+            c_desc.store([pm * BM, pn * BN], out)
+
+
+def _programs(device: torch.device, tiles: int) -> int:
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return max(1, min(sms, tiles))
+
+
+def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, kind: str, *, rowscale=None, residual=None,
+            ss_out=None, width=1, eps=0.0, gate_rows=0) -> torch.Tensor:
+    cfg = TUNING[kind]
+    bm, bn, bk = cfg["bm"], cfg["bn"], cfg["bk"]
+    M, K = a.shape
+    N = out.shape[1]
+    acc = tl.float64 if a.dtype == torch.float64 else tl.float32
+    descs = [TensorDescriptor.from_tensor(a, [bm, bk]), TensorDescriptor.from_tensor(b, [bn, bk]),
+             TensorDescriptor.from_tensor(out, [bm, bn])]
+    descs.append(TensorDescriptor.from_tensor(residual, [bm, bn]) if residual is not None else descs[2])
+    dummy = rowscale if rowscale is not None else (ss_out if ss_out is not None else out)
+    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+    programs = _programs(a.device, tiles)
+    _gemm[(programs,)](*descs, rowscale if rowscale is not None else dummy, ss_out if ss_out is not None else dummy,
+                       M, N, gate_rows, 1.0 / width, eps, programs, K, BM=bm, BN=bn, BK=bk,
+                       ROWSCALE=rowscale is not None, GATE=kind == "gate", RESIDUAL=residual is not None, ACC=acc,
+                       num_stages=cfg["num_stages"], num_warps=cfg["num_warps"])
+    return out
+
+
+# ---- the ops -------------------------------------------------------------------------------------------
+
+
+def linear_rowscale(h: torch.Tensor, w: torch.Tensor, sumsq: torch.Tensor, eps: float) -> torch.Tensor:
+    """rmsnorm(h) @ (W·diag γ)ᵀ for w = folded(W, γ): rows of h (…×K) scaled by their rstd after the product."""
+    h2 = h.reshape(-1, h.shape[-1])
+    out = torch.empty(h2.shape[0], w.shape[0], dtype=h.dtype, device=h.device)
+    _launch(h2, w, out, "plain", rowscale=sumsq, width=h.shape[-1], eps=eps)
+    return out.view(*h.shape[:-1], w.shape[0])
+
+
+def linear_gate(h: torch.Tensor, w13: torch.Tensor, sumsq: torch.Tensor, eps: float) -> torch.Tensor:
+    """silu(g)·u of [g | u] = rmsnorm(h) @ w13ᵀ, w13 = folded([W1; W3], γ): …×K -> …×F."""
+    h2 = h.reshape(-1, h.shape[-1])
+    F = w13.shape[0] // 2
+    out = torch.empty(h2.shape[0], F, dtype=h.dtype, device=h.device)
+    _launch(h2, w13, out, "gate", rowscale=sumsq, width=h.shape[-1], eps=eps, gate_rows=F)
+    return out.view(*h.shape[:-1], F)
+
+
+def linear_residual(a: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + a @ wᵀ, each row's Σ of its squares): the stream after a branch and the next norm's statistic."""
+    a2, x2 = a.reshape(-1, a.shape[-1]), x.reshape(-1, x.shape[-1])
+    out = torch.empty_like(x2)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    sumsq = torch.zeros(x2.shape[0], dtype=acc, device=x.device)
+    _launch(a2, w, out, "plain", residual=x2.contiguous(), ss_out=sumsq)
+    return out.view(x.shape), sumsq
+
+
+def folded(weight: torch.Tensor, gain: torch.Tensor | None, dtype: torch.dtype, cache: dict) -> torch.Tensor:
+    """W·diag(γ) (W alone for gain None) in dtype, computed once per state of the tensors: `cache` (the
+    module's) keys it by their storage and version counters, so a weight changed in place (an optimizer
+    step) is folded again. W itself when there is nothing to do."""
+    if gain is None and weight.dtype == dtype and weight.is_contiguous():
+        return weight
+    parts = (weight,) if gain is None else (weight, gain)
+    key = (tuple((t.data_ptr(), t._version) for t in parts), dtype, weight.device)
+    if cache.get("key") != key:
+        cache["key"] = key
+        w = weight.detach() if gain is None else weight.detach().double() * gain.detach().double()
+        cache["weight"] = w.to(dtype).contiguous()
+    return cache["weight"]

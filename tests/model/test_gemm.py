@@ -1,0 +1,162 @@
+"""Inference GEMMs with the norm, gate and residual add in their epilogues (model/gemm.py).
+
+The references against the modules they replace (RMSNorm then a linear layer; the SwiGLU gate; the
+residual add), the Triton kernel against the references in float64 (Triton's interpreter on the CPU,
+or the GPU) at shapes whose rows, columns and depth do not divide the tiles, and a Transformer
+stack on this path against the same stack without kernels.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitok.model import gemm, kernels
+from vitok.model.blocks import Block, RMSNorm, Transformer, rope_angles, rope_tables
+
+ON_GPU = torch.cuda.is_available() and kernels.triton is not None
+INTERPRETED = kernels.triton is not None and os.environ.get("TRITON_INTERPRET") == "1"
+needs_triton = pytest.mark.skipif(not (ON_GPU or INTERPRETED),
+                                  reason="Triton kernels run on CUDA, or on CPU under TRITON_INTERPRET=1")
+DEVICE = "cuda" if ON_GPU else "cpu"
+# Tiles smaller than every test shape, so that rows, columns, depth and the gate's halves all end in
+# partial tiles; on the GPU float64 tiles this size also fit in shared memory.
+SMALL = {"plain": {"bm": 16, "bn": 32, "bk": 16, "num_stages": 1, "num_warps": 4},
+         "gate": {"bm": 16, "bn": 16, "bk": 16, "num_stages": 1, "num_warps": 4}}
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    for kind, shape in SMALL.items():
+        monkeypatch.setitem(gemm.TUNING, kind, shape)
+
+
+def randn(*shape, dtype=torch.float64, device=DEVICE):
+    return torch.randn(*shape, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+def test_references_are_the_modules_they_replace():
+    torch.manual_seed(0)
+    norm = RMSNorm(24).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    h, w = randn(7, 24, device="cpu"), randn(20, 24, device="cpu")
+    sumsq = gemm.row_sumsq(h)
+    torch.testing.assert_close(sumsq, (h * h).sum(-1))
+    folded = gemm.folded(w, norm.weight.detach(), torch.float64, {})
+    torch.testing.assert_close(gemm.linear_rowscale_reference(h, folded, sumsq, norm.eps), F.linear(norm(h), w))
+    g, u = F.linear(norm(h), w).chunk(2, dim=-1)
+    torch.testing.assert_close(gemm.linear_gate_reference(h, folded, sumsq, norm.eps), F.silu(g) * u)
+    a, w2 = randn(7, 10, device="cpu"), randn(24, 10, device="cpu")
+    out, out_sumsq = gemm.linear_residual_reference(a, w2, h)
+    torch.testing.assert_close(out, h + a @ w2.t())
+    torch.testing.assert_close(out_sumsq, (out * out).sum(-1))
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_kernels_match_the_references(small_tiles, dtype):
+    # 37 rows, depth 40 (not a multiple of the 16-deep tiles), 56 outputs, a gate of 24 per half.
+    torch.manual_seed(0)
+    h, w, w13 = randn(37, 40, dtype=dtype), randn(56, 40, dtype=dtype), randn(48, 40, dtype=dtype)
+    a, w2, x = randn(37, 24, dtype=dtype), randn(40, 24, dtype=dtype), randn(37, 40, dtype=dtype)
+    sumsq = gemm.row_sumsq(h)
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
+    with torch.no_grad():
+        torch.testing.assert_close(gemm.linear_rowscale(h, w, sumsq, 1e-6),
+                                   gemm.linear_rowscale_reference(h, w, sumsq, 1e-6), **tol)
+        torch.testing.assert_close(gemm.linear_gate(h, w13, sumsq, 1e-6),
+                                   gemm.linear_gate_reference(h, w13, sumsq, 1e-6), **tol)
+        got, got_sumsq = gemm.linear_residual(a, w2, x)
+        want, want_sumsq = gemm.linear_residual_reference(a, w2, x)
+    torch.testing.assert_close(got, want, **tol)
+    torch.testing.assert_close(got_sumsq, want_sumsq, **tol)
+
+
+def test_folded_weights_follow_changes_to_the_weight_and_gain():
+    w, gain, cache = torch.randn(6, 4), torch.rand(4) + 0.5, {}
+    first = gemm.folded(w, gain, torch.float32, cache)
+    torch.testing.assert_close(first, w * gain)
+    assert gemm.folded(w, gain, torch.float32, cache) is first  # cached
+    with torch.no_grad():
+        w.mul_(2)  # an optimizer step, in place
+    torch.testing.assert_close(gemm.folded(w, gain, torch.float32, cache), w * gain)
+    with torch.no_grad():
+        gain.add_(1)
+    torch.testing.assert_close(gemm.folded(w, gain, torch.float32, cache), w * gain)
+
+
+def stack_and_inputs(dtype, depth=2, width=64, heads=2, tokens=(3, 5)):
+    torch.manual_seed(0)
+    stack = Transformer(width, depth, heads).to(device=DEVICE, dtype=dtype)
+    with torch.no_grad():
+        for p in stack.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    rope = tuple(t.to(DEVICE) for t in rope_tables(rope_angles(tokens, width // heads)))
+    x = torch.randn(2, tokens[0] * tokens[1], width, dtype=torch.float64).to(device=DEVICE, dtype=dtype)
+    return stack, rope, x
+
+
+@needs_triton
+def test_transformer_inference_path_matches_the_plain_stack(small_tiles, monkeypatch):
+    stack, rope, x = stack_and_inputs(torch.float64)
+    with torch.no_grad():
+        want = stack(x, rope)
+        stack.set_kernels(True)
+        calls = []
+        real = Block.inference_forward
+        monkeypatch.setattr(Block, "inference_forward", lambda self, *a: calls.append(1) or real(self, *a))
+        got = stack(x, rope)
+    assert len(calls) == 2  # every block on the GEMM path
+    # (kernels.rope_qkv rotates in float32 math: that, not the GEMMs, sets the tolerance in float64)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    # Its folded weights are not part of the module's state.
+    assert set(stack.state_dict()) == set(Transformer(64, 2, 2).state_dict())
+
+
+@needs_triton
+def test_inference_path_under_autocast_casts_each_weight_once(small_tiles):
+    # float32 weights, a half stream under autocast (the trainer's evaluation with residual_dtype bf16;
+    # float16 here, which Triton's interpreter multiplies correctly).
+    stack, rope, x = stack_and_inputs(torch.float32)
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.float16):
+        want = stack(x.half(), rope)
+        stack.set_kernels(True)
+        got = stack(x.half(), rope)
+        folded = [c["weight"] for c in stack.blocks[0]._folded.values()]
+        stack(x.half(), rope)
+        assert all(a is b for a, b in zip((c["weight"] for c in stack.blocks[0]._folded.values()), folded))
+    assert got.dtype == want.dtype == torch.float16 and len(folded) == 4
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+@needs_triton
+def test_inference_path_is_left_where_it_does_not_apply(small_tiles, monkeypatch):
+    stack, rope, x = stack_and_inputs(torch.float32)
+    stack.set_kernels(True)
+    monkeypatch.setattr(Block, "inference_forward", lambda *a: pytest.fail("took the GEMM path"))
+    stack(x, rope)  # grad enabled: training takes the other fused path
+    with torch.no_grad():
+        with torch.autocast(DEVICE, dtype=torch.float16):
+            stack(x, rope)  # a float32 stream under float16 autocast: the matmuls would not run in x's dtype
+        stack.blocks[0].attn.qkv.register_forward_hook(lambda *a: None)
+        stack(x, rope)  # a hooked layer must run as itself
+    parallel = Transformer(64, 1, 2, parallel=True).to(DEVICE)
+    parallel.set_kernels(True)
+    with torch.no_grad():
+        parallel(x, rope)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="the shipped tiles at a real model's widths, on the GPU")
+def test_inference_path_at_real_widths_on_the_gpu():
+    # S-B/16's decoder blocks (width 768, 12 heads, SwiGLU hidden 2048) in bf16 with the shipped tiles,
+    # 300 rows (not a multiple of them): against the same stack without kernels, both in bf16.
+    stack, rope, x = stack_and_inputs(torch.bfloat16, depth=2, width=768, heads=12, tokens=(10, 15))
+    with torch.no_grad():
+        want = stack(x, rope).float()
+        stack.set_kernels(True)
+        got = stack(x, rope).float()
+    assert (got - want).abs().max() < 3e-2 * want.abs().max(), (got - want).abs().max()
