@@ -1,6 +1,7 @@
 """Can a Triton GEMM of our own match cuBLAS on the Transformer's matmuls? (issue 18, target 2)
 
     python benchmarks/gemm_probe.py [--tokens 65536] [--out FILE] [--smoke]
+    python benchmarks/gemm_probe.py --fused [--best FILE] [--out FILE] [--smoke]
 
 Encode + decode at 70 % MFU would need the SiLU gate and the RMSNorm passes folded into the matmuls
 (the gate into the up-projection's epilogue, the norm's row scale into the next matmul's epilogue
@@ -10,8 +11,10 @@ shapes (x·Wᵀ, bf16, `--tokens` rows: 65,536 = batch 256 of 256 tokens), cuBLA
 against Triton kernels written the ways Triton offers on Hopper: tiles loaded through pointers
 (software-pipelined), through TMA tensor descriptors, and the latter persistent (one program per SM
 walking the tiles), each over a grid of block shapes. Every candidate is replayed from a CUDA graph (10 launches), so Python is not timed, and
-checked against cuBLAS's output. `--smoke`: tiny shapes, one candidate each, on the CPU under
-TRITON_INTERPRET=1 (the test of this script).
+checked against cuBLAS's output. `--fused`: vitok.model.gemm's three ops (norm row scale, gate,
+residual add) at each candidate tile shape against the path they replace (cuBLAS, then the norm, gate
+or add + norm kernel); `--best` writes each op's fastest tiles (for speed_probe.py --gemm-tuning).
+`--smoke`: tiny shapes, one candidate each, on the CPU under TRITON_INTERPRET=1 (the test of this script).
 """
 
 from __future__ import annotations
@@ -87,38 +90,122 @@ def kernels():
     return triton, pointer_mm, tma_mm, tma_persistent_mm
 
 
+FUSED_CONFIGS = ([{"bm": 128, "bn": bn, "bk": 64, "num_stages": s, "num_warps": w}
+                  for bn, s, w in itertools.product((64, 128, 256), (2, 3, 4), (4, 8))]
+                 + [{"bm": 64, "bn": 256, "bk": 64, "num_stages": s, "num_warps": 8} for s in (3, 4)]
+                 + [{"bm": 256, "bn": 128, "bk": 64, "num_stages": 3, "num_warps": 8}])
+
+
+def fused(args) -> dict:
+    """Each of vitok.model.gemm's ops at S-B/16's shapes over FUSED_CONFIGS, against what it replaces:
+    cuBLAS's product plus the pass after it (the SiLU gate, the residual add + norm); the four old
+    paths together are one block's matmuls and passes."""
+    import torch
+
+    from vitok.model import gemm, kernels
+
+    device = "cpu" if args.smoke else "cuda"
+    dtype = torch.float16 if args.smoke else torch.bfloat16
+    M = 64 if args.smoke else args.tokens
+    D, Fh = (32, 48) if args.smoke else (768, 2048)
+    configs = [{"bm": 16, "bn": 16, "bk": 16, "num_stages": 1, "num_warps": 4}] if args.smoke else FUSED_CONFIGS
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, device=device, generator=g) * scale).to(dtype)
+
+    x, w_qkv, w_proj = rnd(M, D), rnd(3 * D, D, scale=D ** -0.5), rnd(D, D, scale=D ** -0.5)
+    w13, w2, gated = rnd(2 * Fh, D, scale=D ** -0.5), rnd(D, Fh, scale=Fh ** -0.5), rnd(M, Fh)
+    attn_out, gain = rnd(M, D), torch.ones(D, device=device)
+    sumsq = gemm.row_sumsq(x)
+    cases = {  # op -> [(shape name, fused call, the old path's calls)]
+        "rowscale": [("qkv", lambda: gemm.linear_rowscale(x, w_qkv, sumsq, 1e-6),
+                      lambda: x @ w_qkv.t())],  # (the norm pass is the residual ops' add + norm)
+        "residual": [("proj", lambda: gemm.linear_residual(attn_out, w_proj, x),
+                      lambda: kernels.add_rmsnorm(x, attn_out @ w_proj.t(), gain, 1e-6)),
+                     ("w2", lambda: gemm.linear_residual(gated, w2, x),
+                      lambda: kernels.add_rmsnorm(x, gated @ w2.t(), gain, 1e-6))],
+        "gate": [("w13", lambda: gemm.linear_gate(x, w13, sumsq, 1e-6),
+                  lambda: kernels.silu_mul(x @ w13.t()))],
+    }
+    bench = (lambda fn: (fn(), 1.0)[1]) if args.smoke else graph_bench
+    shipped = {k: dict(v) for k, v in gemm.TUNING.items()}
+    result = {"tokens": M, "ops": {}, "best": {}, "block_old_ms": 0.0, "block_fused_ms": 0.0}
+    with torch.no_grad():
+        for op, shapes in cases.items():
+            old = {name: bench(before) for name, _, before in shapes}
+            rows = []
+            for cfg in configs:
+                gemm.TUNING[op] = cfg
+                row = {**cfg}
+                try:
+                    for name, call, _ in shapes:
+                        row[f"{name}_ms"] = bench(call) * 1e3
+                    row["ms"] = sum(row[f"{name}_ms"] for name, _, _ in shapes)
+                except Exception as e:  # noqa: BLE001 - a shape the compiler refuses is a result
+                    row["error"] = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+                rows.append(row)
+            gemm.TUNING[op] = shipped[op]
+            rows.sort(key=lambda r: r.get("ms", float("inf")))
+            old_ms = sum(old.values()) * 1e3
+            best = rows[0]
+            result["ops"][op] = {"old_path_ms": {k: v * 1e3 for k, v in old.items()}, "candidates": rows}
+            if "ms" in best:
+                result["best"][op] = {k: best[k] for k in shipped[op]}
+            result["block_old_ms"] += old_ms
+            result["block_fused_ms"] += best.get("ms", float("nan"))
+            print(json.dumps({"op": op, "old_path_ms": round(old_ms, 4), "best": best,
+                              "speedup": round(old_ms / best["ms"], 3) if "ms" in best else None}))
+    print(json.dumps({"block_old_ms": result["block_old_ms"], "block_fused_ms": result["block_fused_ms"]}))
+    return result
+
+
+def graph_bench(fn) -> float:
+    """Seconds per call of fn, replayed from a CUDA graph of 10 calls (Python's launch time not counted)."""
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(10):
+            fn()
+    return timing.bench(graph.replay, 2, 10) / 10
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=65536)
+    parser.add_argument("--fused", action="store_true", help="time vitok.model.gemm's fused ops instead")
+    parser.add_argument("--best", default=None, help="--fused: write the fastest tiles per op here (JSON)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    if not args.smoke:
+        import torch
+        if not torch.cuda.is_available():
+            raise SystemExit("gemm_probe.py times CUDA kernels: run it on a GPU machine (or --smoke on a CPU)")
+    if args.fused:
+        data = fused(args)
+        if args.out:
+            Path(args.out).write_text(json.dumps(data, indent=1))
+        if args.best:
+            Path(args.best).write_text(json.dumps(data["best"], indent=1))
+        return data
     import torch
 
     triton, pointer_mm, tma_mm, tma_persistent_mm = kernels()
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
-    if device == "cpu" and not args.smoke:
-        raise SystemExit("gemm_probe.py times CUDA kernels: run it on a GPU machine (or --smoke on a CPU)")
+    device = "cpu" if args.smoke else "cuda"
     shapes = (("tiny", 32, 48),) if args.smoke else SHAPES
     configs = ([{"bm": 16, "bn": 16, "bk": 16, "stages": 1, "warps": 4}] if args.smoke else CONFIGS)
     M = 64 if args.smoke else args.tokens
     dtype = torch.float16 if args.smoke else torch.bfloat16  # the interpreter multiplies bf16 tiles wrongly
 
-    def bench(fn):
-        if device == "cpu":
-            fn()
-            return 1.0
-        fn()
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(10):
-                fn()
-        return timing.bench(graph.replay, 2, 10) / 10
+    bench = (lambda fn: (fn(), 1.0)[1]) if args.smoke else graph_bench
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count if device == "cuda" else 4
     rows = []

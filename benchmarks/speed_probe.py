@@ -454,6 +454,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
     parser.add_argument("--tuning", default="", help="JSON file of launch shapes for the Triton kernels "
                         "(kernel name -> settings, as vitok.model.kernels.TUNING and kernel_tune.py's --best)")
+    parser.add_argument("--gemm-tuning", default="", help="JSON file of tile shapes for the inference GEMMs "
+                        "(as vitok.model.gemm.TUNING and gemm_probe.py --fused --best)")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     unknown = {v for v in args.variants.split(",") if split_variant(v)[0] not in VARIANTS}
@@ -465,6 +467,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.tuning:
         from vitok.model import kernels
         kernels.TUNING.update(json.loads(Path(args.tuning).read_text()))
+    if args.gemm_tuning:
+        from vitok.model import gemm
+        gemm.TUNING.update(json.loads(Path(args.gemm_tuning).read_text()))
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     timer = make_timer(device)

@@ -261,15 +261,13 @@ class Transformer(nn.Module):
 
     def inference_forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """model.kernels=triton without grad: the blocks' norms, gates and residual adds inside their matmuls
-        (Block.inference_forward); the final norm from the last block's row statistics."""
+        (Block.inference_forward), then the final norm."""
         sumsq = gemm.row_sumsq(x)
         for block in self.blocks:
             x, sumsq = block.inference_forward(x, sumsq, rope)
         if not isinstance(self.norm, RMSNorm):
             return x
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        rstd = torch.rsqrt(sumsq.view(x.shape[:-1]) / x.shape[-1] + self.norm.eps)
-        return (x.to(acc) * rstd[..., None] * self.norm.weight.to(acc)).to(x.dtype)
+        return add_rmsnorm(x, None, self.norm.weight, self.norm.eps)  # one pass of the fused norm kernel
 
     def set_kernels(self, fused: bool) -> None:
         """Run the blocks through the fused kernels (model.kernels=triton) or plain PyTorch ops."""

@@ -15,7 +15,8 @@ the matmuls, most of it the RMSNorm (+ residual add) and SiLU-gate passes over t
 The kernel is persistent (one program per SM walking the output tiles) and loads its tiles through
 TMA descriptors: that form matched or beat cuBLAS on the MLP's two matmuls and reached 0.90x on the
 attention's on an H200 (`benchmarks/gemm_probe.py`). Inference only (no backward); bf16/fp16 on CUDA,
-and any dtype under TRITON_INTERPRET=1 (the tests, float32/float64 there). The references
+and any dtype under TRITON_INTERPRET=1 (the tests, float32/float64 there; float32 on the GPU too,
+multiplied exactly; Triton refuses float64 products on the GPU). The references
 (`*_reference`) compute the same maps with plain PyTorch ops.
 """
 
@@ -33,11 +34,17 @@ if triton is not None:
 
 __all__ = ["usable", "row_sumsq", "linear_rowscale", "linear_gate", "linear_residual", "folded", "TUNING"]
 
-# Tile shapes: benchmarks/gemm_probe.py's fastest persistent TMA shapes on an H200 at S-B/16's widths.
+# Tile shapes per op: the fastest of `benchmarks/gemm_probe.py --fused`'s candidates on an H200 at
+# S-B/16's widths (batch 256 of 256 tokens).
 TUNING = {
-    "plain": {"bm": 128, "bn": 256, "bk": 64, "num_stages": 3, "num_warps": 8},
+    "rowscale": {"bm": 128, "bn": 256, "bk": 64, "num_stages": 3, "num_warps": 8},
     "gate": {"bm": 128, "bn": 128, "bk": 64, "num_stages": 3, "num_warps": 8},
+    "residual": {"bm": 128, "bn": 256, "bk": 64, "num_stages": 3, "num_warps": 8},
 }
+
+
+# On CUDA the path runs the half types (float32 would run its products exactly, slower than cuBLAS).
+CUDA_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def usable(x: torch.Tensor, width: int) -> bool:
@@ -47,7 +54,7 @@ def usable(x: torch.Tensor, width: int) -> bool:
     if triton is None or torch.is_grad_enabled() or torch.compiler.is_compiling() or width % 8:
         return False
     if x.is_cuda:
-        return x.dtype in (torch.float16, torch.bfloat16)
+        return x.dtype in CUDA_DTYPES
     return os.environ.get("TRITON_INTERPRET") == "1" and x.dtype in (torch.float16, torch.float32, torch.float64)
 
 
@@ -57,7 +64,8 @@ def usable(x: torch.Tensor, width: int) -> bool:
 def row_sumsq(x: torch.Tensor) -> torch.Tensor:
     """Σ x² over the last axis, in float32 (float64 for float64 x), one value per row (flattened)."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return x.reshape(-1, x.shape[-1]).to(acc).square().sum(-1)
+    # One reduction reading x in its own dtype (no float32 copy of the stream), then M squares.
+    return torch.linalg.vector_norm(x.reshape(-1, x.shape[-1]), 2, dim=-1, dtype=acc).square()
 
 
 def _rstd(sumsq: torch.Tensor, width: int, eps: float) -> torch.Tensor:
@@ -93,7 +101,7 @@ if triton is not None:
     @triton.jit
     def _gemm(a_desc, b_desc, c_desc, r_desc, SS_IN, SS_OUT, M, N, F, inv_width, eps, PROGRAMS,
               K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ROWSCALE: tl.constexpr,
-              GATE: tl.constexpr, RESIDUAL: tl.constexpr, ACC: tl.constexpr):
+              GATE: tl.constexpr, RESIDUAL: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
         # out[M×N] = epilogue(a[M×K] @ b[·×K]ᵀ). GATE: b holds [W1; W3] (2F rows), out = silu(g)·u with
         # g, u from rows n and F + n. ROWSCALE: rows times rsqrt(SS_IN/width + eps). RESIDUAL: out =
         # r + product, and each row's Σ out² over this tile added into SS_OUT.
@@ -108,9 +116,9 @@ if triton is not None:
                 acc_u = tl.zeros([BM, BN], ACC)
             for k in range(0, K, BK):
                 a = a_desc.load([pm * BM, k])
-                acc = tl.dot(a, b_desc.load([pn * BN, k]).T, acc)
+                acc = tl.dot(a, b_desc.load([pn * BN, k]).T, acc, input_precision=PRECISION)
                 if GATE:
-                    acc_u = tl.dot(a, b_desc.load([F + pn * BN, k]).T, acc_u)
+                    acc_u = tl.dot(a, b_desc.load([F + pn * BN, k]).T, acc_u, input_precision=PRECISION)
             rows = pm * BM + tl.arange(0, BM)
             if ROWSCALE:
                 ss = tl.load(SS_IN + rows, mask=rows < M, other=0.0)
@@ -141,6 +149,8 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, kind: str, *, r
     M, K = a.shape
     N = out.shape[1]
     acc = tl.float64 if a.dtype == torch.float64 else tl.float32
+    # float32/float64 (the tests) multiply exactly; half types take the tensor cores.
+    precision = "ieee" if a.dtype in (torch.float32, torch.float64) else None
     descs = [TensorDescriptor.from_tensor(a, [bm, bk]), TensorDescriptor.from_tensor(b, [bn, bk]),
              TensorDescriptor.from_tensor(out, [bm, bn])]
     descs.append(TensorDescriptor.from_tensor(residual, [bm, bn]) if residual is not None else descs[2])
@@ -150,6 +160,7 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, kind: str, *, r
     _gemm[(programs,)](*descs, rowscale if rowscale is not None else dummy, ss_out if ss_out is not None else dummy,
                        M, N, gate_rows, 1.0 / width, eps, programs, K, BM=bm, BN=bn, BK=bk,
                        ROWSCALE=rowscale is not None, GATE=kind == "gate", RESIDUAL=residual is not None, ACC=acc,
+                       PRECISION=precision,
                        num_stages=cfg["num_stages"], num_warps=cfg["num_warps"])
     return out
 
@@ -161,7 +172,7 @@ def linear_rowscale(h: torch.Tensor, w: torch.Tensor, sumsq: torch.Tensor, eps: 
     """rmsnorm(h) @ (W·diag γ)ᵀ for w = folded(W, γ): rows of h (…×K) scaled by their rstd after the product."""
     h2 = h.reshape(-1, h.shape[-1])
     out = torch.empty(h2.shape[0], w.shape[0], dtype=h.dtype, device=h.device)
-    _launch(h2, w, out, "plain", rowscale=sumsq, width=h.shape[-1], eps=eps)
+    _launch(h2, w, out, "rowscale", rowscale=sumsq, width=h.shape[-1], eps=eps)
     return out.view(*h.shape[:-1], w.shape[0])
 
 
@@ -180,7 +191,7 @@ def linear_residual(a: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> tuple[
     out = torch.empty_like(x2)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     sumsq = torch.zeros(x2.shape[0], dtype=acc, device=x.device)
-    _launch(a2, w, out, "plain", residual=x2.contiguous(), ss_out=sumsq)
+    _launch(a2, w, out, "residual", residual=x2.contiguous(), ss_out=sumsq)
     return out.view(x.shape), sumsq
 
 
