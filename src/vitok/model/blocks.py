@@ -190,9 +190,6 @@ class Block(nn.Module):
         self.norm2 = None if parallel else RMSNorm(dim, eps)
         self.mlp = SwiGLU(dim, hidden or swiglu_hidden(dim))
         self.layer_scale = nn.Parameter(torch.ones(dim)) if parallel else None
-        # inference_forward's weights with the norms' gains folded in, refolded when either changes
-        # (gemm.folded); a plain dict, so never saved with the weights.
-        self._folded: dict[str, dict] = {}
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if self.parallel:
@@ -209,16 +206,14 @@ class Block(nn.Module):
         attn, mlp = self.attn, self.mlp
         B, L, D = x.shape
 
-        def weight(name: str, layer: nn.Linear, gain: torch.Tensor | None) -> torch.Tensor:
-            # In x's dtype (under autocast: cast once per weight state, not once per call as autocast does)
-            return gemm.folded(layer.weight, gain, x.dtype, self._folded.setdefault(name, {}))
-
-        qkv = gemm.linear_rowscale(x, weight("qkv", attn.qkv, self.norm1.weight), sumsq, self.norm1.eps)
+        qkv = gemm.linear_rowscale(x, gemm.folded(attn.qkv.weight, self.norm1.weight, x.dtype), sumsq,
+                                   self.norm1.eps)
         q, k, v = rope_qkv(qkv, *rope, attn.heads)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        x, sumsq = gemm.linear_residual(out.transpose(1, 2).reshape(B, L, D), weight("proj", attn.proj, None), x)
-        gated = gemm.linear_gate(x, weight("w13", mlp.w13, self.norm2.weight), sumsq, self.norm2.eps)
-        return gemm.linear_residual(gated, weight("w2", mlp.w2, None), x)
+        x, sumsq = gemm.linear_residual(out.transpose(1, 2).reshape(B, L, D),
+                                        gemm.folded(attn.proj.weight, None, x.dtype), x)
+        gated = gemm.linear_gate(x, gemm.folded(mlp.w13.weight, self.norm2.weight, x.dtype), sumsq, self.norm2.eps)
+        return gemm.linear_residual(gated, gemm.folded(mlp.w2.weight, None, x.dtype), x)
 
     def inference_ready(self, x: torch.Tensor) -> bool:
         """Whether inference_forward takes x: a sequential block of plain bias-free layers (no hooks,
