@@ -98,8 +98,8 @@ FUSED_CONFIGS = ([{"bm": 128, "bn": bn, "bk": 64, "num_stages": s, "num_warps": 
 
 def fused(args) -> dict:
     """Each of vitok.model.gemm's ops at S-B/16's shapes over FUSED_CONFIGS, against what it replaces:
-    cuBLAS's product plus the pass after it (the SiLU gate, the residual add + norm); the four old
-    paths together are one block's matmuls and passes."""
+    cuBLAS's product plus the pass after it (RoPE on q and k, the SiLU gate, the residual add + norm);
+    the four old paths together are one block's matmuls and passes."""
     import torch
 
     from vitok.model import gemm, kernels
@@ -118,9 +118,16 @@ def fused(args) -> dict:
     w13, w2, gated = rnd(2 * Fh, D, scale=D ** -0.5), rnd(D, Fh, scale=Fh ** -0.5), rnd(M, Fh)
     attn_out, gain = rnd(M, D), torch.ones(D, device=device)
     sumsq = gemm.row_sumsq(x)
+    from vitok.model.blocks import rope_angles, rope_tables
+
+    grid, heads = ((2, 4), 2) if args.smoke else ((16, 16), 12)
+    L = grid[0] * grid[1]
+    B = M // L
+    cos, sin = (t.to(device) for t in rope_tables(rope_angles(grid, D // heads, device=device)))
     cases = {  # op -> [(shape name, fused call, the old path's calls)]
-        "rowscale": [("qkv", lambda: gemm.linear_rowscale(x, w_qkv, sumsq, 1e-6),
-                      lambda: x @ w_qkv.t())],  # (the norm pass is the residual ops' add + norm)
+        # (the norm pass of the old path is counted in the residual ops' add + norm)
+        "rowscale": [("qkv", lambda: gemm.linear_rowscale(x.view(B, L, D), w_qkv, sumsq, 1e-6, (cos, sin)),
+                      lambda: kernels._RopeQKV.apply((x @ w_qkv.t()).view(B, L, 3 * D), cos, sin, heads, True))],
         "residual": [("proj", lambda: gemm.linear_residual(attn_out, w_proj, x),
                       lambda: kernels.add_rmsnorm(x, attn_out @ w_proj.t(), gain, 1e-6)),
                      ("w2", lambda: gemm.linear_residual(gated, w2, x),

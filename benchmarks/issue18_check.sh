@@ -22,12 +22,17 @@
 # tune     kernel_tune.py: every candidate launch shape of the memory-bound Triton kernels, then
 #          speed_probe.py's fastest training configuration with the shipped shapes and with the fastest
 #          ones (--tuning), interleaved three times
+# gemm     gemm_probe.py: Triton GEMMs (pointer, TMA, persistent TMA) against cuBLAS at S-B/16's matmuls, then
+#          --fused: model/gemm.py's ops (norm row scale + RoPE, gate, residual add) against the paths they
+#          replace; then speed_probe.py's encode + decode (bf16 weights, batch 512, eager with kernels), this
+#          tree and BASE (a tree without model/gemm.py) interleaved twice, compiled stacks once, and the
+#          training step (eager + kernels, bf16 stream, batch 256) of both trees (GEMM_PLAIN=0: no first probe)
 # disc     speed_probe.py's stage-2 section: the discriminator's passes compiled as the trainer runs them,
 #          R1 as one compiled graph (R1 kernel lists); top kernels; LPIPS compiled
 # Every part writes under OUT_DIR; the parts are independent and bounded by `timeout`. SRC: another
 # copy of the package to run (a baseline from `git archive`), TAG: a suffix for the output names.
 set -uo pipefail
-photos="$1"; out="$2"; parts="${3:-tests,loader,kernels,train,bench,probe,stages,fast,tune,disc}"
+photos="$1"; out="$2"; parts="${3:-tests,loader,kernels,train,bench,probe,stages,fast,tune,gemm,disc}"
 work="${WORK:-/tmp/vitok-issue18}"; TRAIN_MINUTES="${TRAIN_MINUTES:-1.5}"
 mkdir -p "$work" "$out"
 export PYTHONPATH="${SRC:-$PWD/src}${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1; tag="${TAG:-}"
@@ -36,9 +41,10 @@ shards() { [ -f "$work/prep320/done" ] || { python3 -m vitok prepare "$photos/tr
     --shard-size 2 >/dev/null && touch "$work/prep320/done"; }; }
 
 if has tests; then
-    timeout 300 python3 -m pytest -q -p no:cacheprovider tests/model/test_kernels.py tests/data/test_gpu_decode.py \
+    timeout 300 python3 -m pytest -q -p no:cacheprovider tests/model/test_kernels.py tests/model/test_gemm.py \
+        tests/data/test_gpu_decode.py \
         tests/train/test_loop.py tests/model/test_blocks.py tests/train/test_clock.py \
-        -k "kernels or gpu or nvjpeg or compiled_lpips or cuda" \
+        -k "kernels or gemm or gpu or nvjpeg or compiled_lpips or cuda" \
         2>&1 | tail -n 15 | tee "$out/tests.log"
 fi
 if has loader; then
@@ -113,6 +119,24 @@ if has tune; then
         probe "shipped$i" --variants eager-bf16-x2+triton
         probe "tuned$i" --variants eager-bf16-x2+triton --tuning "$out/kernel_best$tag.json"
     done
+fi
+if has gemm; then
+    [ "${GEMM_PLAIN:-1}" = 1 ] && timeout 200 python3 benchmarks/gemm_probe.py --out "$out/gemm_probe$tag.json" 2>&1 \
+        | grep -v -i warn | cut -c1-300
+    timeout 240 python3 benchmarks/gemm_probe.py --fused --best "$out/gemm_best$tag.json" \
+        --out "$out/gemm_fused$tag.json" 2>&1 | grep -v -i warn | cut -c1-400
+    probe() {  # tree (cur or base), name, then speed_probe arguments
+        local tree="$1" name="$2"; shift 2
+        [ "$tree" = base ] && [ -z "${BASE:-}" ] && return 0
+        timeout 150 python3 benchmarks/speed_probe.py --sections model --variant S-B/16 --size 256 --batch 128 \
+            --src "$([ "$tree" = base ] && echo "$BASE" || echo "$PWD/src")" --out "$out/probe_${name}_$tree$tag.json" \
+            "$@" 2>&1 | grep --line-buffered -v -i warn | tail -n 1 | cut -c1-400
+    }
+    for i in 1 2; do
+        for tree in cur base; do probe "$tree" "infer$i" --infer-only --variants eager-w16-x4+triton; done
+    done
+    probe cur infer_compiled --infer-only --variants stacks-w16-x4
+    for tree in cur base; do probe "$tree" train --variants eager-bf16-x2+triton; done
 fi
 if has disc; then
     timeout 300 python3 benchmarks/speed_probe.py --sections stage2 --lpips-variants compiled \

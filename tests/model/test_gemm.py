@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from vitok.model import gemm, kernels
 from vitok.model.blocks import Block, RMSNorm, Transformer, rope_angles, rope_tables
+from vitok.model.kernels import rope_qkv_reference
 
 ON_GPU = torch.cuda.is_available() and kernels.triton is not None
 INTERPRETED = kernels.triton is not None and os.environ.get("TRITON_INTERPRET") == "1"
@@ -80,6 +81,28 @@ def test_kernels_match_the_references(small_tiles, dtype):
     torch.testing.assert_close(got_sumsq, want_sumsq, **tol)
 
 
+@needs_triton
+def test_rope_in_the_qkv_epilogue_matches_the_reference(small_tiles):
+    # 2 samples of 15 tokens, 2 heads of 16 (P = 8): the 32-column tiles hold two whole heads, q and k
+    # are four tiles, v two (not rotated); rows of both samples share tiles (positions = row mod L).
+    torch.manual_seed(0)
+    cos, sin = (t.to(DEVICE) for t in rope_tables(rope_angles((3, 5), 16)))
+    h, w = randn(2, 15, 40, dtype=EXACT), randn(96, 40, dtype=EXACT)
+    sumsq = gemm.row_sumsq(h)
+    assert gemm.rope_fits(96, cos, 2)
+    with torch.no_grad():
+        got = gemm.linear_rowscale(h, w, sumsq, 1e-6, (cos, sin))
+    want = gemm.linear_rowscale_rope_reference(h.reshape(30, 40), w, sumsq, 1e-6, cos, sin, 2)
+    tol = 1e-10 if EXACT == torch.float64 else 1e-4
+    torch.testing.assert_close(got.reshape(30, 96), want, rtol=tol, atol=tol)
+    # The reference: rowscale, then kernels.rope_qkv_reference's rotation of q and k.
+    plain = gemm.linear_rowscale_reference(h.reshape(30, 40), w, sumsq, 1e-6).view(2, 15, 96)
+    q, k, v = rope_qkv_reference(plain, cos.to(EXACT), sin.to(EXACT), 2)
+    torch.testing.assert_close(want.view(2, 15, 96), torch.cat([q.flatten(2), k.flatten(2), v.flatten(2)], -1))
+    assert not gemm.rope_fits(96, cos[:, :4], 2)  # heads of 16 with 4 pairs: an unrotated remainder
+    assert not gemm.rope_fits(3 * 2 * 48, rope_tables(rope_angles((3, 5), 48))[0], 2)  # 48 does not divide 32
+
+
 def test_folded_weights_are_w_times_the_gain_rounded_once():
     w, gain = torch.randn(6, 4, dtype=torch.float32), torch.rand(4) + 0.5
     got = gemm.folded(w.bfloat16(), gain, torch.bfloat16)
@@ -101,7 +124,10 @@ def stack_and_inputs(dtype, depth=2, width=64, heads=2, tokens=(3, 5)):
 
 
 @needs_triton
-def test_transformer_inference_path_matches_the_plain_stack(small_tiles, monkeypatch):
+@pytest.mark.parametrize("qkv_tile", [32, 16])
+def test_transformer_inference_path_matches_the_plain_stack(small_tiles, monkeypatch, qkv_tile):
+    # 32-column QKV tiles hold whole heads of 32: RoPE in the epilogue; 16-column ones do not: kernels.rope_qkv.
+    monkeypatch.setitem(gemm.TUNING, "rowscale", {**SMALL["rowscale"], "bn": qkv_tile})
     monkeypatch.setattr(gemm, "CUDA_DTYPES", (torch.float32,))  # on the GPU: the exact dtype takes the path
     stack, rope, x = stack_and_inputs(EXACT)
     with torch.no_grad():
@@ -110,8 +136,13 @@ def test_transformer_inference_path_matches_the_plain_stack(small_tiles, monkeyp
         calls = []
         real = Block.inference_forward
         monkeypatch.setattr(Block, "inference_forward", lambda self, *a: calls.append(1) or real(self, *a))
-        got = stack(x, rope)
+        with pytest.MonkeyPatch.context() as mp:
+            rope_calls = []
+            real_rope = kernels._RopeQKV.apply
+            mp.setattr(kernels._RopeQKV, "apply", lambda *a: rope_calls.append(1) or real_rope(*a))
+            got = stack(x, rope)
     assert len(calls) == 2  # every block on the GEMM path
+    assert len(rope_calls) == (0 if qkv_tile == 32 else 2)
     # (kernels.rope_qkv rotates in float32 math: that, not the GEMMs, sets the tolerance in float64)
     torch.testing.assert_close(got, want, rtol=1e-6 if EXACT == torch.float64 else 1e-4,
                                atol=1e-6 if EXACT == torch.float64 else 1e-4)

@@ -206,9 +206,12 @@ class Block(nn.Module):
         attn, mlp = self.attn, self.mlp
         B, L, D = x.shape
 
-        qkv = gemm.linear_rowscale(x, gemm.folded(attn.qkv.weight, self.norm1.weight, x.dtype), sumsq,
-                                   self.norm1.eps)
-        q, k, v = rope_qkv(qkv, *rope, attn.heads)
+        w_qkv = gemm.folded(attn.qkv.weight, self.norm1.weight, x.dtype)
+        if gemm.rope_fits(w_qkv.shape[0], rope[0], attn.heads):  # RoPE in the QKV matmul's epilogue too
+            qkv = gemm.linear_rowscale(x, w_qkv, sumsq, self.norm1.eps, rope)
+            q, k, v = qkv.view(B, L, 3, attn.heads, attn.head_dim).unbind(2)
+        else:
+            q, k, v = rope_qkv(gemm.linear_rowscale(x, w_qkv, sumsq, self.norm1.eps), *rope, attn.heads)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         x, sumsq = gemm.linear_residual(out.transpose(1, 2).reshape(B, L, D),
                                         gemm.folded(attn.proj.weight, None, x.dtype), x)
@@ -271,7 +274,8 @@ class Transformer(nn.Module):
             block.attn.fused = block.mlp.fused = fused
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        if self.fused and self.blocks and all(block.inference_ready(x) for block in self.blocks):
+        if (self.fused and self.blocks and not torch.is_grad_enabled()
+                and all(block.inference_ready(x) for block in self.blocks)):
             return self.inference_forward(x, rope)
         if fused_now(self.fused) and self.blocks and not self.blocks[0].parallel and not (
                 self.grad_checkpointing and torch.is_grad_enabled()):

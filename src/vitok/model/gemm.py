@@ -11,6 +11,8 @@ the matmuls, most of it the RMSNorm (+ residual add) and SiLU-gate passes over t
   sum of squares of h' (over its column tile) into a float32 vector: the next norm's statistic.
 - The SiLU gate: the W13 matmul keeps two accumulators, the g and u columns of one output tile
   (rows n and F + n of W13), and writes silu(g)·u: F values per token instead of 2F, no gate pass.
+- RoPE: the QKV matmul's epilogue rotates q and k (whole heads in each tile) before writing them, so
+  no pass rotates them afterwards.
 
 The kernel is persistent (one program per SM walking the output tiles) and loads its tiles through
 TMA descriptors: that form matched or beat cuBLAS on the MLP's two matmuls and reached 0.90x on the
@@ -26,13 +28,14 @@ import os
 
 import torch
 
-from .kernels import triton
+from .kernels import rope_qkv_reference, triton
 
 if triton is not None:
     import triton.language as tl
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-__all__ = ["usable", "row_sumsq", "linear_rowscale", "linear_gate", "linear_residual", "folded", "TUNING"]
+__all__ = ["usable", "row_sumsq", "rope_fits", "linear_rowscale", "linear_gate", "linear_residual", "folded",
+           "TUNING"]
 
 # Tile shapes per op: the fastest of `benchmarks/gemm_probe.py --fused`'s candidates on an H200 at
 # S-B/16's widths (batch 256 of 256 tokens).
@@ -79,6 +82,15 @@ def linear_rowscale_reference(h, w, sumsq, eps):
     return out.to(h.dtype)
 
 
+def linear_rowscale_rope_reference(h, w, sumsq, eps, cos, sin, heads):
+    """linear_rowscale_reference with q and k (the first two thirds of each row) rotated before rounding."""
+    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+    out = (h.to(acc) @ w.to(acc).t()) * _rstd(sumsq, h.shape[-1], eps).to(acc)[:, None]
+    q, k, v = rope_qkv_reference(out.view(h.shape[0] // cos.shape[0], cos.shape[0], -1), cos.to(acc),
+                                 sin.to(acc), heads)
+    return torch.cat([q.flatten(2), k.flatten(2), v.flatten(2)], dim=-1).reshape(out.shape).to(h.dtype)
+
+
 def linear_gate_reference(h, w13, sumsq, eps):
     """silu(g)·u of [g | u] = rstd ⊙ (h @ w13ᵀ), in float32 math, h's dtype out."""
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
@@ -99,12 +111,15 @@ def linear_residual_reference(a, w, x):
 if triton is not None:
 
     @triton.jit
-    def _gemm(a_desc, b_desc, c_desc, r_desc, SS_IN, SS_OUT, M, N, F, inv_width, eps, PROGRAMS,
-              K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ROWSCALE: tl.constexpr,
-              GATE: tl.constexpr, RESIDUAL: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    def _gemm(a_desc, b_desc, c_desc, r_desc, SS_IN, SS_OUT, COS, SIN, M, N, F, inv_width, eps, PROGRAMS,
+              K, L, ROTATED, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ROWSCALE: tl.constexpr,
+              GATE: tl.constexpr, RESIDUAL: tl.constexpr, ROPE: tl.constexpr, P: tl.constexpr,
+              ACC: tl.constexpr, PRECISION: tl.constexpr):
         # out[M×N] = epilogue(a[M×K] @ b[·×K]ᵀ). GATE: b holds [W1; W3] (2F rows), out = silu(g)·u with
         # g, u from rows n and F + n. ROWSCALE: rows times rsqrt(SS_IN/width + eps). RESIDUAL: out =
-        # r + product, and each row's Σ out² over this tile added into SS_OUT.
+        # r + product, and each row's Σ out² over this tile added into SS_OUT. ROPE: the first ROTATED
+        # columns (q and k, heads of 2P side by side; whole tiles) rotated pairwise (j, j + P) by the
+        # (cos, sin) of each row's token position (row mod L).
         grid_m, grid_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
         for tile in range(tl.program_id(0), grid_m * grid_n, PROGRAMS):
             # Grouped order: 8 row blocks share their column blocks of b while those are in L2.
@@ -128,6 +143,15 @@ if triton is not None:
                     acc_u = acc_u * rstd[:, None]
             if GATE:
                 acc = acc * tl.sigmoid(acc) * acc_u
+            if ROPE:
+                if pn * BN < ROTATED:
+                    # (rows, heads in the tile, pair, P) -> the two halves of every head, rotated, put back
+                    x1, x2 = tl.split(tl.permute(tl.reshape(acc, [BM, BN // (2 * P), 2, P]), [0, 1, 3, 2]))
+                    at = (rows % L)[:, None, None] * P + tl.arange(0, P)[None, None, :]
+                    c = tl.load(COS + at, mask=(rows < M)[:, None, None], other=1.0).to(ACC)
+                    s = tl.load(SIN + at, mask=(rows < M)[:, None, None], other=0.0).to(ACC)
+                    rotated = tl.join(x1 * c - x2 * s, x1 * s + x2 * c)
+                    acc = tl.reshape(tl.permute(rotated, [0, 1, 3, 2]), [BM, BN])
             out = acc.to(c_desc.dtype)
             if RESIDUAL:
                 out = (r_desc.load([pm * BM, pn * BN]).to(ACC) + acc).to(c_desc.dtype)
@@ -143,7 +167,7 @@ def _programs(device: torch.device, tiles: int) -> int:
 
 
 def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, kind: str, *, rowscale=None, residual=None,
-            ss_out=None, width=1, eps=0.0, gate_rows=0) -> torch.Tensor:
+            ss_out=None, width=1, eps=0.0, gate_rows=0, rope=None) -> torch.Tensor:
     cfg = TUNING[kind]
     bm, bn, bk = cfg["bm"], cfg["bn"], cfg["bk"]
     M, K = a.shape
@@ -157,9 +181,11 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, kind: str, *, r
     dummy = rowscale if rowscale is not None else (ss_out if ss_out is not None else out)
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
     programs = _programs(a.device, tiles)
+    cos, sin, tokens, rotated = rope if rope is not None else (dummy, dummy, 1, 0)
     _gemm[(programs,)](*descs, rowscale if rowscale is not None else dummy, ss_out if ss_out is not None else dummy,
-                       M, N, gate_rows, 1.0 / width, eps, programs, K, BM=bm, BN=bn, BK=bk,
-                       ROWSCALE=rowscale is not None, GATE=kind == "gate", RESIDUAL=residual is not None, ACC=acc,
+                       cos, sin, M, N, gate_rows, 1.0 / width, eps, programs, K, tokens, rotated, BM=bm, BN=bn,
+                       BK=bk, ROWSCALE=rowscale is not None, GATE=kind == "gate", RESIDUAL=residual is not None,
+                       ROPE=rope is not None, P=cos.shape[-1] if rope is not None else 1, ACC=acc,
                        PRECISION=precision,
                        num_stages=cfg["num_stages"], num_warps=cfg["num_warps"])
     return out
@@ -168,11 +194,27 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, kind: str, *, r
 # ---- the ops -------------------------------------------------------------------------------------------
 
 
-def linear_rowscale(h: torch.Tensor, w: torch.Tensor, sumsq: torch.Tensor, eps: float) -> torch.Tensor:
-    """rmsnorm(h) @ (W·diag γ)ᵀ for w = folded(W, γ): rows of h (…×K) scaled by their rstd after the product."""
+def rope_fits(out_width: int, cos: torch.Tensor, heads: int) -> bool:
+    """Whether linear_rowscale can rotate q and k of a B×L×3D QKV output in its epilogue: heads of d = 2P
+    with P a power of two, and tiles of the "rowscale" shape holding whole heads and q, k whole tiles."""
+    d, P, bn = out_width // 3 // heads, cos.shape[-1], TUNING["rowscale"]["bn"]
+    return (out_width % (3 * heads) == 0 and d == 2 * P and P >= 1 and (P & (P - 1)) == 0 and bn % d == 0
+            and (2 * out_width // 3) % bn == 0)
+
+
+def linear_rowscale(h: torch.Tensor, w: torch.Tensor, sumsq: torch.Tensor, eps: float,
+                    rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """rmsnorm(h) @ (W·diag γ)ᵀ for w = folded(W, γ): rows of h (B×L×K) scaled by their rstd after the product.
+
+    rope = (cos, sin), L×P: the output is a QKV matmul's (q | k | v, heads side by side) and q and k are
+    rotated too, as kernels.rope_qkv would (call only where rope_fits)."""
     h2 = h.reshape(-1, h.shape[-1])
     out = torch.empty(h2.shape[0], w.shape[0], dtype=h.dtype, device=h.device)
-    _launch(h2, w, out, "rowscale", rowscale=sumsq, width=h.shape[-1], eps=eps)
+    spec = None
+    if rope is not None:
+        cos, sin = (t.float().contiguous() for t in rope)
+        spec = (cos, sin, h.shape[-2], 2 * w.shape[0] // 3)
+    _launch(h2, w, out, "rowscale", rowscale=sumsq, width=h.shape[-1], eps=eps, rope=spec)
     return out.view(*h.shape[:-1], w.shape[0])
 
 
