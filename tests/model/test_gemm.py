@@ -177,8 +177,13 @@ def test_inference_path_is_left_where_it_does_not_apply(small_tiles, monkeypatch
     with torch.no_grad():
         with torch.autocast(DEVICE, dtype=torch.float16):
             stack(x, rope)  # a float32 stream under float16 autocast: the matmuls would not run in x's dtype
-        stack.blocks[0].attn.qkv.register_forward_hook(lambda *a: None)
-        stack(x, rope)  # a hooked layer must run as itself
+        for module in (stack.blocks[0].attn.qkv, stack.blocks[1].norm2, stack.blocks[1].attn):
+            handle = module.register_forward_hook(lambda *a: None)
+            stack(x, rope)  # a hooked module must run as itself
+            handle.remove()
+        hidden = stack.blocks[0].mlp.w2.in_features
+        stack.blocks[0].mlp.w2 = torch.nn.Linear(hidden, 64, bias=True).to(DEVICE)  # a layer with a bias
+        stack(x, rope)
     parallel = Transformer(64, 1, 2, parallel=True).to(DEVICE)
     parallel.set_kernels(True)
     with torch.no_grad():

@@ -219,17 +219,21 @@ class Block(nn.Module):
         return gemm.linear_residual(gated, gemm.folded(mlp.w2.weight, None, x.dtype), x)
 
     def inference_ready(self, x: torch.Tensor) -> bool:
-        """Whether inference_forward takes x: a sequential block of plain bias-free layers (no hooks,
-        no q/k norm) whose matmuls run in x's dtype (their weights' own, or autocast's), at widths the
-        GEMMs take (gemm.usable)."""
+        """Whether inference_forward takes x: a sequential block of this file's own modules (none replaced,
+        e.g. by adapters; no q/k norm; no forward hooks anywhere in the block, which inference_forward would
+        skip) and bias-free layers whose matmuls run in x's dtype (their weights' own, or autocast's), at
+        widths the GEMMs take (gemm.usable; the gate's half width too)."""
         layers = (self.attn.qkv, self.attn.proj, self.mlp.w13, self.mlp.w2)
         device = x.device.type
         matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        return (not self.parallel and isinstance(self.attn.q_norm, nn.Identity)
-                and all(type(m) is nn.Linear and m.bias is None and not (m._forward_hooks or m._forward_pre_hooks)
-                        and (matmul_dtype or m.weight.dtype) == x.dtype for m in layers)
-                and not (self._forward_hooks or self._forward_pre_hooks)
-                and all(gemm.usable(x, m.weight.shape[1]) and m.weight.shape[0] % 8 == 0 for m in layers))
+        return (not self.parallel and type(self.attn) is Attention and type(self.mlp) is SwiGLU
+                and type(self.norm1) is RMSNorm and type(self.norm2) is RMSNorm
+                and isinstance(self.attn.q_norm, nn.Identity) and isinstance(self.attn.k_norm, nn.Identity)
+                and all(type(m) is nn.Linear and m.bias is None and (matmul_dtype or m.weight.dtype) == x.dtype
+                        for m in layers)
+                and not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+                and all(gemm.usable(x, m.weight.shape[1]) and m.weight.shape[0] % 8 == 0 for m in layers)
+                and self.mlp.w13.weight.shape[0] % 16 == 0)
 
     def fused_forward(self, x: torch.Tensor, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                       next_norm: RMSNorm | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -274,7 +278,7 @@ class Transformer(nn.Module):
             block.attn.fused = block.mlp.fused = fused
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        if (self.fused and self.blocks and not torch.is_grad_enabled()
+        if (self.fused and self.blocks and rope is not None and not torch.is_grad_enabled()
                 and all(block.inference_ready(x) for block in self.blocks)):
             return self.inference_forward(x, rope)
         if fused_now(self.fused) and self.blocks and not self.blocks[0].parallel and not (
