@@ -41,13 +41,19 @@ def kernels():
     import triton
     import triton.language as tl
 
+    global _tile  # jit functions find the functions they call among the module's globals
+
+    @triton.jit
+    def _tile(tile, M, N, BM: tl.constexpr, BN: tl.constexpr):
+        # Grouped order: 8 row-blocks share their column blocks while those are in L2.
+        grid_m, grid_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
+        first = (tile // (8 * grid_n)) * 8
+        rows = min(grid_m - first, 8)
+        return first + (tile % (8 * grid_n)) % rows, (tile % (8 * grid_n)) // rows
+
     @triton.jit
     def pointer_mm(A, B, C, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-        # Grouped order: 8 row-blocks share their column blocks while those are in L2.
-        pid, grid_m, grid_n = tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(N, BN)
-        first = (pid // (8 * grid_n)) * 8
-        rows = min(grid_m - first, 8)
-        pm, pn = first + (pid % (8 * grid_n)) % rows, (pid % (8 * grid_n)) // rows
+        pm, pn = _tile(tl.program_id(0), M, N, BM, BN)
         rm = pm * BM + tl.arange(0, BM)
         rn = pn * BN + tl.arange(0, BN)
         rk = tl.arange(0, BK)
@@ -61,11 +67,7 @@ def kernels():
 
     @triton.jit
     def tma_mm(a_desc, b_desc, c_desc, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-        # Grouped order: 8 row-blocks share their column blocks while those are in L2.
-        pid, grid_m, grid_n = tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(N, BN)
-        first = (pid // (8 * grid_n)) * 8
-        rows = min(grid_m - first, 8)
-        pm, pn = first + (pid % (8 * grid_n)) % rows, (pid % (8 * grid_n)) // rows
+        pm, pn = _tile(tl.program_id(0), M, N, BM, BN)
         acc = tl.zeros([BM, BN], tl.float32)
         for k in range(0, K, BK):
             a = a_desc.load([pm * BM, k])
@@ -79,9 +81,7 @@ def kernels():
         # One program per SM walking the tiles (the next tile's loads overlap this one's epilogue).
         grid_m, grid_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
         for tile in range(tl.program_id(0), grid_m * grid_n, PROGRAMS):
-            first = (tile // (8 * grid_n)) * 8
-            rows = min(grid_m - first, 8)
-            pm, pn = first + (tile % (8 * grid_n)) % rows, (tile % (8 * grid_n)) // rows
+            pm, pn = _tile(tile, M, N, BM, BN)
             acc = tl.zeros([BM, BN], tl.float32)
             for k in range(0, K, BK):
                 acc = tl.dot(a_desc.load([pm * BM, k]), b_desc.load([pn * BN, k]).T, acc)
@@ -135,7 +135,7 @@ def fused(args) -> dict:
         "gate": [("w13", lambda: gemm.linear_gate(x, w13, sumsq, 1e-6),
                   lambda: kernels.silu_mul(x @ w13.t()))],
     }
-    bench = (lambda fn: (fn(), 1.0)[1]) if args.smoke else graph_bench
+    bench = (lambda fn: (fn(), 1.0)[1]) if args.smoke else timing.graph_bench
     shipped = {k: dict(v) for k, v in gemm.TUNING.items()}
     result = {"tokens": M, "ops": {}, "best": {}, "block_old_ms": 0.0, "block_fused_ms": 0.0}
     with torch.no_grad():
@@ -165,19 +165,6 @@ def fused(args) -> dict:
                               "speedup": round(old_ms / best["ms"], 3) if "ms" in best else None}))
     print(json.dumps({"block_old_ms": result["block_old_ms"], "block_fused_ms": result["block_fused_ms"]}))
     return result
-
-
-def graph_bench(fn) -> float:
-    """Seconds per call of fn, replayed from a CUDA graph of 10 calls (Python's launch time not counted)."""
-    import torch
-
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(10):
-            fn()
-    return timing.bench(graph.replay, 2, 10) / 10
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -212,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     M = 64 if args.smoke else args.tokens
     dtype = torch.float16 if args.smoke else torch.bfloat16  # the interpreter multiplies bf16 tiles wrongly
 
-    bench = (lambda fn: (fn(), 1.0)[1]) if args.smoke else graph_bench
+    bench = (lambda fn: (fn(), 1.0)[1]) if args.smoke else timing.graph_bench
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count if device == "cuda" else 4
     rows = []

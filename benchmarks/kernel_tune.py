@@ -60,13 +60,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if device == "cpu":
             fn()
             return 1.0
-        fn()  # compile
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(20):
-                fn()
-        return timing.bench(graph.replay, 1, 10) / 20
+        return timing.graph_bench(fn, 20, 1, 10)
     N, D, Hd, bf = args.tokens, args.width, args.hidden, torch.bfloat16
     g = torch.Generator(device=device).manual_seed(0)
     h, dy, dh, dx = (torch.randn(N, D, device=device, generator=g).to(bf) for _ in range(4))

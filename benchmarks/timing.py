@@ -21,6 +21,20 @@ def bench(fn, warmup: int = 3, iters: int = 10) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def graph_bench(fn, launches: int = 10, warmup: int = 2, iters: int = 10) -> float:
+    """Median seconds per call of fn, replayed from a CUDA graph of `launches` calls: for kernels of about
+    the time Python takes to launch one, so that only the GPU's time is counted."""
+    import torch
+
+    fn()  # compile, autotune
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(launches):
+            fn()
+    return bench(graph.replay, warmup, iters) / launches
+
+
 def matmul_tflops(n: int = 8192) -> float:
     """This GPU's bf16 dense matmul rate (an n³ product, median of 20): the ceiling MFU is taken against."""
     import torch
