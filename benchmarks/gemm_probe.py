@@ -41,15 +41,8 @@ def kernels():
     import triton
     import triton.language as tl
 
-    global _tile  # jit functions find the functions they call among the module's globals
-
-    @triton.jit
-    def _tile(tile, M, N, BM: tl.constexpr, BN: tl.constexpr):
-        # Grouped order: 8 row-blocks share their column blocks while those are in L2.
-        grid_m, grid_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
-        first = (tile // (8 * grid_n)) * 8
-        rows = min(grid_m - first, 8)
-        return first + (tile % (8 * grid_n)) % rows, (tile % (8 * grid_n)) // rows
+    global _tile  # jit kernels find the functions they call among their module's globals
+    from vitok.model.gemm import grouped_tile as _tile  # model/gemm.py's tile order, shared
 
     @triton.jit
     def pointer_mm(A, B, C, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):

@@ -48,12 +48,17 @@ def v2_swiglu_hidden(width: int, mlp_factor: float = 2.67) -> int:
     return 16 * ((int(width * mlp_factor) + 8) // 16)
 
 
+def plain_linear(layer: nn.Module) -> bool:
+    """Whether a fused path may use layer's weight directly: a bias-free nn.Linear itself (not a
+    subclass or a replacement such as an adapter) without forward hooks, which calling it would run."""
+    return (type(layer) is nn.Linear and layer.bias is None
+            and not (layer._forward_hooks or layer._forward_pre_hooks))
+
+
 def fused_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """layer(x) on the fused path: kernels.linear (float32 weight gradients from the GEMM) for a plain
-    bias-free nn.Linear; a subclass, a replaced module or one with hooks runs as itself."""
-    if type(layer) is nn.Linear and layer.bias is None and not (layer._forward_hooks or layer._forward_pre_hooks):
-        return linear(x, layer.weight)
-    return layer(x)
+    layer (plain_linear); any other runs as itself."""
+    return linear(x, layer.weight) if plain_linear(layer) else layer(x)
 
 
 class SwiGLU(nn.Module):
@@ -229,8 +234,7 @@ class Block(nn.Module):
         return (not self.parallel and type(self.attn) is Attention and type(self.mlp) is SwiGLU
                 and type(self.norm1) is RMSNorm and type(self.norm2) is RMSNorm
                 and isinstance(self.attn.q_norm, nn.Identity) and isinstance(self.attn.k_norm, nn.Identity)
-                and all(type(m) is nn.Linear and m.bias is None and (matmul_dtype or m.weight.dtype) == x.dtype
-                        for m in layers)
+                and all(plain_linear(m) and (matmul_dtype or m.weight.dtype) == x.dtype for m in layers)
                 and not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
                 and all(gemm.usable(x, m.weight.shape[1]) and m.weight.shape[0] % 8 == 0 for m in layers)
                 and self.mlp.w13.weight.shape[0] % 16 == 0)

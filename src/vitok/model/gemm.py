@@ -28,7 +28,7 @@ import os
 
 import torch
 
-from .kernels import rope_qkv_reference, triton
+from .kernels import _math, rope_qkv_reference, triton
 
 if triton is not None:
     import triton.language as tl
@@ -64,51 +64,63 @@ def usable(x: torch.Tensor, width: int) -> bool:
 # ---- references ------------------------------------------------------------------------------------
 
 
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the products and row statistics accumulate in: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def row_sumsq(x: torch.Tensor) -> torch.Tensor:
     """Σ x² over the last axis, in float32 (float64 for float64 x), one value per row (flattened)."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     # One reduction reading x in its own dtype (no float32 copy of the stream), then M squares.
-    return torch.linalg.vector_norm(x.reshape(-1, x.shape[-1]), 2, dim=-1, dtype=acc).square()
+    return torch.linalg.vector_norm(x.reshape(-1, x.shape[-1]), 2, dim=-1, dtype=_acc(x.dtype)).square()
 
 
 def _rstd(sumsq: torch.Tensor, width: int, eps: float) -> torch.Tensor:
     return torch.rsqrt(sumsq / width + eps)
 
 
+def _scaled_product(h, w, sumsq, eps):
+    """rstd ⊙ (h @ wᵀ) in float32 math (float64 for float64 h), not rounded."""
+    return (_math(h) @ _math(w).t()) * _math(_rstd(sumsq, h.shape[-1], eps))[:, None]
+
+
 def linear_rowscale_reference(h, w, sumsq, eps):
     """rstd ⊙ (h @ wᵀ) with rstd from each row's Σh² (h's width), in float32 math, h's dtype out."""
-    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
-    out = (h.to(acc) @ w.to(acc).t()) * _rstd(sumsq, h.shape[-1], eps).to(acc)[:, None]
-    return out.to(h.dtype)
+    return _scaled_product(h, w, sumsq, eps).to(h.dtype)
 
 
 def linear_rowscale_rope_reference(h, w, sumsq, eps, cos, sin, heads):
     """linear_rowscale_reference with q and k (the first two thirds of each row) rotated before rounding."""
-    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
-    out = (h.to(acc) @ w.to(acc).t()) * _rstd(sumsq, h.shape[-1], eps).to(acc)[:, None]
-    q, k, v = rope_qkv_reference(out.view(h.shape[0] // cos.shape[0], cos.shape[0], -1), cos.to(acc),
-                                 sin.to(acc), heads)
+    out = _scaled_product(h, w, sumsq, eps)
+    q, k, v = rope_qkv_reference(out.view(h.shape[0] // cos.shape[0], cos.shape[0], -1), cos.to(out.dtype),
+                                 sin.to(out.dtype), heads)
     return torch.cat([q.flatten(2), k.flatten(2), v.flatten(2)], dim=-1).reshape(out.shape).to(h.dtype)
 
 
 def linear_gate_reference(h, w13, sumsq, eps):
     """silu(g)·u of [g | u] = rstd ⊙ (h @ w13ᵀ), in float32 math, h's dtype out."""
-    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
-    gu = (h.to(acc) @ w13.to(acc).t()) * _rstd(sumsq, h.shape[-1], eps).to(acc)[:, None]
-    g, u = gu.chunk(2, dim=-1)
+    g, u = _scaled_product(h, w13, sumsq, eps).chunk(2, dim=-1)
     return (torch.nn.functional.silu(g) * u).to(h.dtype)
 
 
 def linear_residual_reference(a, w, x):
     """(x + a @ wᵀ rounded to x's dtype, its rows' Σ²)."""
-    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
-    out = (x.to(acc) + a.to(acc) @ w.to(acc).t()).to(x.dtype)
+    out = (_math(x) + _math(a) @ _math(w).t()).to(x.dtype)
     return out, row_sumsq(out)
 
 
 # ---- the kernel -----------------------------------------------------------------------------------------
 
 if triton is not None:
+
+    @triton.jit
+    def grouped_tile(tile, M, N, BM: tl.constexpr, BN: tl.constexpr):
+        # Output tile number -> (row block, column block), in groups of 8 row blocks that share their
+        # column blocks of b while those are in L2.
+        grid_m, grid_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
+        first = (tile // (8 * grid_n)) * 8
+        group = min(grid_m - first, 8)
+        return first + (tile % (8 * grid_n)) % group, (tile % (8 * grid_n)) // group
 
     @triton.jit
     def _gemm(a_desc, b_desc, c_desc, r_desc, SS_IN, SS_OUT, COS, SIN, M, N, F, inv_width, eps, PROGRAMS,
@@ -120,12 +132,8 @@ if triton is not None:
         # r + product, and each row's Σ out² over this tile added into SS_OUT. ROPE: the first ROTATED
         # columns (q and k, heads of 2P side by side; whole tiles) rotated pairwise (j, j + P) by the
         # (cos, sin) of each row's token position (row mod L).
-        grid_m, grid_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
-        for tile in range(tl.program_id(0), grid_m * grid_n, PROGRAMS):
-            # Grouped order: 8 row blocks share their column blocks of b while those are in L2.
-            first = (tile // (8 * grid_n)) * 8
-            group = min(grid_m - first, 8)
-            pm, pn = first + (tile % (8 * grid_n)) % group, (tile % (8 * grid_n)) // group
+        for tile in range(tl.program_id(0), tl.cdiv(M, BM) * tl.cdiv(N, BN), PROGRAMS):
+            pm, pn = grouped_tile(tile, M, N, BM, BN)
             acc = tl.zeros([BM, BN], ACC)
             if GATE:
                 acc_u = tl.zeros([BM, BN], ACC)
@@ -178,11 +186,10 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, kind: str, *, r
     descs = [TensorDescriptor.from_tensor(a, [bm, bk]), TensorDescriptor.from_tensor(b, [bn, bk]),
              TensorDescriptor.from_tensor(out, [bm, bn])]
     descs.append(TensorDescriptor.from_tensor(residual, [bm, bn]) if residual is not None else descs[2])
-    dummy = rowscale if rowscale is not None else (ss_out if ss_out is not None else out)
-    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
-    programs = _programs(a.device, tiles)
-    cos, sin, tokens, rotated = rope if rope is not None else (dummy, dummy, 1, 0)
-    _gemm[(programs,)](*descs, rowscale if rowscale is not None else dummy, ss_out if ss_out is not None else dummy,
+    programs = _programs(a.device, triton.cdiv(M, bm) * triton.cdiv(N, bn))
+    # Pointers an op does not use are never read (their branches are compiled out): out stands in.
+    cos, sin, tokens, rotated = rope if rope is not None else (out, out, 1, 0)
+    _gemm[(programs,)](*descs, rowscale if rowscale is not None else out, ss_out if ss_out is not None else out,
                        cos, sin, M, N, gate_rows, 1.0 / width, eps, programs, K, tokens, rotated, BM=bm, BN=bn,
                        BK=bk, ROWSCALE=rowscale is not None, GATE=kind == "gate", RESIDUAL=residual is not None,
                        ROPE=rope is not None, P=cos.shape[-1] if rope is not None else 1, ACC=acc,
@@ -231,8 +238,7 @@ def linear_residual(a: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> tuple[
     """(x + a @ wᵀ, each row's Σ of its squares): the stream after a branch and the next norm's statistic."""
     a2, x2 = a.reshape(-1, a.shape[-1]), x.reshape(-1, x.shape[-1])
     out = torch.empty_like(x2)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    sumsq = torch.zeros(x2.shape[0], dtype=acc, device=x.device)
+    sumsq = torch.zeros(x2.shape[0], dtype=_acc(x.dtype), device=x.device)
     _launch(a2, w, out, "residual", residual=x2.contiguous(), ss_out=sumsq)
     return out.view(x.shape), sumsq
 

@@ -206,7 +206,6 @@ if triton is not None:
         xp = tl.load(SRC + src_row + partner, mask=mask, other=0.0).to(tl.float32)
         tl.store(DST + dst_row + j, (x * c + xp * s).to(DST.dtype.element_ty), mask=mask)
 
-
     @triton.jit
     def _rope_qk_inplace(QKV, COS, SIN, L, NH, HD, P, BH: tl.constexpr, BP: tl.constexpr):
         # One token's q and k (parts 0 and 1 of its B×L×3D row) rotated where they lie; v is not touched.
