@@ -1,7 +1,7 @@
 """Can a Triton GEMM of our own match cuBLAS on the Transformer's matmuls? (issue 18, target 2)
 
     python benchmarks/gemm_probe.py [--tokens 65536] [--kinds K1,K2] [--out FILE] [--smoke]
-    python benchmarks/gemm_probe.py --fused [--ops OP1,OP2] [--best FILE] [--out FILE] [--smoke]
+    python benchmarks/gemm_probe.py --fused [--best FILE] [--out FILE] [--smoke]
 
 Encode + decode at 70 % MFU would need the SiLU gate and the RMSNorm passes folded into the matmuls
 (the gate into the up-projection's epilogue, the norm's row scale into the next matmul's epilogue
@@ -12,10 +12,9 @@ against Triton kernels written the ways Triton offers on Hopper: tiles loaded th
 (software-pipelined), through TMA tensor descriptors, and the latter persistent (one program per SM
 walking the tiles; `tma_persistent_flat`: its two loops flattened into one pipelined loop), each over
 a grid of block shapes. Every candidate is replayed from a CUDA graph (10 launches), so Python is not timed, and
-checked against cuBLAS's output. `--fused`: vitok.model.gemm's ops (norm row scale, gate, residual
-add; for training the gate that also writes [g | u], and W2's input gradient with the gate's backward)
-at each candidate tile shape against the path they replace (cuBLAS, then the norm, gate or add + norm
-kernel); `--best` writes each op's fastest tiles (for speed_probe.py --gemm-tuning).
+checked against cuBLAS's output. `--fused`: vitok.model.gemm's three ops (norm row scale, gate,
+residual add) at each candidate tile shape against the path they replace (cuBLAS, then the norm, gate
+or add + norm kernel); `--best` writes each op's fastest tiles (for speed_probe.py --gemm-tuning).
 `--smoke`: tiny shapes, one candidate each, on the CPU under TRITON_INTERPRET=1 (the test of this script).
 """
 
@@ -98,8 +97,6 @@ FUSED_CONFIGS = ([{"bm": 128, "bn": bn, "bk": 64, "num_stages": s, "num_warps": 
                  + [{"bm": 256, "bn": 128, "bk": 64, "num_stages": 3, "num_warps": 8, "flatten": f}
                     for f in (False, True)])
 KINDS = ("pointer", "tma", "tma_persistent", "tma_persistent_flat")
-OPS = ("rowscale", "residual", "gate", "gate_train", "dgate")
-TRAINING_OPS = ("gate_train", "dgate")
 
 
 def fused(args) -> dict:
@@ -124,7 +121,6 @@ def fused(args) -> dict:
     x, w_qkv, w_proj = rnd(M, D), rnd(3 * D, D, scale=D ** -0.5), rnd(D, D, scale=D ** -0.5)
     w13, w2, gated = rnd(2 * Fh, D, scale=D ** -0.5), rnd(D, Fh, scale=Fh ** -0.5), rnd(M, Fh)
     attn_out, gain = rnd(M, D), torch.ones(D, device=device)
-    gu, dgu, w2t = rnd(M, 2 * Fh), torch.empty(M, 2 * Fh, device=device, dtype=dtype), w2.t().contiguous()
     sumsq = gemm.row_sumsq(x)
     from vitok.model.blocks import rope_angles, rope_tables
 
@@ -142,26 +138,15 @@ def fused(args) -> dict:
                       lambda: kernels.add_rmsnorm(x, gated @ w2.t(), gain, 1e-6))],
         "gate": [("w13", lambda: gemm.linear_gate(x, w13, sumsq, 1e-6),
                   lambda: kernels.silu_mul(x @ w13.t()))],
-        # Training (gemm.swiglu): W13 with the gate, also writing [g | u]; W2's input gradient with the
-        # gate's backward. The old paths: cuBLAS, then kernels.silu_mul's forward or backward kernel.
-        "gate_train": [("w13", lambda: gemm._launch(x, w13, gated, "gate_train", gate_rows=Fh, gu=gu),
-                        lambda: kernels._silu_mul_launch("silu_mul_fwd", torch.mm(x, w13.t(), out=gu), gated))],
-        "dgate": [("w2_dgrad", lambda: gemm._launch(x, w2t, dgu[:, :Fh], "dgate", out2=dgu[:, Fh:], gu=gu),
-                   lambda: kernels._silu_mul_launch("silu_mul_bwd", torch.mm(x, w2t.t(), out=gated), gu, dgu))],
     }
     bench = (lambda fn: (fn(), 1.0)[1]) if args.smoke else timing.graph_bench
     shipped = {k: dict(v) for k, v in gemm.TUNING.items()}
     result = {"tokens": M, "ops": {}, "best": {}, "block_old_ms": 0.0, "block_fused_ms": 0.0}
     with torch.no_grad():
         for op, shapes in cases.items():
-            if op not in args.ops.split(","):
-                continue
             old = {name: bench(before) for name, _, before in shapes}
             rows = []
             for cfg in configs:
-                if op in TRAINING_OPS and not args.smoke and (cfg["num_warps"] != 8 or cfg["bm"] != 128
-                                                              or cfg["num_stages"] == 2):
-                    continue  # the training ops: the shapes that led for the inference gate
                 gemm.TUNING[op] = cfg
                 row = {**cfg}
                 try:
@@ -178,9 +163,8 @@ def fused(args) -> dict:
             result["ops"][op] = {"old_path_ms": {k: v * 1e3 for k, v in old.items()}, "candidates": rows}
             if "ms" in best:
                 result["best"][op] = {k: best[k] for k in shipped[op]}
-            if op in ("rowscale", "residual", "gate"):  # one inference block's matmuls and passes
-                result["block_old_ms"] += old_ms
-                result["block_fused_ms"] += best.get("ms", float("nan"))
+            result["block_old_ms"] += old_ms
+            result["block_fused_ms"] += best.get("ms", float("nan"))
             print(json.dumps({"op": op, "old_path_ms": round(old_ms, 4), "best": best,
                               "speedup": round(old_ms / best["ms"], 3) if "ms" in best else None}))
     print(json.dumps({"block_old_ms": result["block_old_ms"], "block_fused_ms": result["block_fused_ms"]}))
@@ -195,14 +179,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None)
     parser.add_argument("--kinds", default="pointer,tma,tma_persistent,tma_persistent_flat",
                         help="the Triton forms to time, comma-separated, of " + ", ".join(KINDS))
-    parser.add_argument("--ops", default=",".join(OPS), help="--fused: the ops to time, comma-separated, of "
-                        + ", ".join(OPS))
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     if set(args.kinds.split(",")) - set(KINDS):
         parser.error(f"--kinds: each of {', '.join(KINDS)}")
-    if set(args.ops.split(",")) - set(OPS):
-        parser.error(f"--ops: each of {', '.join(OPS)}")
     if args.smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     if not args.smoke:

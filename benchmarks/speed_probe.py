@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
     parser.add_argument("--tuning", default="", help="JSON file of launch shapes for the Triton kernels "
                         "(kernel name -> settings, as vitok.model.kernels.TUNING and kernel_tune.py's --best)")
-    parser.add_argument("--gemm-tuning", default="", help="JSON file of tile shapes for the fused GEMMs "
+    parser.add_argument("--gemm-tuning", default="", help="JSON file of tile shapes for the inference GEMMs "
                         "(as vitok.model.gemm.TUNING and gemm_probe.py --fused --best)")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)

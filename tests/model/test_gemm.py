@@ -30,9 +30,7 @@ EXACT = torch.float32 if ON_GPU else torch.float64
 # partial tiles; on the GPU float64 tiles this size also fit in shared memory.
 SMALL = {"rowscale": {"bm": 16, "bn": 32, "bk": 16, "num_stages": 1, "num_warps": 4},
          "residual": {"bm": 32, "bn": 16, "bk": 16, "num_stages": 2, "num_warps": 4},
-         "gate": {"bm": 16, "bn": 16, "bk": 16, "num_stages": 1, "num_warps": 4},
-         "gate_train": {"bm": 16, "bn": 16, "bk": 16, "num_stages": 1, "num_warps": 4},
-         "dgate": {"bm": 32, "bn": 16, "bk": 16, "num_stages": 2, "num_warps": 4}}
+         "gate": {"bm": 16, "bn": 16, "bk": 16, "num_stages": 1, "num_warps": 4}}
 
 
 @pytest.fixture
@@ -89,59 +87,6 @@ def test_kernels_match_the_references(small_tiles, monkeypatch, dtype, flatten):
         want, want_sumsq = gemm.linear_residual_reference(a, w2, x)
     torch.testing.assert_close(got, want, **tol)
     torch.testing.assert_close(got_sumsq, want_sumsq, **tol)
-
-
-@needs_triton
-@pytest.mark.parametrize("flatten", [False, True])
-def test_swiglu_forward_and_backward_match_autograd_through_the_module(small_tiles, monkeypatch, flatten):
-    # The training SwiGLU (gate in W13's epilogue, its backward in W2's input-gradient epilogue) against
-    # autograd through W2(silu(g)·u) in the same exact dtype: 2×19 rows, width 40, hidden 24 (the 16-wide
-    # tiles end inside each half of [g | u], so a partial tile of g must not spill into u).
-    flattened(monkeypatch, flatten)
-    torch.manual_seed(0)
-    y, w13, w2 = randn(2, 19, 40, dtype=EXACT), randn(48, 40, dtype=EXACT), randn(40, 24, dtype=EXACT)
-    dout = randn(2, 19, 40, dtype=EXACT)
-    leaves = [t.clone().requires_grad_() for t in (y, w13, w2)]
-    assert gemm.swiglu_fits(leaves[0], leaves[1], leaves[2])
-    got = gemm.swiglu(*leaves)
-    got_grads = torch.autograd.grad(got, leaves, dout)
-    ref = [t.clone().requires_grad_() for t in (y, w13, w2)]
-    g, u = F.linear(ref[0], ref[1]).chunk(2, dim=-1)
-    want = F.linear(F.silu(g) * u, ref[2])
-    want_grads = torch.autograd.grad(want, ref, dout)
-    tol = {"rtol": 1e-10, "atol": 1e-10} if EXACT == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
-    torch.testing.assert_close(got, want, **tol)
-    for a, b in zip(got_grads, want_grads):
-        torch.testing.assert_close(a, b, **tol)
-
-
-@needs_triton
-def test_swiglu_module_takes_the_fused_training_path_only_where_it_applies(small_tiles, monkeypatch):
-    # A SwiGLU with kernels on, trained in float32 (the interpreter's exact-enough dtype), gives autograd's
-    # gradients through its plain form and goes through gemm.swiglu; without grad or with a hook on a
-    # layer it keeps the other path.
-    from vitok.model.blocks import SwiGLU
-    torch.manual_seed(0)
-    mlp = SwiGLU(32, 48).to(DEVICE)
-    calls = []
-    real = gemm.swiglu
-    monkeypatch.setattr(gemm, "swiglu", lambda *a: calls.append(1) or real(*a))
-    x = torch.randn(3, 5, 32, device=DEVICE)
-    want = mlp(x)
-    (want_w13, want_w2) = torch.autograd.grad(want.square().sum(), [mlp.w13.weight, mlp.w2.weight])
-    mlp.fused = True
-    got = mlp(x)
-    got_w13, got_w2 = torch.autograd.grad(got.square().sum(), [mlp.w13.weight, mlp.w2.weight])
-    assert calls == [1]
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(got_w13, want_w13, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(got_w2, want_w2, rtol=1e-4, atol=1e-4)
-    with torch.no_grad():
-        mlp(x)
-    handle = mlp.w2.register_forward_hook(lambda *a: None)
-    mlp(x)
-    handle.remove()
-    assert calls == [1]
 
 
 @needs_triton
@@ -267,24 +212,3 @@ def test_inference_path_at_real_widths_on_the_gpu(monkeypatch, flatten):
         stack.set_kernels(True)
         got = stack(x, rope).float()
     assert (got - want).abs().max() < 3e-2 * want.abs().max(), (got - want).abs().max()
-
-
-@pytest.mark.skipif(not ON_GPU, reason="the shipped tiles at a real model's widths, on the GPU")
-@pytest.mark.parametrize("flatten", [False, True])
-def test_swiglu_at_real_widths_on_the_gpu(monkeypatch, flatten):
-    # S-B/16's MLP (width 768, hidden 2048) under bf16 autocast, 300 rows: the training path against the
-    # plain module, forward and every gradient.
-    from vitok.model.blocks import SwiGLU
-    flattened(monkeypatch, flatten)
-    torch.manual_seed(0)
-    mlp = SwiGLU(768, 2048).cuda()
-    x = torch.randn(3, 100, 768, device="cuda", requires_grad=True)
-    results = []
-    for fused in (False, True):
-        mlp.fused = fused
-        with torch.autocast("cuda", torch.bfloat16):
-            out = mlp(x.to(torch.bfloat16))
-        grads = torch.autograd.grad(out.float().square().sum(), [x, mlp.w13.weight, mlp.w2.weight])
-        results.append([out.float(), *grads])
-    for got, want in zip(results[1], results[0]):
-        assert (got - want).abs().max() < 3e-2 * want.abs().max(), (got - want).abs().max()

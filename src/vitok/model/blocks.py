@@ -73,15 +73,6 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused_now(self.fused):
-            if torch.is_grad_enabled() and plain_linear(self.w13) and plain_linear(self.w2):
-                # Training: the gate and its backward inside the GEMMs (gemm.swiglu), in the matmuls'
-                # dtype (autocast's, or the weights' own when it is off).
-                device = x.device.type
-                y = x.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else x
-                w13, w2 = self.w13.weight, self.w2.weight
-                if (torch.is_autocast_enabled(device) or w13.dtype == w2.dtype == y.dtype) and gemm.swiglu_fits(
-                        y, w13, w2):
-                    return gemm.swiglu(y, w13, w2)
             return fused_linear(self.w2, silu_mul(fused_linear(self.w13, x)))
         gate, up = self.w13(x).chunk(2, dim=-1)
         return self.w2(F.silu(gate) * up)

@@ -28,14 +28,14 @@ import os
 
 import torch
 
-from .kernels import _math, _weight_grad, rope_qkv_reference, triton
+from .kernels import _math, rope_qkv_reference, triton
 
 if triton is not None:
     import triton.language as tl
     from triton.tools.tensor_descriptor import TensorDescriptor
 
 __all__ = ["usable", "row_sumsq", "rope_fits", "linear_rowscale", "linear_gate", "linear_residual", "folded",
-           "swiglu", "swiglu_fits", "TUNING"]
+           "TUNING"]
 
 # Tile shapes per op: the fastest of `benchmarks/gemm_probe.py --fused`'s candidates on an H200 at
 # S-B/16's widths (batch 256 of 256 tokens).
@@ -45,10 +45,6 @@ TUNING = {
     "rowscale": {"bm": 128, "bn": 256, "bk": 64, "num_stages": 3, "num_warps": 8, "flatten": False},
     "gate": {"bm": 128, "bn": 128, "bk": 64, "num_stages": 3, "num_warps": 8, "flatten": False},
     "residual": {"bm": 128, "bn": 256, "bk": 64, "num_stages": 3, "num_warps": 8, "flatten": False},
-    # Training (swiglu): W13 with the gate that also writes [g | u], and W2's input gradient with the
-    # gate's backward (not yet tuned: the inference gate's shape).
-    "gate_train": {"bm": 128, "bn": 128, "bk": 64, "num_stages": 3, "num_warps": 8, "flatten": False},
-    "dgate": {"bm": 128, "bn": 128, "bk": 64, "num_stages": 3, "num_warps": 8, "flatten": False},
 }
 
 
@@ -129,16 +125,12 @@ if triton is not None:
         return first + (tile % (8 * grid_n)) % group, (tile % (8 * grid_n)) // group
 
     @triton.jit
-    def _gemm(a_desc, b_desc, c_desc, c2_desc, r_desc, g_desc, u_desc, SS_IN, SS_OUT, COS, SIN, M, N, F,
-              inv_width, eps, PROGRAMS, K, L, ROTATED, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-              ROWSCALE: tl.constexpr, GATE: tl.constexpr, STORE_GU: tl.constexpr, DGATE: tl.constexpr,
-              RESIDUAL: tl.constexpr, ROPE: tl.constexpr, P: tl.constexpr, ACC: tl.constexpr,
-              PRECISION: tl.constexpr, FLATTEN: tl.constexpr):
+    def _gemm(a_desc, b_desc, c_desc, r_desc, SS_IN, SS_OUT, COS, SIN, M, N, F, inv_width, eps, PROGRAMS,
+              K, L, ROTATED, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ROWSCALE: tl.constexpr,
+              GATE: tl.constexpr, RESIDUAL: tl.constexpr, ROPE: tl.constexpr, P: tl.constexpr,
+              ACC: tl.constexpr, PRECISION: tl.constexpr, FLATTEN: tl.constexpr):
         # out[M×N] = epilogue(a[M×K] @ b[·×K]ᵀ). GATE: b holds [W1; W3] (2F rows), out = silu(g)·u with
-        # g, u from rows n and F + n; STORE_GU: g and u also written (g_desc, u_desc: the halves of one
-        # M×2F buffer, for the backward), and the gate computed from them as rounded. DGATE: the gate's
-        # backward, the product being d(silu(g)·u) over F columns: dg to c_desc, du to c2_desc, with g
-        # and u read from g_desc, u_desc. ROWSCALE: rows times rsqrt(SS_IN/width + eps). RESIDUAL: out =
+        # g, u from rows n and F + n. ROWSCALE: rows times rsqrt(SS_IN/width + eps). RESIDUAL: out =
         # r + product, and each row's Σ out² over this tile added into SS_OUT. ROPE: the first ROTATED
         # columns (q and k, heads of 2P side by side; whole tiles) rotated pairwise (j, j + P) by the
         # (cos, sin) of each row's token position (row mod L).
@@ -165,11 +157,6 @@ if triton is not None:
                 if GATE:
                     acc_u = acc_u * rstd[:, None]
             if GATE:
-                if STORE_GU:
-                    g_desc.store([pm * BM, pn * BN], acc.to(g_desc.dtype))
-                    u_desc.store([pm * BM, pn * BN], acc_u.to(u_desc.dtype))
-                    acc = acc.to(g_desc.dtype).to(ACC)
-                    acc_u = acc_u.to(u_desc.dtype).to(ACC)
                 acc = acc * tl.sigmoid(acc) * acc_u
             if ROPE:
                 if pn * BN < ROTATED:
@@ -180,12 +167,6 @@ if triton is not None:
                     s = tl.load(SIN + at, mask=(rows < M)[:, None, None], other=0.0).to(ACC)
                     rotated = tl.join(x1 * c - x2 * s, x1 * s + x2 * c)
                     acc = tl.reshape(tl.permute(rotated, [0, 1, 3, 2]), [BM, BN])
-            if DGATE:
-                g = g_desc.load([pm * BM, pn * BN]).to(ACC)
-                u = u_desc.load([pm * BM, pn * BN]).to(ACC)
-                s = tl.sigmoid(g)
-                c2_desc.store([pm * BM, pn * BN], (acc * g * s).to(c2_desc.dtype))
-                acc = acc * u * s * (1 + g * (1 - s))
             out = acc.to(c_desc.dtype)
             if RESIDUAL:
                 out = (r_desc.load([pm * BM, pn * BN]).to(ACC) + acc).to(c_desc.dtype)
@@ -201,9 +182,7 @@ def _programs(device: torch.device, tiles: int) -> int:
 
 
 def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, kind: str, *, rowscale=None, residual=None,
-            ss_out=None, width=1, eps=0.0, gate_rows=0, rope=None, gu=None, out2=None) -> torch.Tensor:
-    """out = kind's epilogue of a @ bᵀ. gu (M×2F): with kind "gate_train", g and u are written there too;
-    with kind "dgate", read from there, and out and out2 get dg and du."""
+            ss_out=None, width=1, eps=0.0, gate_rows=0, rope=None) -> torch.Tensor:
     cfg = TUNING[kind]
     bm, bn, bk = cfg["bm"], cfg["bn"], cfg["bk"]
     M, K = a.shape
@@ -213,22 +192,13 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, kind: str, *, r
     precision = "ieee" if a.dtype in (torch.float32, torch.float64) else None
     descs = [TensorDescriptor.from_tensor(a, [bm, bk]), TensorDescriptor.from_tensor(b, [bn, bk]),
              TensorDescriptor.from_tensor(out, [bm, bn])]
-    # Descriptors an op does not use are never touched (their branches are compiled out): out's stands in.
-    descs.append(TensorDescriptor.from_tensor(out2, [bm, bn]) if out2 is not None else descs[2])
     descs.append(TensorDescriptor.from_tensor(residual, [bm, bn]) if residual is not None else descs[2])
-    # g and u as the two halves of one M×2F buffer (strided views: a partial last tile of g is clipped at
-    # F instead of spilling into u).
-    F_gu = gu.shape[1] // 2 if gu is not None else 0
-    descs += ([TensorDescriptor.from_tensor(half, [bm, bn]) for half in (gu[:, :F_gu], gu[:, F_gu:])]
-              if gu is not None else [descs[2], descs[2]])
     programs = _programs(a.device, triton.cdiv(M, bm) * triton.cdiv(N, bn))
-    # Pointers an op does not use are never read: out stands in.
+    # Pointers an op does not use are never read (their branches are compiled out): out stands in.
     cos, sin, tokens, rotated = rope if rope is not None else (out, out, 1, 0)
     _gemm[(programs,)](*descs, rowscale if rowscale is not None else out, ss_out if ss_out is not None else out,
                        cos, sin, M, N, gate_rows, 1.0 / width, eps, programs, K, tokens, rotated, BM=bm, BN=bn,
-                       BK=bk, ROWSCALE=rowscale is not None, GATE=kind.startswith("gate"),
-                       STORE_GU=kind == "gate_train", DGATE=kind == "dgate",
-                       RESIDUAL=residual is not None,
+                       BK=bk, ROWSCALE=rowscale is not None, GATE=kind == "gate", RESIDUAL=residual is not None,
                        ROPE=rope is not None, P=cos.shape[-1] if rope is not None else 1, ACC=acc,
                        PRECISION=precision, FLATTEN=cfg.get("flatten", False),
                        num_stages=cfg["num_stages"], num_warps=cfg["num_warps"])
@@ -278,57 +248,6 @@ def linear_residual(a: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> tuple[
     sumsq = torch.zeros(x2.shape[0], dtype=_acc(x.dtype), device=x.device)
     _launch(a2, w, out, "residual", residual=x2.contiguous(), ss_out=sumsq)
     return out.view(x.shape), sumsq
-
-
-class _SwiGLU(torch.autograd.Function):
-    # W2·(silu(g)·u), [g | u] = y·W13ᵀ, for training. Forward: the gate in W13's epilogue, which also
-    # writes [g | u] for the backward (the gate pass that would read it back is gone). Backward: the
-    # gate's backward in the epilogue of W2's input-gradient GEMM (d(silu(g)·u) is never written or read
-    # back; [dg | du] comes straight out). The weights' gradients and the input's are cuBLAS's, as in
-    # kernels._Linear: weights cast to the activations' dtype once, gradients written in the weights' dtype.
-    @staticmethod
-    def forward(ctx, y, w13, w2):
-        y2 = y.reshape(-1, y.shape[-1])
-        w13c, w2t = w13.to(y.dtype), w2.t().to(y.dtype).contiguous()  # w2t: F×D, the backward's b
-        F_ = w13.shape[0] // 2
-        gu = torch.empty(y2.shape[0], 2 * F_, dtype=y.dtype, device=y.device)
-        a = torch.empty(y2.shape[0], F_, dtype=y.dtype, device=y.device)
-        _launch(y2, w13c, a, "gate_train", gate_rows=F_, gu=gu)
-        ctx.save_for_backward(y2, w13c, w2t, gu, a)
-        ctx.dtypes = (w13.dtype, w2.dtype)
-        return (a @ w2t).view(*y.shape[:-1], w2.shape[0])
-
-    @staticmethod
-    def backward(ctx, dout):
-        y2, w13c, w2t, gu, a = ctx.saved_tensors
-        dout2 = dout.reshape(-1, dout.shape[-1]).to(y2.dtype).contiguous()
-        F_ = gu.shape[1] // 2
-        dgu = torch.empty_like(gu)
-        _launch(dout2, w2t, dgu[:, :F_], "dgate", out2=dgu[:, F_:], gu=gu)
-        dw2 = _weight_grad(dout2, a, ctx.dtypes[1])
-        dw13 = _weight_grad(dgu, y2, ctx.dtypes[0])
-        dy = (dgu @ w13c).view(*dout.shape[:-1], y2.shape[1]) if ctx.needs_input_grad[0] else None
-        return dy, dw13, dw2
-
-
-def swiglu_fits(y: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> bool:
-    """Whether swiglu takes these: a grad-enabled eager call with Triton on y's device in a dtype its
-    GEMM runs (CUDA: bf16/fp16; the interpreter: fp16/fp32/fp64), widths TMA can address (multiples of 8)."""
-    if triton is None or not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return False
-    F_, D = w13.shape[0] // 2, y.shape[-1]
-    if D % 8 or F_ % 8 or w13.shape != (2 * F_, D) or w2.shape != (D, F_):
-        return False
-    if y.is_cuda:
-        return y.dtype in CUDA_DTYPES
-    return os.environ.get("TRITON_INTERPRET") == "1" and y.dtype in (torch.float16, torch.float32, torch.float64)
-
-
-def swiglu(y: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-    """W2·(silu(g)·u) with [g | u] = y·W13ᵀ (blocks.SwiGLU's map) for training, the gate and its backward in
-    the GEMMs' epilogues; weights in any float dtype, cast to y's for the products, their gradients in
-    their own (float32 from the GEMM, as kernels.linear). Call where swiglu_fits."""
-    return _SwiGLU.apply(y.contiguous(), w13, w2)
 
 
 def folded(weight: torch.Tensor, gain: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
