@@ -1,6 +1,6 @@
 """Can a Triton GEMM of our own match cuBLAS on the Transformer's matmuls? (issue 18, target 2)
 
-    python benchmarks/gemm_probe.py [--tokens 65536] [--kinds K1,K2] [--out FILE] [--smoke]
+    python benchmarks/gemm_probe.py [--tokens 65536] [--out FILE] [--smoke]
     python benchmarks/gemm_probe.py --fused [--best FILE] [--out FILE] [--smoke]
 
 Encode + decode at 70 % MFU would need the SiLU gate and the RMSNorm passes folded into the matmuls
@@ -10,8 +10,7 @@ That route pays only if those GEMMs run at cuBLAS's speed: this times, at S-B/16
 shapes (x·Wᵀ, bf16, `--tokens` rows: 65,536 = batch 256 of 256 tokens), cuBLAS (`torch.mm`)
 against Triton kernels written the ways Triton offers on Hopper: tiles loaded through pointers
 (software-pipelined), through TMA tensor descriptors, and the latter persistent (one program per SM
-walking the tiles; `tma_persistent_flat`: its two loops flattened into one pipelined loop), each over
-a grid of block shapes. Every candidate is replayed from a CUDA graph (10 launches), so Python is not timed, and
+walking the tiles), each over a grid of block shapes. Every candidate is replayed from a CUDA graph (10 launches), so Python is not timed, and
 checked against cuBLAS's output. `--fused`: vitok.model.gemm's three ops (norm row scale, gate,
 residual add) at each candidate tile shape against the path they replace (cuBLAS, then the norm, gate
 or add + norm kernel); `--best` writes each op's fastest tiles (for speed_probe.py --gemm-tuning).
@@ -71,32 +70,23 @@ def kernels():
 
     @triton.jit
     def tma_persistent_mm(a_desc, b_desc, c_desc, M, N, K, PROGRAMS, BM: tl.constexpr, BN: tl.constexpr,
-                          BK: tl.constexpr, FLATTEN: tl.constexpr):
-        # One program per SM walking the tiles; FLATTEN: one pipelined loop over (tile, depth step), so
-        # the next tile's loads are in flight during this one's epilogue (which keeps its own counter).
+                          BK: tl.constexpr):
+        # One program per SM walking the tiles (the next tile's loads overlap this one's epilogue).
         grid_m, grid_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
-        done = tl.program_id(0) - PROGRAMS
-        for tile in tl.range(tl.program_id(0), grid_m * grid_n, PROGRAMS, flatten=FLATTEN):
+        for tile in range(tl.program_id(0), grid_m * grid_n, PROGRAMS):
             pm, pn = _tile(tile, M, N, BM, BN)
             acc = tl.zeros([BM, BN], tl.float32)
             for k in range(0, K, BK):
                 acc = tl.dot(a_desc.load([pm * BM, k]), b_desc.load([pn * BN, k]).T, acc)
-            done += PROGRAMS
-            pm, pn = _tile(done, M, N, BM, BN)
             c_desc.store([pm * BM, pn * BN], acc.to(c_desc.dtype))
 
     return triton, pointer_mm, tma_mm, tma_persistent_mm
 
 
-# The eighth session's 21 shapes (gemm_fused_h200.json there): the three fastest per op were 128×256 or
-# 128×128 at 8 warps, then 256×128; bn 64 never placed. Each shape kept, with and without the flattened loop.
-FUSED_CONFIGS = ([{"bm": 128, "bn": bn, "bk": 64, "num_stages": s, "num_warps": 8, "flatten": f}
-                  for bn, s, f in itertools.product((128, 256), (2, 3, 4), (False, True))]
-                 + [{"bm": 128, "bn": 128, "bk": 64, "num_stages": s, "num_warps": 4, "flatten": f}
-                    for s, f in itertools.product((3, 4), (False, True))]
-                 + [{"bm": 256, "bn": 128, "bk": 64, "num_stages": 3, "num_warps": 8, "flatten": f}
-                    for f in (False, True)])
-KINDS = ("pointer", "tma", "tma_persistent", "tma_persistent_flat")
+FUSED_CONFIGS = ([{"bm": 128, "bn": bn, "bk": 64, "num_stages": s, "num_warps": w}
+                  for bn, s, w in itertools.product((64, 128, 256), (2, 3, 4), (4, 8))]
+                 + [{"bm": 64, "bn": 256, "bk": 64, "num_stages": s, "num_warps": 8} for s in (3, 4)]
+                 + [{"bm": 256, "bn": 128, "bk": 64, "num_stages": 3, "num_warps": 8}])
 
 
 def fused(args) -> dict:
@@ -111,8 +101,7 @@ def fused(args) -> dict:
     dtype = torch.float16 if args.smoke else torch.bfloat16
     M = 64 if args.smoke else args.tokens
     D, Fh = (32, 48) if args.smoke else (768, 2048)
-    configs = ([{"bm": 16, "bn": 16, "bk": 16, "num_stages": 1, "num_warps": 4, "flatten": True}] if args.smoke
-               else FUSED_CONFIGS)
+    configs = [{"bm": 16, "bn": 16, "bk": 16, "num_stages": 1, "num_warps": 4}] if args.smoke else FUSED_CONFIGS
     g = torch.Generator(device=device).manual_seed(0)
 
     def rnd(*shape, scale=1.0):
@@ -177,12 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fused", action="store_true", help="time vitok.model.gemm's fused ops instead")
     parser.add_argument("--best", default=None, help="--fused: write the fastest tiles per op here (JSON)")
     parser.add_argument("--out", default=None)
-    parser.add_argument("--kinds", default="pointer,tma,tma_persistent,tma_persistent_flat",
-                        help="the Triton forms to time, comma-separated, of " + ", ".join(KINDS))
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
-    if set(args.kinds.split(",")) - set(KINDS):
-        parser.error(f"--kinds: each of {', '.join(KINDS)}")
     if args.smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     if not args.smoke:
@@ -221,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
         t_cublas = bench(lambda: torch.mm(a, w.t(), out=out))
         result = {"shape": name, "M": M, "K": K, "N": N, "cublas_ms": t_cublas * 1e3,
                   "cublas_tflops": flops / t_cublas / 1e12, "candidates": []}
-        for kind, cfg in itertools.product(args.kinds.split(","), configs):
+        for kind, cfg in itertools.product(("pointer", "tma", "tma_persistent"), configs):
             bm, bn, bk = cfg["bm"], cfg["bn"], cfg["bk"]
             grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
             if kind == "pointer":
@@ -231,12 +216,11 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 descs = (TensorDescriptor.from_tensor(a, [bm, bk]), TensorDescriptor.from_tensor(w, [bn, bk]),
                          TensorDescriptor.from_tensor(out, [bm, bn]))
-                if kind.startswith("tma_persistent"):
+                if kind == "tma_persistent":
                     programs = min(sms, grid[0])
 
                     def launch():
                         tma_persistent_mm[(programs,)](*descs, M, N, K, programs, BM=bm, BN=bn, BK=bk,
-                                                       FLATTEN=kind.endswith("_flat"),
                                                        num_stages=cfg["stages"], num_warps=cfg["warps"])
                 else:
                     def launch():

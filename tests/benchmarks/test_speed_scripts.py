@@ -47,7 +47,7 @@ def test_gemm_probe_smoke_checks_each_triton_form_against_the_reference(tmp_path
     pytest.importorskip("triton")
     data = load("gemm_probe").main(["--smoke", "--out", str(tmp_path / "gemm.json")])
     (shape,) = data["shapes"]
-    assert {c["kind"] for c in shape["candidates"]} == {"pointer", "tma", "tma_persistent", "tma_persistent_flat"}
+    assert {c["kind"] for c in shape["candidates"]} == {"pointer", "tma", "tma_persistent"}
     # Each form computed the product (float16 tiles, float32 accumulation) to rounding.
     assert all("error" not in c and c["max_abs_err"] < 1e-2 for c in shape["candidates"]), shape["candidates"]
     assert json.loads((tmp_path / "gemm.json").read_text())["shapes"][0]["best"] == shape["best"]
@@ -59,7 +59,7 @@ def test_gemm_probe_fused_smoke_times_each_op_and_writes_its_tiles(tmp_path):
     assert set(data["ops"]) == {"rowscale", "residual", "gate"}
     assert all("error" not in c for op in data["ops"].values() for c in op["candidates"])
     best = json.loads((tmp_path / "best.json").read_text())
-    assert set(best) == set(data["ops"]) and set(best["gate"]) == {"bm", "bn", "bk", "num_stages", "num_warps", "flatten"}
+    assert set(best) == set(data["ops"]) and set(best["gate"]) == {"bm", "bn", "bk", "num_stages", "num_warps"}
 
 
 def test_speed_probe_rejects_unknown_variants():

@@ -61,18 +61,10 @@ def test_references_are_the_modules_they_replace():
     torch.testing.assert_close(out_sumsq, (out * out).sum(-1))
 
 
-def flattened(monkeypatch, flatten: bool) -> None:
-    for kind in gemm.TUNING:
-        monkeypatch.setitem(gemm.TUNING, kind, {**gemm.TUNING[kind], "flatten": flatten})
-
-
 @needs_triton
-@pytest.mark.parametrize("flatten", [False, True])
 @pytest.mark.parametrize("dtype", sorted({EXACT, torch.float32}, key=str))
-def test_kernels_match_the_references(small_tiles, monkeypatch, dtype, flatten):
-    # 37 rows, depth 40 (not a multiple of the 16-deep tiles), 56 outputs, a gate of 24 per half; the
-    # tile loop and the depth loop as two loops and flattened into one (the same arithmetic).
-    flattened(monkeypatch, flatten)
+def test_kernels_match_the_references(small_tiles, dtype):
+    # 37 rows, depth 40 (not a multiple of the 16-deep tiles), 56 outputs, a gate of 24 per half.
     torch.manual_seed(0)
     h, w, w13 = randn(37, 40, dtype=dtype), randn(56, 40, dtype=dtype), randn(48, 40, dtype=dtype)
     a, w2, x = randn(37, 24, dtype=dtype), randn(40, 24, dtype=dtype), randn(37, 40, dtype=dtype)
@@ -90,11 +82,9 @@ def test_kernels_match_the_references(small_tiles, monkeypatch, dtype, flatten):
 
 
 @needs_triton
-@pytest.mark.parametrize("flatten", [False, True])
-def test_rope_in_the_qkv_epilogue_matches_the_reference(small_tiles, monkeypatch, flatten):
+def test_rope_in_the_qkv_epilogue_matches_the_reference(small_tiles):
     # 2 samples of 15 tokens, 2 heads of 16 (P = 8): the 32-column tiles hold two whole heads, q and k
     # are four tiles, v two (not rotated); rows of both samples share tiles (positions = row mod L).
-    flattened(monkeypatch, flatten)
     torch.manual_seed(0)
     cos, sin = (t.to(DEVICE) for t in rope_tables(rope_angles((3, 5), 16)))
     h, w = randn(2, 15, 40, dtype=EXACT), randn(96, 40, dtype=EXACT)
@@ -201,11 +191,9 @@ def test_inference_path_is_left_where_it_does_not_apply(small_tiles, monkeypatch
 
 
 @pytest.mark.skipif(not ON_GPU, reason="the shipped tiles at a real model's widths, on the GPU")
-@pytest.mark.parametrize("flatten", [False, True])
-def test_inference_path_at_real_widths_on_the_gpu(monkeypatch, flatten):
+def test_inference_path_at_real_widths_on_the_gpu():
     # S-B/16's decoder blocks (width 768, 12 heads, SwiGLU hidden 2048) in bf16 with the shipped tiles,
     # 300 rows (not a multiple of them): against the same stack without kernels, both in bf16.
-    flattened(monkeypatch, flatten)
     stack, rope, x = stack_and_inputs(torch.bfloat16, depth=2, width=768, heads=12, tokens=(10, 15))
     with torch.no_grad():
         want = stack(x, rope).float()

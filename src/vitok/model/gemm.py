@@ -39,12 +39,10 @@ __all__ = ["usable", "row_sumsq", "rope_fits", "linear_rowscale", "linear_gate",
 
 # Tile shapes per op: the fastest of `benchmarks/gemm_probe.py --fused`'s candidates on an H200 at
 # S-B/16's widths (batch 256 of 256 tokens).
-# "flatten": one software-pipelined loop over every (tile, depth step) pair instead of a loop of tiles
-# around a loop of depth steps, so the next tile's first loads are issued before this tile's epilogue.
 TUNING = {
-    "rowscale": {"bm": 128, "bn": 256, "bk": 64, "num_stages": 3, "num_warps": 8, "flatten": False},
-    "gate": {"bm": 128, "bn": 128, "bk": 64, "num_stages": 3, "num_warps": 8, "flatten": False},
-    "residual": {"bm": 128, "bn": 256, "bk": 64, "num_stages": 3, "num_warps": 8, "flatten": False},
+    "rowscale": {"bm": 128, "bn": 256, "bk": 64, "num_stages": 3, "num_warps": 8},
+    "gate": {"bm": 128, "bn": 128, "bk": 64, "num_stages": 3, "num_warps": 8},
+    "residual": {"bm": 128, "bn": 256, "bk": 64, "num_stages": 3, "num_warps": 8},
 }
 
 
@@ -128,16 +126,13 @@ if triton is not None:
     def _gemm(a_desc, b_desc, c_desc, r_desc, SS_IN, SS_OUT, COS, SIN, M, N, F, inv_width, eps, PROGRAMS,
               K, L, ROTATED, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ROWSCALE: tl.constexpr,
               GATE: tl.constexpr, RESIDUAL: tl.constexpr, ROPE: tl.constexpr, P: tl.constexpr,
-              ACC: tl.constexpr, PRECISION: tl.constexpr, FLATTEN: tl.constexpr):
+              ACC: tl.constexpr, PRECISION: tl.constexpr):
         # out[M×N] = epilogue(a[M×K] @ b[·×K]ᵀ). GATE: b holds [W1; W3] (2F rows), out = silu(g)·u with
         # g, u from rows n and F + n. ROWSCALE: rows times rsqrt(SS_IN/width + eps). RESIDUAL: out =
         # r + product, and each row's Σ out² over this tile added into SS_OUT. ROPE: the first ROTATED
         # columns (q and k, heads of 2P side by side; whole tiles) rotated pairwise (j, j + P) by the
         # (cos, sin) of each row's token position (row mod L).
-        # The epilogue finds its tile from a counter of its own: with FLATTEN the loads of the next
-        # tile run ahead of this epilogue, and sharing the loop's index would tie the two together.
-        done = tl.program_id(0) - PROGRAMS
-        for tile in tl.range(tl.program_id(0), tl.cdiv(M, BM) * tl.cdiv(N, BN), PROGRAMS, flatten=FLATTEN):
+        for tile in range(tl.program_id(0), tl.cdiv(M, BM) * tl.cdiv(N, BN), PROGRAMS):
             pm, pn = grouped_tile(tile, M, N, BM, BN)
             acc = tl.zeros([BM, BN], ACC)
             if GATE:
@@ -147,8 +142,6 @@ if triton is not None:
                 acc = tl.dot(a, b_desc.load([pn * BN, k]).T, acc, input_precision=PRECISION)
                 if GATE:
                     acc_u = tl.dot(a, b_desc.load([F + pn * BN, k]).T, acc_u, input_precision=PRECISION)
-            done += PROGRAMS
-            pm, pn = grouped_tile(done, M, N, BM, BN)
             rows = pm * BM + tl.arange(0, BM)
             if ROWSCALE:
                 ss = tl.load(SS_IN + rows, mask=rows < M, other=0.0)
@@ -200,7 +193,7 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, kind: str, *, r
                        cos, sin, M, N, gate_rows, 1.0 / width, eps, programs, K, tokens, rotated, BM=bm, BN=bn,
                        BK=bk, ROWSCALE=rowscale is not None, GATE=kind == "gate", RESIDUAL=residual is not None,
                        ROPE=rope is not None, P=cos.shape[-1] if rope is not None else 1, ACC=acc,
-                       PRECISION=precision, FLATTEN=cfg.get("flatten", False),
+                       PRECISION=precision,
                        num_stages=cfg["num_stages"], num_warps=cfg["num_warps"])
     return out
 
