@@ -150,6 +150,48 @@ def summarise(prof, steps: int, wall: float, device: torch.device, top: int) -> 
     }
 
 
+def idle_gaps(trace: dict, top: int, min_us: float = 5.0) -> dict:
+    """Where the device sat idle between kernels, from a Chrome trace of torch.profiler: every gap of at
+    least min_us between one kernel's end and the next one's start, attributed to the CPU op that
+    launched the kernel after it (the innermost op around the launch call, and the outermost: the
+    module call or the autograd node). A gap whose kernel was launched only after the device went idle
+    is the host's (Python, autograd, a library's host work); the rest waited on something else."""
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    kernels = sorted((e for e in events if e.get("cat") == "kernel"), key=lambda e: e["ts"])
+    launches = {e["args"]["correlation"]: e for e in events
+                if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})}
+    ops: dict = defaultdict(list)
+    for e in events:
+        if e.get("cat") == "cpu_op":
+            ops[e["tid"]].append(e)
+
+    def around(launch: dict) -> tuple[str, str]:
+        covering = [o for o in ops.get(launch["tid"], []) if o["ts"] <= launch["ts"] <= o["ts"] + o["dur"]]
+        if not covering:
+            return "?", "?"
+        covering.sort(key=lambda o: o["dur"])
+        return covering[0]["name"], covering[-1]["name"]
+
+    gaps, by_op = [], defaultdict(lambda: [0.0, 0])
+    for before, after in zip(kernels, kernels[1:]):
+        gap = after["ts"] - (before["ts"] + before["dur"])
+        if gap < min_us:
+            continue
+        launch = launches.get(after.get("args", {}).get("correlation"))
+        inner, outer = around(launch) if launch else ("?", "?")
+        host = launch is not None and launch["ts"] > before["ts"] + before["dur"]
+        gaps.append({"us": gap, "kernel_after": after["name"][:100], "launched_by": inner[:100],
+                     "inside": outer[:100], "host_late": host})
+        by_op[(outer[:100], host)][0] += gap
+        by_op[(outer[:100], host)][1] += 1
+    gaps.sort(key=lambda g: -g["us"])
+    totals = sorted(([k[0], k[1], v[0], v[1]] for k, v in by_op.items()), key=lambda r: -r[2])
+    return {"min_us": min_us, "count": len(gaps), "total_us": sum(g["us"] for g in gaps),
+            "host_late_us": sum(g["us"] for g in gaps if g["host_late"]),
+            "largest": gaps[:top],
+            "by_outer_op": [{"inside": o, "host_late": h, "us": us, "gaps": n} for o, h, us, n in totals[:top]]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="S-B/16")
@@ -171,6 +213,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=5, help="profiled steps")
     parser.add_argument("--top", type=int, default=25, help="kernels listed")
     parser.add_argument("--trace", default="", help="also write a Chrome trace here")
+    parser.add_argument("--gaps", type=int, default=0, help="list this many of the largest idle gaps between "
+                        "kernels, with the CPU ops that launched the kernel after each, and the step's time "
+                        "unprofiled (the profiler's own host overhead widens gaps)")
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU")
     parser.add_argument("--out", default="", help="write the summary as JSON here")
     args = parser.parse_args(argv)
@@ -188,6 +233,13 @@ def main(argv: list[str] | None = None) -> dict:
         fn()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
+    unprofiled = None
+    if args.gaps:
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            fn()
+        sync()
+        unprofiled = (time.perf_counter() - start) / args.steps
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -200,10 +252,28 @@ def main(argv: list[str] | None = None) -> dict:
     if args.trace:
         prof.export_chrome_trace(args.trace)
     result = {"args": vars(args), **summarise(prof, args.steps, wall, device, args.top)}
+    if args.gaps:
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "trace.json"
+            prof.export_chrome_trace(str(path))
+            gaps = idle_gaps(json.loads(path.read_text()), args.gaps)
+        result["unprofiled_wall_s_per_step"] = unprofiled
+        result["idle_gaps"] = {**gaps, "total_us_per_step": gaps["total_us"] / args.steps,
+                               "host_late_us_per_step": gaps["host_late_us"] / args.steps}
+
     print(f"{result['device']}: {result['wall_s_per_step'] * 1e3:.2f} ms per step (profiled), "
           f"{result['time_kind']} {result['busy_s_per_step'] * 1e3:.2f} ms")
     for name, seconds in result["categories_s_per_step"].items():
         print(f"  {name:18} {seconds * 1e3:8.3f} ms")
+    if args.gaps:
+        gaps = result["idle_gaps"]
+        print(f"unprofiled {unprofiled * 1e3:.2f} ms per step; gaps of {gaps['min_us']:.0f}+ us: "
+              f"{gaps['total_us_per_step'] / 1e3:.2f} ms per step, "
+              f"{gaps['host_late_us_per_step'] / 1e3:.2f} ms of it launched late by the host")
+        for row in gaps["by_outer_op"]:
+            print(f"  {row['us'] / args.steps:9.1f} us/step  {row['gaps'] / args.steps:6.1f} gaps  "
+                  f"host_late={row['host_late']!s:5}  {row['inside']}")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -52,3 +52,42 @@ def test_categories():
     assert script.category("void multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
     assert script.category("aten::_fused_rms_norm") == "normalisation"
     assert script.category("something unheard of") == "other"
+
+
+def test_idle_gaps_are_attributed_to_the_ops_that_launched_the_next_kernel():
+    # Three kernels on one stream: a 20 us gap whose kernel the host launched before the device went
+    # idle (not the host's), then a 30 us gap whose kernel was launched after (the host's, inside an
+    # autograd node); a 2 us gap under the threshold is left out.
+    def kernel(name, ts, dur, corr):
+        return {"cat": "kernel", "name": name, "ts": ts, "dur": dur, "args": {"correlation": corr}}
+
+    def launch(ts, corr):
+        return {"cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": ts, "dur": 1, "tid": 7,
+                "args": {"correlation": corr}}
+
+    def op(name, ts, dur):
+        return {"cat": "cpu_op", "name": name, "ts": ts, "dur": dur, "tid": 7}
+
+    trace = {"traceEvents": [
+        kernel("a", 100, 50, 1), kernel("b", 170, 10, 2), kernel("c", 210, 5, 3), kernel("d", 217, 5, 4),
+        launch(90, 1), launch(120, 2), launch(195, 3), launch(200, 4),
+        op("aten::mm", 118, 5), op("Block.forward", 80, 60),
+        op("aten::add", 194, 3), op("autograd::engine::evaluate_function: AddBackward0", 185, 20),
+        op("aten::add", 199, 3),
+    ]}
+    gaps = load_script().idle_gaps(trace, top=5)
+    assert gaps["count"] == 2 and gaps["total_us"] == 50 and gaps["host_late_us"] == 30
+    first, second = gaps["largest"]
+    assert first == {"us": 30, "kernel_after": "c", "launched_by": "aten::add",
+                     "inside": "autograd::engine::evaluate_function: AddBackward0", "host_late": True}
+    assert second["us"] == 20 and second["launched_by"] == "aten::mm" and second["inside"] == "Block.forward"
+    assert not second["host_late"]
+    assert gaps["by_outer_op"][0] == {"inside": "autograd::engine::evaluate_function: AddBackward0",
+                                      "host_late": True, "us": 30, "gaps": 1}
+
+
+def test_smoke_profile_with_gaps_times_the_step_unprofiled():
+    result = load_script().main(["--smoke", "--steps", "1", "--warmup", "1", "--gaps", "3"])
+    assert result["unprofiled_wall_s_per_step"] > 0
+    # The CPU has no kernels: no gaps between them.
+    assert result["idle_gaps"]["count"] == 0 and result["idle_gaps"]["total_us_per_step"] == 0
