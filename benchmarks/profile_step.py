@@ -12,6 +12,7 @@ convolutions of LPIPS and the discriminator get their own category. One call:
     python benchmarks/profile_step.py ... --mode infer         # encode + decode instead of a train step
     python benchmarks/profile_step.py ... --mode stage2 [--r1] # the trainer's stage-2 step (random LPIPS)
     python benchmarks/profile_step.py ... --scope full --residual bfloat16   # other compile scopes
+    python benchmarks/profile_step.py ... --gaps 20    # also the device's idle gaps and who launched late
 
 `--smoke` runs a tiny model on the CPU (CPU time instead of device time), as the test suite does.
 """
@@ -252,16 +253,16 @@ def main(argv: list[str] | None = None) -> dict:
     if args.trace:
         prof.export_chrome_trace(args.trace)
     result = {"args": vars(args), **summarise(prof, args.steps, wall, device, args.top)}
-    if args.gaps:
+    if args.gaps:  # read back from the trace written above, or from one of its own
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "trace.json"
-            prof.export_chrome_trace(str(path))
+            path = Path(args.trace or Path(tmp) / "trace.json")
+            if not args.trace:
+                prof.export_chrome_trace(str(path))
             gaps = idle_gaps(json.loads(path.read_text()), args.gaps)
         result["unprofiled_wall_s_per_step"] = unprofiled
         result["idle_gaps"] = {**gaps, "total_us_per_step": gaps["total_us"] / args.steps,
                                "host_late_us_per_step": gaps["host_late_us"] / args.steps}
-
     print(f"{result['device']}: {result['wall_s_per_step'] * 1e3:.2f} ms per step (profiled), "
           f"{result['time_kind']} {result['busy_s_per_step'] * 1e3:.2f} ms")
     for name, seconds in result["categories_s_per_step"].items():

@@ -86,8 +86,10 @@ def test_idle_gaps_are_attributed_to_the_ops_that_launched_the_next_kernel():
                                       "host_late": True, "us": 30, "gaps": 1}
 
 
-def test_smoke_profile_with_gaps_times_the_step_unprofiled():
-    result = load_script().main(["--smoke", "--steps", "1", "--warmup", "1", "--gaps", "3"])
+def test_smoke_profile_with_gaps_times_the_step_unprofiled(tmp_path):
+    trace = tmp_path / "trace.json"
+    result = load_script().main(["--smoke", "--steps", "1", "--warmup", "1", "--gaps", "3", "--trace", str(trace)])
+    assert json.loads(trace.read_text())["traceEvents"]
     assert result["unprofiled_wall_s_per_step"] > 0
     # The CPU has no kernels: no gaps between them.
     assert result["idle_gaps"]["count"] == 0 and result["idle_gaps"]["total_us_per_step"] == 0
